@@ -1,0 +1,73 @@
+"""`fleetgen-agent`: the device-side command line.
+
+Each subcommand lives in its own module exposing `register(subparsers)`; the module
+sets `func(args) -> int` as the parser default. Modules import heavy libraries inside
+their `func`, never at module level, so `fleetgen-agent --help` stays instant.
+
+Exit codes: 0 ok, 1 operational error, 2 usage or bad input (config, files, arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from agent import __version__
+from agent.errors import FleetgenError
+
+# Subcommand modules under agent.cli, in the order `--help` lists them.
+COMMANDS = ("run", "generate", "hw", "install_bundle")
+
+
+def common_parser() -> argparse.ArgumentParser:
+    """Options every subcommand takes (so several agents can run side by side)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", help="agent config (default /etc/fleetgen/agent.toml)")
+    common.add_argument("--state-dir", metavar="DIR", help="state directory (over the config)")
+    common.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log verbosity (default INFO)",
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fleetgen-agent", description="fleetgen on-device agent")
+    parser.add_argument("--version", action="version", version=f"fleetgen-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = common_parser()
+    for name in COMMANDS:
+        module = importlib.import_module(f"agent.cli.{name}")
+        module.register(sub, common)
+    return parser
+
+
+def configure_logging(level: str) -> None:
+    # journald adds its own timestamps; keep lines short and greppable.
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse, dispatch, and turn FleetgenError into one line on stderr and its exit code."""
+    args = parser.parse_args(argv)
+    configure_logging(getattr(args, "log_level", "INFO"))
+    try:
+        return int(args.func(args) or 0)
+    except FleetgenError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Model recipes (training, export, quantization) and the small models fleetgen ships."""
