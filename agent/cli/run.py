@@ -1,16 +1,41 @@
-"""`fleetgen-agent run` (being built)."""
+"""`fleetgen-agent run`: the daemon (what the systemd unit starts)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
+from pathlib import Path
+from types import FrameType
 
-from agent.errors import FleetgenError
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("run", parents=[common], help="(not yet available)")
+    p = sub.add_parser("run", parents=[common], help="run the agent daemon")
+    p.add_argument("--device-id", help="device id (over the config)")
+    p.add_argument("--broker", metavar="URL", help="broker URL, mqtt:// or mqtts:// (over the config)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise FleetgenError("run is not available yet")
+    from agent.config import load_config
+    from agent.daemon import Agent
+
+    config = load_config(
+        Path(args.config) if args.config else None,
+        state_dir=args.state_dir,
+        device_id=args.device_id,
+        mqtt={"url": args.broker} if args.broker else None,
+    )
+    agent = Agent(config)
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    agent.start()
+    agent.run()
+    return 0

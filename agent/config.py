@@ -1,0 +1,75 @@
+"""The agent's configuration (`/etc/fleetgen/agent.toml`), validated at start.
+
+Example::
+
+    device_id = "kiosk-042"
+    state_dir = "/var/lib/fleetgen"
+
+    [mqtt]
+    url = "mqtts://fleet.example.com:8883"
+    ca_file = "/var/lib/fleetgen/pki/ca.pem"
+
+    [telemetry]
+    sample_interval_s = 5
+    publish_interval_s = 30
+
+Every key can be set from the environment (`FLEETGEN_DEVICE_ID`, `FLEETGEN_MQTT_URL`,
+`FLEETGEN_TELEMETRY_SAMPLE_INTERVAL_S`, ...) and the CLI's `--state-dir` wins over both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+from agent.errors import ConfigError
+from agent.mqtt.settings import MqttSettings
+from agent.protocol.messages import DeviceId
+from agent.settings import load_settings
+
+DEFAULT_CONFIG = Path("/etc/fleetgen/agent.toml")
+
+
+class TelemetrySettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    sample_interval_s: Annotated[float, Meta(ge=0.1, le=3600)] = 5.0
+    publish_interval_s: Annotated[float, Meta(ge=0.1, le=86400)] = 30.0
+
+
+class BoardSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    # Root of the sysfs/procfs tree to read (tests and the demo point it at fixtures).
+    root: str = "/"
+    # A board profile name, or "auto" to detect it.
+    profile: Annotated[str, Meta(max_length=64)] = "auto"
+
+
+class AgentConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    device_id: DeviceId
+    state_dir: str = "/var/lib/fleetgen"
+    mqtt: MqttSettings = MqttSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
+    board: BoardSettings = BoardSettings()
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir)
+
+
+def load_config(
+    path: Path | None = None, *, env: dict[str, str] | None = None, **overrides: Any
+) -> AgentConfig:
+    """Load and check the agent config; ConfigError (exit 2) names the key on failure."""
+    try:
+        config = load_settings(
+            AgentConfig, path, default_path=DEFAULT_CONFIG, env=env, overrides=overrides
+        )
+    except ConfigError as e:
+        if "device_id" in str(e) and "missing required field" in str(e).lower():
+            raise ConfigError(
+                "device_id: required; set it in agent.toml or FLEETGEN_DEVICE_ID"
+            ) from None
+        raise
+    config.mqtt.check()
+    return config

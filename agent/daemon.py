@@ -1,0 +1,270 @@
+"""The agent daemon: one loop that owns the MQTT link, the device's state and its reports.
+
+Everything inbound arrives through the link's inbox and is validated by the protocol
+codec before any handler sees it; a refused message is logged with its reason and
+reported as an event, and the loop goes on. Handlers run on this loop, never on paho's
+network thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from agent import __version__
+from agent.config import AgentConfig
+from agent.errors import FleetgenError, ProtocolError
+from agent.fsutil import ensure_private_dir
+from agent.mqtt.link import Inbound, LinkDown, LinkItem, LinkUp, MqttLink, Will
+from agent.protocol import (
+    CHANNELS,
+    Channel,
+    Event,
+    Reported,
+    SignedEnvelope,
+    Status,
+    TelemetryBatch,
+    TelemetrySample,
+    decode,
+    device_topic,
+    encode,
+    parse_topic,
+)
+from agent.protocol.messages import Details
+from agent.sequence import SequenceCounter
+from agent.telemetry import Sampler
+
+log = logging.getLogger(__name__)
+
+# Refusal events are rate limited so a flood of garbage cannot become a flood of events;
+# every refusal is still logged.
+_REFUSAL_EVENTS_PER_MINUTE = 30
+_MAX_BATCH = 500
+
+InboundHandler = Callable[[Inbound, msgspec.Struct], None]
+
+
+@dataclass
+class AgentStats:
+    received: int = 0
+    refused: int = 0
+    handler_errors: int = 0
+    refusal_events_suppressed: int = 0
+
+
+@dataclass
+class _RefusalLimiter:
+    per_minute: int
+    window_start: float = 0.0
+    count: int = 0
+
+    def allow(self, now: float) -> bool:
+        if now - self.window_start >= 60:
+            self.window_start, self.count = now, 0
+        self.count += 1
+        return self.count <= self.per_minute
+
+
+@dataclass
+class DeviceState:
+    """What the agent reports as its retained `reported` document."""
+
+    board: str = field(default_factory=platform.machine)
+    accelerators: list[str] = field(default_factory=list)
+    providers: list[str] = field(default_factory=list)
+    active_bundle: str | None = None
+    slot: str | None = None
+    desired_version: int = 0
+    health: str = "unknown"
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        state: DeviceState | None = None,
+        sampler: Sampler | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.device_id = config.device_id
+        self.clock = clock
+        self.state = state or DeviceState(board=config.board.profile if config.board.profile != "auto" else platform.machine())
+        self.stats = AgentStats()
+        self.state_dir = ensure_private_dir(config.state_path)
+        self.inbox: queue.Queue[LinkItem] = queue.Queue(maxsize=10_000)
+        self._event_seq = SequenceCounter(self.state_dir / "events.seq")
+        self._telemetry_seq = SequenceCounter(self.state_dir / "telemetry.seq")
+        self._sampler = sampler or Sampler(clock=clock)
+        self._pending_samples: list[TelemetrySample] = []
+        self._refusals = _RefusalLimiter(_REFUSAL_EVENTS_PER_MINUTE)
+        self._stop = threading.Event()
+        self.handlers: dict[Channel, InboundHandler] = {Channel.DESIRED: self._on_desired}
+        self.latest_desired: SignedEnvelope | None = None
+        self.link = MqttLink(
+            config.mqtt,
+            client_id=config.mqtt.client_id or f"fleetgen-{self.device_id}",
+            inbox=self.inbox,
+            subscriptions=[
+                (device_topic(self.device_id, Channel.DESIRED), 1),
+                (device_topic(self.device_id, Channel.RESP), 1),
+            ],
+            will=Will(self.topic(Channel.STATUS), self._status("offline")),
+        )
+
+    # -- outbound --------------------------------------------------------------------
+
+    def topic(self, channel: Channel) -> str:
+        return device_topic(self.device_id, channel)
+
+    def _status(self, state: str) -> bytes:
+        return encode(Status(state=state, ts=self.clock(), agent_version=__version__))  # type: ignore[arg-type]
+
+    def _publish(self, channel: Channel, message: msgspec.Struct, wait: float | None = None) -> None:
+        spec = CHANNELS[channel]
+        self.link.publish(self.topic(channel), encode(message), qos=spec.qos, retain=spec.retained, wait=wait)
+
+    def reported(self) -> Reported:
+        s = self.state
+        return Reported(
+            device_id=self.device_id,
+            agent_version=__version__,
+            board=s.board,
+            ts=self.clock(),
+            accelerators=s.accelerators,
+            providers=s.providers,
+            active_bundle=s.active_bundle,
+            slot=s.slot,
+            desired_version=s.desired_version,
+            health=s.health,  # type: ignore[arg-type]
+        )
+
+    def publish_reported(self) -> None:
+        self._publish(Channel.REPORTED, self.reported())
+
+    def emit(self, kind: str, message: str = "", level: str = "info", details: Details | None = None) -> None:
+        event = Event(
+            device_id=self.device_id,
+            seq=self._event_seq.next(),
+            ts=self.clock(),
+            kind=kind,
+            level=level,  # type: ignore[arg-type]
+            message=message[:4096],
+            details=details or {},
+        )
+        self._publish(Channel.EVENTS, event)
+
+    # -- inbound ---------------------------------------------------------------------
+
+    def _refuse(self, topic: str, reason: str) -> None:
+        self.stats.refused += 1
+        log.warning("refused message on %s: %s", topic, reason)
+        if self._refusals.allow(time.monotonic()):
+            self.emit("message.refused", reason, level="warning", details={"topic": topic[:256]})
+        else:
+            self.stats.refusal_events_suppressed += 1
+
+    def handle(self, item: LinkItem) -> None:
+        if isinstance(item, LinkUp):
+            self._on_link_up(item)
+        elif isinstance(item, LinkDown):
+            log.info("link down (%s); samples keep accumulating", item.reason)
+        else:
+            self._on_inbound(item)
+
+    def _on_link_up(self, up: LinkUp) -> None:
+        if not up.session_present:
+            # The broker lost (or never had) our session: subscriptions were just renewed and
+            # the retained desired state will be re-delivered, so nothing else to re-sync.
+            log.info("no session on the broker; retained state will be re-delivered")
+        self.link.publish(self.topic(Channel.STATUS), self._status("online"), qos=1, retain=True)
+        self.publish_reported()
+
+    def _on_inbound(self, msg: Inbound) -> None:
+        self.stats.received += 1
+        try:
+            device_id, channel = parse_topic(msg.topic)
+            if device_id != self.device_id:
+                raise ProtocolError(f"topic belongs to device {device_id!r}, not to us")
+            handler = self.handlers.get(channel)
+            if handler is None:
+                raise ProtocolError(f"the agent accepts no messages on {channel.value}")
+            document = decode(channel, msg.payload, device_id)
+        except ProtocolError as e:
+            self._refuse(msg.topic, str(e))
+            return
+        try:
+            handler(msg, document)
+        except FleetgenError as e:
+            self.stats.handler_errors += 1
+            log.error("handling %s failed: %s", msg.topic, e)
+            self.emit("error", str(e), level="error", details={"topic": msg.topic[:256]})
+        except Exception as e:
+            # A bug must not take the daemon down; it is logged with its traceback.
+            self.stats.handler_errors += 1
+            log.exception("bug while handling %s", msg.topic)
+            self.emit("error", f"internal error: {type(e).__name__}: {e}", level="error")
+
+    def _on_desired(self, msg: Inbound, document: msgspec.Struct) -> None:
+        assert isinstance(document, SignedEnvelope)
+        self.latest_desired = document
+        log.info("desired state received (%d bytes, retained=%s)", len(document.payload), msg.retained)
+        self.emit("desired.received", details={"retained": msg.retained, "bytes": len(document.payload)})
+
+    # -- telemetry -------------------------------------------------------------------
+
+    def sample(self) -> None:
+        self._pending_samples.append(self._sampler.sample(self._telemetry_seq.next()))
+
+    def flush_telemetry(self) -> None:
+        while self._pending_samples:
+            batch, self._pending_samples = self._pending_samples[:_MAX_BATCH], self._pending_samples[_MAX_BATCH:]
+            self._publish(Channel.TELEMETRY, TelemetryBatch(device_id=self.device_id, samples=batch))
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        log.info("agent %s starting (fleetgen %s, broker %s)", self.device_id, __version__, self.link.broker)
+        self.link.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        """Serve until `stop()`; then say goodbye (retained offline) and disconnect."""
+        t = self.config.telemetry
+        next_sample = time.monotonic()
+        next_flush = next_sample + t.publish_interval_s
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_sample:
+                self.sample()
+                next_sample = now + t.sample_interval_s
+            if now >= next_flush:
+                self.flush_telemetry()
+                next_flush = now + t.publish_interval_s
+            timeout = max(0.0, min(next_sample, next_flush) - time.monotonic())
+            try:
+                item = self.inbox.get(timeout=min(timeout, 0.5))
+            except queue.Empty:
+                continue
+            self.handle(item)
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        if self.link.connected:
+            try:
+                self.flush_telemetry()
+                self.link.publish(self.topic(Channel.STATUS), self._status("offline"), qos=1, retain=True, wait=2.0)
+            except FleetgenError as e:
+                log.warning("could not say goodbye: %s", e)
+        self.link.stop()
+        log.info("agent %s stopped", self.device_id)

@@ -1,0 +1,243 @@
+"""The MQTT link: a small adapter over paho-mqtt 2.x, used by the agent and the controller.
+
+Paho's callbacks run on the network thread. Here they only enqueue typed items into
+the owner's inbox (`Inbound`, `LinkUp`, `LinkDown`) and never block or raise, so a bad
+message can never kill that thread (PITFALLS). The owner consumes the inbox on its own
+loop and publishes from there; `publish` is safe from any thread except paho callbacks.
+
+The network loop is ours (not `loop_start`) so that reconnects use exponential backoff
+with jitter and the very first connection is retried too. Sessions are persistent
+(MQTT 5: clean_start off + session expiry; 3.1.1: clean_session off), so QoS 1 messages
+sent while we are away are delivered when we return.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.errors import FleetgenError
+from agent.mqtt.backoff import Backoff
+from agent.mqtt.settings import MqttSettings
+
+log = logging.getLogger(__name__)
+
+
+class LinkError(FleetgenError):
+    """Publishing failed (not connected and the queue is full, or a timeout)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    topic: str
+    payload: bytes
+    retained: bool
+    qos: int
+
+
+@dataclass(frozen=True, slots=True)
+class LinkUp:
+    session_present: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDown:
+    reason: str
+
+
+LinkItem = Inbound | LinkUp | LinkDown
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+class MqttLink:
+    def __init__(
+        self,
+        settings: MqttSettings,
+        client_id: str,
+        inbox: queue.Queue[LinkItem],
+        subscriptions: Sequence[tuple[str, int]] = (),
+        will: Will | None = None,
+    ) -> None:
+        self.settings = settings.check()
+        self.broker = settings.broker()
+        self.client_id = client_id
+        self.inbox = inbox
+        self.subscriptions = list(subscriptions)
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
+        self.dropped_inbound = 0
+        self._client = self._make_client(will)
+
+    # -- setup ---------------------------------------------------------------------
+
+    @property
+    def v5(self) -> bool:
+        return self.settings.protocol == "5"
+
+    def _make_client(self, will: Will | None) -> paho.Client:
+        s = self.settings
+        if self.v5:
+            client = paho.Client(
+                CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5
+            )
+        else:
+            client = paho.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=self.client_id,
+                protocol=paho.MQTTv311,
+                clean_session=False,
+            )
+        client.max_queued_messages_set(s.max_queued)
+        client.max_inflight_messages_set(s.max_inflight)
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password)
+        if self.broker.tls:
+            client.tls_set(
+                ca_certs=s.ca_file,
+                certfile=s.cert_file,
+                keyfile=s.key_file,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        if will is not None:
+            client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    # -- paho callbacks (network thread: enqueue only) ------------------------------
+
+    def _put(self, item: LinkItem) -> None:
+        try:
+            self.inbox.put_nowait(item)
+        except queue.Full:
+            self.dropped_inbound += 1
+            log.warning("inbox full: dropped %s", type(item).__name__)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        if reason_code.is_failure:
+            log.warning("broker %s refused the connection: %s", self.broker, reason_code)
+            return
+        self._connected.set()
+        self._backoff.reset()
+        if self.subscriptions:
+            client.subscribe(self.subscriptions)
+        log.info(
+            "connected to %s (MQTT %s, session present: %s)",
+            self.broker, self.settings.protocol, flags.session_present,
+        )
+        self._put(LinkUp(session_present=bool(flags.session_present)))
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        if was_connected:
+            log.warning("disconnected from %s: %s", self.broker, reason_code)
+            self._put(LinkDown(reason=str(reason_code)))
+
+    def _on_message(self, client, userdata, message) -> None:  # type: ignore[no-untyped-def]
+        self._put(Inbound(message.topic, bytes(message.payload), bool(message.retain), message.qos))
+
+    # -- network loop ---------------------------------------------------------------
+
+    def _connect_once(self, first: bool) -> None:
+        if not first:
+            self._client.reconnect()
+            return
+        if self.v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.settings.session_expiry
+            self._client.connect(
+                self.broker.host, self.broker.port, self.settings.keepalive,
+                clean_start=False, properties=props,
+            )
+        else:
+            self._client.connect(self.broker.host, self.broker.port, self.settings.keepalive)
+
+    def _run(self) -> None:
+        first = True
+        while not self._stop.is_set():
+            try:
+                # paho stores host/port/properties on the first call even when it fails,
+                # so every later attempt is a plain reconnect().
+                attempt_first, first = first, False
+                self._connect_once(attempt_first)
+            except (OSError, ssl.SSLError) as e:
+                delay = self._backoff.next()
+                log.warning("cannot reach broker %s (%s); retrying in %.1fs", self.broker, e, delay)
+                self._stop.wait(delay)
+                continue
+            while not self._stop.is_set():
+                rc = self._client.loop(timeout=0.2)
+                if rc != paho.MQTT_ERR_SUCCESS:
+                    break
+            if self._stop.is_set():
+                break
+            self._connected.clear()
+            delay = self._backoff.next()
+            log.info("connection to %s lost; reconnecting in %.1fs", self.broker, delay)
+            self._stop.wait(delay)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"mqtt-{self.client_id}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Disconnect cleanly (the broker discards the Last Will) and stop the thread."""
+        if self._connected.is_set():
+            try:
+                self._client.disconnect()
+                self._client.loop(timeout=0.2)
+            except OSError:
+                pass
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._connected.clear()
+
+    # -- owner API ------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+        wait: float | None = None,
+    ) -> None:
+        """Queue a message (paho queues it while disconnected, up to `max_queued`).
+
+        With `wait`, block up to that many seconds for the broker's acknowledgement.
+        """
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            raise LinkError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
+        if wait is not None:
+            try:
+                info.wait_for_publish(timeout=wait)
+            except (ValueError, RuntimeError) as e:
+                raise LinkError(f"publish to {topic} not acknowledged: {e}") from None
+            if not info.is_published():
+                raise LinkError(f"publish to {topic} not acknowledged within {wait}s")
