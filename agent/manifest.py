@@ -91,7 +91,9 @@ class ModelManifest(Message):
     files: Annotated[list[FileEntry], Meta(min_length=1, max_length=256)]
     quantization: Quantization = "fp32"
     tokenizer: Annotated[str, Meta(max_length=255)] | None = None
-    boards: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=64)] = ["*"]
+    boards: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=64)] = (
+        msgspec.field(default_factory=lambda: ["*"])
+    )
     accelerators: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=32)] = []
     min_ram_mb: Annotated[int, Meta(ge=0)] = 0
     generation: GenerationDefaults = GenerationDefaults()
