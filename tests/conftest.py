@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.mosquitto import MosquittoBroker
+from controller.brokers import Mosquitto
 
 
 @pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    broker = MosquittoBroker(workdir=tmp_path / "mosquitto")
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    broker = Mosquitto(workdir=tmp_path / "mosquitto")
     broker.start()
     yield broker
     broker.stop()

@@ -1,16 +1,35 @@
-"""`fleetgen demo` (being built; see its issue)."""
+"""`fleetgen demo`: the whole story on embedded defaults (see controller/demo.py)."""
 
 from __future__ import annotations
 
 import argparse
-
-from agent.errors import FleetgenError
+import sys
+import threading
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("demo", parents=[common], help="(not yet available)")
+    p = sub.add_parser("demo", parents=[common], help="run a broker, the controller and three devices")
+    p.add_argument("--once", action="store_true", help="run the story once and exit")
+    p.add_argument("--broker", choices=["auto", "mosquitto", "embedded"], default="auto",
+                   help="broker to start (auto: Mosquitto when installed, else embedded amqtt)")
+    p.add_argument("--workdir", default=".demo", help="where the demo keeps its state and logs")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each step")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise FleetgenError("demo is not available yet")
+    from controller.demo import DemoOptions, run_demo
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    def wait_forever() -> None:
+        threading.Event().wait()
+
+    opts = DemoOptions(Path(args.workdir).resolve(), broker=args.broker, once=args.once, timeout=args.timeout)
+    try:
+        return run_demo(opts, say, wait_forever)
+    except TimeoutError as e:
+        print(f"fleetgen: demo failed: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,147 @@
+"""Run a controller and agents as separate processes, each with its own config and
+state directory: the demo's engine, and the harness of the integration tests."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from controller.store import DeviceView, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    device_id: str
+    board_profile: str = "auto"
+    board_root: str = "/"
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass
+class FleetProcesses:
+    workdir: Path
+    broker_url: str
+    protocol: str = "5"
+    keepalive: int = 5
+    sample_interval_s: float = 1.0
+    publish_interval_s: float = 2.0
+    env: dict[str, str] = field(default_factory=dict)
+    controller: subprocess.Popen[bytes] | None = None
+    agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def db_url(self) -> str:
+        return f"sqlite:///{self.workdir / 'controller' / 'controller.db'}"
+
+    def _mqtt_section(self, client_id: str) -> str:
+        return "\n".join([
+            "[mqtt]",
+            f"url = {_toml_str(self.broker_url)}",
+            f"protocol = {_toml_str(self.protocol)}",
+            f"keepalive = {self.keepalive}",
+            f"client_id = {_toml_str(client_id)}",
+            "reconnect_min_s = 0.2",
+            "reconnect_max_s = 2.0",
+        ])
+
+    def controller_config(self) -> Path:
+        path = self.workdir / "controller.toml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join([
+            f"state_dir = {_toml_str(str(self.workdir / 'controller'))}",
+            f"database_url = {_toml_str(self.db_url)}",
+            self._mqtt_section("fleetgen-controller-demo"),
+            "",
+        ]))
+        return path
+
+    def agent_config(self, spec: DeviceSpec) -> Path:
+        path = self.workdir / "agents" / f"{spec.device_id}.toml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join([
+            f"device_id = {_toml_str(spec.device_id)}",
+            f"state_dir = {_toml_str(str(self.workdir / 'agents' / spec.device_id))}",
+            self._mqtt_section(f"fleetgen-{spec.device_id}"),
+            "[telemetry]",
+            f"sample_interval_s = {self.sample_interval_s}",
+            f"publish_interval_s = {self.publish_interval_s}",
+            "[board]",
+            f"profile = {_toml_str(spec.board_profile)}",
+            f"root = {_toml_str(spec.board_root)}",
+            "",
+        ]))
+        return path
+
+    def _spawn(self, module: str, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        log_path = self.workdir / "logs" / log_name
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.env}
+        with open(log_path, "ab") as out:
+            return subprocess.Popen([sys.executable, "-m", module, *args], stdout=out,
+                                    stderr=subprocess.STDOUT, env=env)
+
+    def log_text(self, name: str) -> str:
+        path = self.workdir / "logs" / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start_controller(self) -> None:
+        self.controller = self._spawn("controller", ["serve", "--config", str(self.controller_config())],
+                                      "controller.log")
+
+    def start_agent(self, spec: DeviceSpec) -> None:
+        self.agents[spec.device_id] = self._spawn(
+            "agent", ["run", "--config", str(self.agent_config(spec))], f"{spec.device_id}.log"
+        )
+
+    def signal_agent(self, device_id: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.agents.pop(device_id)
+        proc.send_signal(sig)
+        proc.wait(timeout=15)
+
+    def alive(self) -> dict[str, bool]:
+        procs = {"controller": self.controller, **self.agents}
+        return {name: p is not None and p.poll() is None for name, p in procs.items()}
+
+    def devices(self) -> list[DeviceView]:
+        store = Store(self.db_url)
+        try:
+            return store.devices()
+        finally:
+            store.close()
+
+    def wait_for(self, predicate: Callable[[list[DeviceView]], bool], timeout: float) -> list[DeviceView]:
+        deadline = time.monotonic() + timeout
+        devices: list[DeviceView] = []
+        while time.monotonic() < deadline:
+            devices = self.devices()
+            if predicate(devices):
+                return devices
+            time.sleep(0.1)
+        raise TimeoutError(f"fleet did not reach the expected state in {timeout}s: {devices}")
+
+    def stop(self) -> None:
+        for proc in [*self.agents.values(), self.controller]:
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in [*self.agents.values(), self.controller]:
+            if proc is None:
+                continue
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.agents.clear()
+        self.controller = None

@@ -1,0 +1,219 @@
+"""The controller's store: device registry (twins), telemetry and events, in SQLAlchemy.
+
+SQLite by default (one file, WAL so `fleetgen fleet ls` reads while `serve` writes),
+PostgreSQL by URL. Telemetry and events are keyed by (device, seq) and inserted with
+"on conflict do nothing", so a batch the agent re-sends after a reconnect is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from agent.errors import ConfigError, FleetgenError
+from agent.protocol import Event, Reported, Status, TelemetryBatch
+
+log = logging.getLogger(__name__)
+
+
+class StoreError(FleetgenError):
+    """The database cannot be opened or written."""
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class DeviceRow(Base):
+    __tablename__ = "devices"
+
+    id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    board: Mapped[str] = mapped_column(String(256), default="")
+    agent_version: Mapped[str] = mapped_column(String(256), default="")
+    online: Mapped[bool] = mapped_column(Boolean, default=False)
+    status_ts: Mapped[float] = mapped_column(Float, default=0.0)
+    first_seen: Mapped[float] = mapped_column(Float, default=0.0)
+    last_seen: Mapped[float] = mapped_column(Float, default=0.0)
+    active_bundle: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    slot: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    health: Mapped[str] = mapped_column(String(16), default="unknown")
+    desired_version: Mapped[int] = mapped_column(Integer, default=0)
+    reported: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    last_sample: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class TelemetryRow(Base):
+    __tablename__ = "telemetry"
+
+    device_id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ts: Mapped[float] = mapped_column(Float, index=True)
+    sample: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+
+    device_id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ts: Mapped[float] = mapped_column(Float, index=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    level: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text, default="")
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+@dataclass(frozen=True, slots=True)
+class Ingested:
+    """A validated document from a device, with the controller's receive time."""
+
+    device_id: str
+    received: float
+    message: msgspec.Struct
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    id: str
+    board: str
+    online: bool
+    last_seen: float
+    agent_version: str
+    active_bundle: str | None
+    health: str
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _insert_ignore(engine: Engine, table: Any) -> Any:
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing()
+
+
+class Store:
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        try:
+            if url.startswith("sqlite:///"):
+                Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = create_engine(url, pool_pre_ping=True)
+        except (ArgumentError, ValueError) as e:
+            raise ConfigError(f"database_url: {url!r} is not a usable SQLAlchemy URL ({e})") from None
+        except ModuleNotFoundError as e:
+            raise ConfigError(f"database_url: {url!r} needs a driver that is not installed ({e.name})") from None
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        if create:
+            try:
+                Base.metadata.create_all(self.engine)
+            except OperationalError as e:
+                raise StoreError(f"cannot open database {self.engine.url!r}: {e.orig}") from None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- ingest ----------------------------------------------------------------------
+
+    def apply(self, batch: Sequence[Ingested]) -> None:
+        """Write a batch of documents in one transaction."""
+        samples: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        with Session(self.engine) as session, session.begin():
+            devices: dict[str, DeviceRow] = {}
+
+            def device(item: Ingested) -> DeviceRow:
+                row = devices.get(item.device_id) or session.get(DeviceRow, item.device_id)
+                if row is None:
+                    row = DeviceRow(id=item.device_id, first_seen=item.received, board="", agent_version="",
+                                    online=False, status_ts=0.0, health="unknown", desired_version=0)
+                    session.add(row)
+                devices[item.device_id] = row
+                row.last_seen = max(row.last_seen or 0.0, item.received)
+                return row
+
+            for item in batch:
+                msg = item.message
+                row = device(item)
+                if isinstance(msg, Status):
+                    row.online = msg.state == "online"
+                    row.status_ts = msg.ts
+                    if msg.agent_version:
+                        row.agent_version = msg.agent_version
+                elif isinstance(msg, Reported):
+                    row.board = msg.board
+                    row.agent_version = msg.agent_version
+                    row.active_bundle = msg.active_bundle
+                    row.slot = msg.slot
+                    row.health = msg.health
+                    row.desired_version = msg.desired_version
+                    row.reported = msgspec.to_builtins(msg)
+                elif isinstance(msg, TelemetryBatch):
+                    for s in msg.samples:
+                        samples.append({"device_id": item.device_id, "seq": s.seq, "ts": s.ts,
+                                        "sample": msgspec.to_builtins(s)})
+                    row.last_sample = msgspec.to_builtins(msg.samples[-1])
+                elif isinstance(msg, Event):
+                    events.append({"device_id": item.device_id, "seq": msg.seq, "ts": msg.ts,
+                                   "kind": msg.kind, "level": msg.level, "message": msg.message,
+                                   "details": dict(msg.details)})
+            session.flush()
+            if samples:
+                session.execute(_insert_ignore(self.engine, TelemetryRow), samples)
+            if events:
+                session.execute(_insert_ignore(self.engine, EventRow), events)
+
+    # -- queries ---------------------------------------------------------------------
+
+    def devices(self) -> list[DeviceView]:
+        with Session(self.engine) as session:
+            rows = session.scalars(select(DeviceRow).order_by(DeviceRow.id)).all()
+            return [
+                DeviceView(r.id, r.board, r.online, r.last_seen, r.agent_version, r.active_bundle, r.health)
+                for r in rows
+            ]
+
+    def events(self, device_id: str | None = None, kinds: Iterable[str] | None = None,
+               limit: int = 1000) -> list[EventRow]:
+        with Session(self.engine) as session:
+            q = select(EventRow).order_by(EventRow.ts.desc()).limit(limit)
+            if device_id is not None:
+                q = q.where(EventRow.device_id == device_id)
+            if kinds is not None:
+                q = q.where(EventRow.kind.in_(list(kinds)))
+            return list(session.scalars(q).all())
+
+    def telemetry_count(self, device_id: str) -> int:
+        from sqlalchemy import func
+
+        with Session(self.engine) as session:
+            return int(session.scalar(select(func.count()).select_from(TelemetryRow)
+                                      .where(TelemetryRow.device_id == device_id)) or 0)
