@@ -80,6 +80,9 @@ class ImageSpec(msgspec.Struct, kw_only=True, frozen=True):
     channels: Literal[1, 3, 4] = 1
     num_classes: Annotated[int, Meta(ge=0)] = 0
     latent_dim: Annotated[int, Meta(ge=0)] = 0
+    # What the generator's output values mean: "0,1" (sigmoid) or "-1,1" (tanh); the
+    # runtime maps them to 0..255 (docs/runtime.md).
+    pixel_range: Literal["0,1", "-1,1"] = "0,1"
 
 
 class ModelManifest(Message):
