@@ -1,16 +1,215 @@
-"""`fleetgen-agent generate` (being built; see its issue)."""
+"""`fleetgen-agent generate`: text (streamed to stdout) or an image (PNG), offline.
+
+    fleetgen-agent generate "Tell me a story about summer"
+    fleetgen-agent generate --model DIR --greedy --max-tokens 64 "Once upon a time"
+    fleetgen-agent generate --image --class 3 -o three.png
+    fleetgen-agent generate --json "Hello"       # text + timings as one JSON document
+
+`--model DIR` takes a fleetgen model folder or an Optimum ONNX decoder export;
+`--bundle FILE` a `.fgb` bundle (verified and unpacked into a temporary folder).
+Without either, the model fleetgen ships (found as data next to the agent package).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
-from agent.errors import FleetgenError
+from agent.errors import UsageError
+
+SCHEMA = 1
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("generate", parents=[common], help="(not yet available)")
+    p = sub.add_parser(
+        "generate",
+        parents=[common],
+        help="generate text or an image on this device",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    p.add_argument("prompt", nargs="?", default=None, help="text prompt (text models)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--model", metavar="DIR", type=Path, help="model folder (fleetgen or Optimum export)"
+    )
+    src.add_argument("--bundle", metavar="FILE", type=Path, help="model bundle (.fgb)")
+    p.add_argument("--image", action="store_true", help="generate an image (PNG) instead of text")
+    p.add_argument("--class", dest="class_id", type=int, metavar="N", help="image class label")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("image.png"),
+        metavar="FILE",
+        help="PNG path for --image (default image.png)",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON document (text/path + timings)"
+    )
+    p.add_argument("--max-tokens", type=int, metavar="N", help="most new tokens (model default)")
+    p.add_argument("--temperature", type=float, metavar="T", help="0 = greedy (model default)")
+    p.add_argument("--top-k", type=int, metavar="K", help="keep the K most likely tokens, 0 = off")
+    p.add_argument("--top-p", type=float, metavar="P", help="nucleus mass in (0, 1], 1 = off")
+    p.add_argument("--repetition-penalty", type=float, metavar="R", help="> 0, 1 = off")
+    p.add_argument("--seed", type=int, metavar="N", help="random seed (same seed, same output)")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    p.add_argument("--stop", action="append", metavar="TEXT", help="stop string (repeatable)")
+    p.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence")
+    p.add_argument(
+        "--threads", type=int, metavar="N", help="inference threads (default: library's)"
+    )
+    p.add_argument(
+        "--providers",
+        metavar="LIST",
+        help="preferred execution providers, comma-separated (e.g. cuda,cpu)",
+    )
     p.set_defaults(func=run)
 
 
+def shipped_model(kind: str, root: Path | None = None) -> Path:
+    """The model fleetgen ships for `kind` ("text"/"image"), found as data (never imported).
+
+    Looks in `<dir holding the agent package>/models/<kind>/*/manifest.json`, which is the
+    repository in a checkout and site-packages in an install. Quantized variants first
+    (int8, then int4), then fp32, by name.
+    """
+    base = root or Path(__file__).resolve().parents[2] / "models" / kind
+    candidates = sorted(p.parent for p in base.glob("*/manifest.json"))
+    if not candidates:
+        raise UsageError(f"no --model given and no shipped {kind} model under {base}")
+    order = {"int8": 0, "int4": 1, "fp16": 2, "fp32": 3}
+
+    def rank(folder: Path) -> tuple[int, int, str]:
+        try:
+            meta = json.loads((folder / "manifest.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return (9, 9, folder.name)
+        engine_rank = 0 if meta.get("engine") == "onnxruntime" else 1
+        return (order.get(str(meta.get("quantization", "fp32")), 4), engine_rank, folder.name)
+
+    return min(candidates, key=rank)
+
+
+@contextlib.contextmanager
+def model_folder(args: argparse.Namespace) -> Iterator[Path]:
+    if args.model is not None:
+        yield args.model
+    elif args.bundle is not None:
+        from agent.bundle import verify_bundle_file
+        from agent.manifest import write_manifest
+
+        if not args.bundle.is_file():
+            raise UsageError(f"bundle {args.bundle} does not exist")
+        with tempfile.TemporaryDirectory(prefix="fleetgen-bundle-") as tmp:
+            dest = Path(tmp) / "model"
+            dest.mkdir()
+            verified = verify_bundle_file(args.bundle, dest=dest)
+            write_manifest(dest, verified.manifest)
+            yield dest
+    else:
+        yield shipped_model("image" if args.image else "text")
+
+
 def run(args: argparse.Namespace) -> int:
-    raise FleetgenError("generate is not available yet")
+    from agent.runtime import EngineOptions, ImageGenerator, TextGenerator, load_model
+
+    providers = tuple(p for p in (args.providers or "").split(",") if p.strip())
+    options = EngineOptions(threads=args.threads, providers=providers)
+    if not args.image and args.prompt is None:
+        raise UsageError("give a prompt (or --image)")
+    with model_folder(args) as folder:
+        generator = load_model(folder, options)
+        try:
+            if args.image:
+                if not isinstance(generator, ImageGenerator):
+                    raise UsageError(f"{folder} is a text model; drop --image")
+                return _image(generator, args)
+            if not isinstance(generator, TextGenerator):
+                raise UsageError(f"{folder} is an image model; use --image")
+            return _text(generator, args)
+        finally:
+            generator.close()
+
+
+def _text(generator: Any, args: argparse.Namespace) -> int:
+    request = generator.request(
+        args.prompt,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        greedy=args.greedy,
+        stop=args.stop,
+        ignore_eos=args.ignore_eos,
+    )
+    out = sys.stdout
+
+    def stream(text: str) -> None:
+        out.write(text)
+        out.flush()
+
+    result = generator.generate(request, on_text=None if args.json else stream)
+    t = result.timings
+    if args.json:
+        doc = {
+            "schema": SCHEMA,
+            "model": generator.info.name,
+            "quantization": generator.info.quantization,
+            "text": result.text,
+            "finish_reason": result.finish_reason,
+            "seed": result.seed,
+            "prompt_tokens": t.prompt_tokens,
+            "generated_tokens": t.generated_tokens,
+            "timings": {
+                "load_ms": round(t.load_ms, 2),
+                "prefill_ms": round(t.prefill_ms, 2),
+                "decode_ms": round(t.decode_ms, 2),
+                "decode_tokens_per_s": round(t.decode_tokens_per_s, 2),
+                "prefill_tokens_per_s": round(t.prefill_tokens_per_s, 2),
+            },
+        }
+        print(json.dumps(doc, ensure_ascii=False))
+    else:
+        out.write("\n")
+    return 0
+
+
+def _image(generator: Any, args: argparse.Namespace) -> int:
+    from agent.runtime import ImageRequest
+
+    result = generator.generate(ImageRequest(class_id=args.class_id, seed=args.seed))
+    try:
+        args.output.write_bytes(result.png)
+    except OSError as e:
+        raise UsageError(f"cannot write {args.output}: {e.strerror}") from None
+    h, w, c = result.pixels.shape
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "schema": SCHEMA,
+                    "model": generator.info.name,
+                    "path": str(args.output),
+                    "width": w,
+                    "height": h,
+                    "channels": c,
+                    "class": result.class_id,
+                    "seed": result.seed,
+                    "timings": {
+                        "load_ms": round(result.load_ms, 2),
+                        "run_ms": round(result.run_ms, 2),
+                    },
+                }
+            )
+        )
+    else:
+        print(f"wrote {args.output} ({w}x{h}, class {result.class_id}, seed {result.seed})")
+    return 0

@@ -1,0 +1,67 @@
+"""On-device generation: engines (ONNX Runtime, TFLite), text and image generators.
+
+    from agent.runtime import load_model, EngineOptions
+    gen = load_model(Path("models/text/…"), EngineOptions(threads=2))
+    result = gen.generate(gen.request("Once upon a time", max_tokens=32), on_text=print)
+
+Heavy libraries (onnxruntime, tflite, tokenizers) are imported by `load_model`, not here.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from agent.runtime.engine import EngineOptions
+from agent.runtime.errors import EngineError, ModelLoadError
+from agent.runtime.image import ImageGenerator, ImageRequest
+from agent.runtime.loader import ModelInfo, open_folder
+from agent.runtime.text import TextGenerator, TextRequest
+
+__all__ = [
+    "EngineOptions",
+    "ImageGenerator",
+    "ImageRequest",
+    "ModelInfo",
+    "TextGenerator",
+    "TextRequest",
+    "load_model",
+]
+
+
+def load_model(
+    model_dir: Path, options: EngineOptions | None = None
+) -> TextGenerator | ImageGenerator:
+    """Load a model folder (fleetgen manifest or Optimum export) and warm it up.
+
+    Warming up (one short run) makes the first request's latency honest and proves the
+    model runs before anyone depends on it (Frigate does the same).
+    """
+    t0 = time.perf_counter()
+    info, engine = open_folder(Path(model_dir), options or EngineOptions())
+    generator: TextGenerator | ImageGenerator
+    try:
+        if info.task == "text-generation":
+            generator = TextGenerator(info, engine)
+            spec = generator.spec
+            start = next((t for t in (spec.bos_token_id, spec.eos_token_id) if t is not None), 0)
+            generator.decoder.reset(2)
+            generator.decoder.forward([start])
+        else:
+            generator = ImageGenerator(info, engine)
+            generator.engine.run(
+                generator.feeds(
+                    ImageRequest(
+                        class_id=None if not info.image or not info.image.num_classes else 0
+                    ),
+                    0,
+                )
+            )
+    except ModelLoadError:
+        engine.close()
+        raise
+    except EngineError as e:
+        engine.close()
+        raise ModelLoadError(f"{model_dir}: warm-up run failed: {e}") from None
+    generator.load_ms = (time.perf_counter() - t0) * 1000
+    return generator

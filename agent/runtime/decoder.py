@@ -1,0 +1,193 @@
+"""One Optimum-layout decoder graph driven step by step with its KV cache kept in place.
+
+The cache never round-trips through Python: two preallocated buffers per past tensor
+are bound with ORT IO binding, the graph reads `past_key_values.N.*` from one and writes
+`present.N.*` (past + new) into the other, and they swap roles after each step. The
+concatenation inside the graph is the only copy left, which the layout itself implies.
+Prefill and decode run the same graph (prefill with a past of length 0). Batch size 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from agent.runtime.engine import TensorInfo
+from agent.runtime.errors import ContextLengthError, EngineError, LayoutError
+
+
+@dataclass(frozen=True)
+class DecoderLayout:
+    """What the graph looks like, checked against the declared shape at load."""
+
+    num_layers: int
+    kv_heads: int
+    head_dim: int
+    vocab_size: int
+    kv_dtype: np.dtype
+    logits_dtype: np.dtype
+    has_position_ids: bool
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return 2 * self.num_layers * self.kv_heads * self.head_dim * self.kv_dtype.itemsize
+
+
+def past_names(i: int) -> tuple[str, str]:
+    return f"past_key_values.{i}.key", f"past_key_values.{i}.value"
+
+
+def present_names(i: int) -> tuple[str, str]:
+    return f"present.{i}.key", f"present.{i}.value"
+
+
+def check_layout(
+    inputs: Sequence[TensorInfo],
+    outputs: Sequence[TensorInfo],
+    num_layers: int,
+    kv_heads: int,
+    head_dim: int,
+    vocab_size: int,
+    origin: str,
+) -> DecoderLayout:
+    """Refuse a graph whose inputs/outputs do not match the Optimum decoder layout."""
+    ins = {t.name: t for t in inputs}
+    outs = {t.name: t for t in outputs}
+    need_in = ["input_ids", "attention_mask"] + [
+        n for i in range(num_layers) for n in past_names(i)
+    ]
+    need_out = ["logits"] + [n for i in range(num_layers) for n in present_names(i)]
+    missing = [n for n in need_in if n not in ins] + [n for n in need_out if n not in outs]
+    if missing:
+        shown = ", ".join(missing[:4]) + (
+            f" (+{len(missing) - 4} more)" if len(missing) > 4 else ""
+        )
+        raise LayoutError(
+            f"{origin}: graph lacks {shown} for a {num_layers}-layer decoder in the Optimum layout"
+        )
+    extra_past = [n for n in ins if n.startswith("past_key_values.") and n not in need_in]
+    if extra_past:
+        raise LayoutError(
+            f"{origin}: graph has {extra_past[0]} beyond the declared {num_layers} layers"
+        )
+    known = {"input_ids", "attention_mask", "position_ids", *need_in}
+    unknown = [n for n in ins if n not in known]
+    if unknown:
+        raise LayoutError(f"{origin}: graph input {unknown[0]!r} is not part of the decoder layout")
+    past = ins[past_names(0)[0]]
+    if len(past.shape) != 4:
+        raise LayoutError(f"{origin}: {past.name} has rank {len(past.shape)}, expected 4")
+    for axis, want, label in ((1, kv_heads, "kv heads"), (3, head_dim, "head_dim")):
+        got = past.shape[axis]
+        if isinstance(got, int) and got != want:
+            raise LayoutError(f"{origin}: {past.name} has {got} {label}, declared {want}")
+    logits = outs["logits"]
+    got_vocab = logits.shape[-1] if logits.shape else None
+    if isinstance(got_vocab, int) and got_vocab != vocab_size:
+        raise LayoutError(f"{origin}: logits have vocab {got_vocab}, declared {vocab_size}")
+    for name in ("input_ids", "attention_mask"):
+        if ins[name].dtype != np.int64:
+            raise LayoutError(f"{origin}: {name} is {ins[name].dtype}, expected int64")
+    return DecoderLayout(
+        num_layers, kv_heads, head_dim, vocab_size, past.dtype, logits.dtype, "position_ids" in ins
+    )
+
+
+class KVDecoder:
+    """Feeds tokens to the graph; `forward` returns the last position's logits."""
+
+    def __init__(self, session: Any, layout: DecoderLayout, context_length: int) -> None:
+        self.session = session
+        self.layout = layout
+        self.context_length = context_length
+        self.length = 0
+        self.capacity = 0
+        self._io = session.io_binding()
+        self._mask = np.ones((1, context_length), dtype=np.int64)
+        self._positions = np.arange(context_length, dtype=np.int64)[None, :]
+        self._step_ids = np.zeros((1, 1), dtype=np.int64)
+        self._step_logits = np.empty((1, 1, layout.vocab_size), dtype=layout.logits_dtype)
+        self._bufs: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+        self._ptrs: tuple[list[int], list[int]] = ([], [])
+        self._mask_ptr = self._mask.ctypes.data
+        self._pos_ptr = self._positions.ctypes.data
+        self._step_ids_ptr = self._step_ids.ctypes.data
+        self._step_logits_ptr = self._step_logits.ctypes.data
+
+    def reset(self, capacity: int) -> None:
+        """Start a new sequence that may grow to `capacity` tokens."""
+        if not 1 <= capacity <= self.context_length:
+            raise ContextLengthError(
+                f"sequence of {capacity} tokens exceeds the context of {self.context_length}"
+            )
+        lay = self.layout
+        if capacity > self.capacity:
+            # np.empty maps pages lazily, so only the part a sequence uses becomes resident.
+            size = lay.kv_heads * capacity * lay.head_dim
+            self._bufs = tuple(  # type: ignore[assignment]
+                [np.empty(size, dtype=lay.kv_dtype) for _ in range(2 * lay.num_layers)]
+                for _ in range(2)
+            )
+            self._ptrs = (
+                [a.ctypes.data for a in self._bufs[0]],
+                [a.ctypes.data for a in self._bufs[1]],
+            )
+            self.capacity = capacity
+        self.length = 0
+
+    def forward(self, token_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Run the graph on new tokens, extending the cache; logits of the last one, float32."""
+        n = len(token_ids)
+        past, total = self.length, self.length + n
+        if n == 0:
+            raise EngineError("forward needs at least one token")
+        if total > self.capacity:
+            raise ContextLengthError(
+                f"sequence of {total} tokens exceeds the reserved {self.capacity}"
+            )
+        if n == 1:
+            self._step_ids[0, 0] = int(token_ids[0])
+            ids, logits = self._step_ids, self._step_logits
+        else:
+            ids = np.ascontiguousarray(np.asarray(token_ids, dtype=np.int64).reshape(1, n))
+            logits = np.empty((1, n, self.layout.vocab_size), dtype=self.layout.logits_dtype)
+        self._bind(ids, logits, past, total)
+        try:
+            self.session.run_with_iobinding(self._io)
+        except Exception as e:  # ORT's own exception types
+            raise EngineError(
+                f"decoder step at position {past} failed: {str(e).splitlines()[0]}"
+            ) from None
+        self._bufs = (self._bufs[1], self._bufs[0])
+        self._ptrs = (self._ptrs[1], self._ptrs[0])
+        self.length = total
+        return logits[0, -1].astype(np.float32, copy=False)
+
+    def _bind(self, ids: np.ndarray, logits: np.ndarray, past: int, total: int) -> None:
+        io, lay = self._io, self.layout
+        n = ids.shape[1]
+        step = ids is self._step_ids
+        io.bind_input(
+            "input_ids", "cpu", 0, np.int64, [1, n], self._step_ids_ptr if step else ids.ctypes.data
+        )
+        io.bind_input("attention_mask", "cpu", 0, np.int64, [1, total], self._mask_ptr)
+        if lay.has_position_ids:
+            io.bind_input("position_ids", "cpu", 0, np.int64, [1, n], self._pos_ptr + 8 * past)
+        io.bind_output(
+            "logits",
+            "cpu",
+            0,
+            lay.logits_dtype.type,
+            list(logits.shape),
+            self._step_logits_ptr if step else logits.ctypes.data,
+        )
+        src, dst = self._ptrs
+        past_shape = [1, lay.kv_heads, past, lay.head_dim]
+        present_shape = [1, lay.kv_heads, total, lay.head_dim]
+        for i in range(lay.num_layers):
+            for j, (pin, pout) in enumerate(zip(past_names(i), present_names(i), strict=True)):
+                io.bind_input(pin, "cpu", 0, lay.kv_dtype.type, past_shape, src[2 * i + j])
+                io.bind_output(pout, "cpu", 0, lay.kv_dtype.type, present_shape, dst[2 * i + j])

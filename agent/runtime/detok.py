@@ -1,0 +1,80 @@
+"""Streaming text out of token ids: incremental detokenization and stop strings.
+
+Byte-level BPE splits UTF-8 characters across tokens, and SentencePiece-style decoders
+change how a token renders depending on what precedes it. So we never decode one token
+alone: we decode a small window of ids that starts a few tokens back (`prefix`), emit
+only what it adds past the text already emitted, and hold back while the window ends
+in U+FFFD (an incomplete UTF-8 sequence). The approach of Hugging Face TGI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+REPLACEMENT = "\ufffd"
+
+Decode = Callable[[Sequence[int]], str]
+
+
+class IncrementalDetokenizer:
+    def __init__(self, decode: Decode) -> None:
+        self._decode = decode
+        self.ids: list[int] = []
+        self._prefix = 0
+        self._read = 0
+
+    def add(self, token_id: int) -> str:
+        """Append one id; return the newly stable text (possibly empty)."""
+        self.ids.append(token_id)
+        prefix_text = self._decode(self.ids[self._prefix : self._read])
+        new_text = self._decode(self.ids[self._prefix :])
+        if len(new_text) > len(prefix_text) and not new_text.endswith(REPLACEMENT):
+            self._prefix, self._read = self._read, len(self.ids)
+            return new_text[len(prefix_text) :]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is still held back (at the end of generation), U+FFFD included."""
+        prefix_text = self._decode(self.ids[self._prefix : self._read])
+        new_text = self._decode(self.ids[self._prefix :])
+        self._prefix = self._read = len(self.ids)
+        return new_text[len(prefix_text) :]
+
+
+class StopMatcher:
+    """Cuts the stream at the first stop string, holding back text that could start one."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self._pending = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        """Text that is safe to emit now; sets `stopped` when a stop string appears."""
+        if self.stopped:
+            return ""
+        if not self.stops:
+            return text
+        buf = self._pending + text
+        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            self._pending = ""
+            return buf[: min(hits)]
+        hold = self._held_suffix(buf)
+        self._pending = buf[len(buf) - hold :] if hold else ""
+        return buf[: len(buf) - hold]
+
+    def flush(self) -> str:
+        out, self._pending = ("" if self.stopped else self._pending), ""
+        return out
+
+    def _held_suffix(self, buf: str) -> int:
+        """Length of the longest suffix of `buf` that is a proper prefix of a stop string."""
+        best = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(buf)), best, -1):
+                if buf.endswith(stop[:n]):
+                    best = n
+                    break
+        return best

@@ -1,0 +1,1 @@
+"""Engine plugins: one module per inference runtime, each exposing `load(path, options)`."""

@@ -1,0 +1,101 @@
+"""ONNX Runtime engine plugin."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from agent.runtime.engine import EngineOptions, TensorInfo
+from agent.runtime.errors import EngineError, ModelLoadError, UnknownEngineError
+from agent.runtime.providers import choose_providers
+
+log = logging.getLogger(__name__)
+
+KIND: Literal["onnxruntime"] = "onnxruntime"
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def _import_ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise UnknownEngineError(f"engine onnxruntime: cannot import onnxruntime ({e})") from None
+    return onnxruntime
+
+
+def _info(arg: Any) -> TensorInfo:
+    dtype = _ORT_TYPES.get(arg.type)
+    return TensorInfo(
+        arg.name, np.dtype(dtype if dtype is not None else np.float32), tuple(arg.shape)
+    )
+
+
+class OnnxEngine:
+    kind = KIND
+
+    def __init__(self, session: Any, path: Path) -> None:
+        self.session = session
+        self.path = path
+        self.providers: list[str] = list(session.get_providers())
+        self.inputs = [_info(a) for a in session.get_inputs()]
+        self.outputs = [_info(a) for a in session.get_outputs()]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [o.name for o in self.outputs]
+        try:
+            values = self.session.run(names, dict(feeds))
+        except Exception as e:  # ORT raises its own unrelated exception types; wrap them all
+            raise EngineError(f"{self.path.name}: run failed: {_first_line(e)}") from None
+        return dict(zip(names, values, strict=True))
+
+    def close(self) -> None:
+        self.session = None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__
+
+
+def session_options(options: EngineOptions) -> Any:
+    ort = _import_ort()
+    so = ort.SessionOptions()
+    if options.threads is not None:
+        so.intra_op_num_threads = options.threads
+        so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return so
+
+
+def load(path: Path, options: EngineOptions) -> OnnxEngine:
+    ort = _import_ort()
+    if not path.is_file():
+        raise ModelLoadError(f"model file {path} does not exist")
+    providers = choose_providers(options.providers, ort.get_available_providers())
+    try:
+        session = ort.InferenceSession(str(path), session_options(options), providers=providers)
+    except Exception as e:  # InvalidProtobuf, Fail, NotImplemented...: all mean "cannot load"
+        raise ModelLoadError(f"cannot load {path}: {_first_line(e)}") from None
+    log.info(
+        "loaded %s on %s (threads %s)",
+        path.name,
+        ", ".join(session.get_providers()),
+        options.threads or "default",
+    )
+    return OnnxEngine(session, path)

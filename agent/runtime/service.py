@@ -1,0 +1,97 @@
+"""Serve many callers with one loaded model: a queue and one worker thread.
+
+Requests run one at a time, in arrival order. A bad request fails its own job with the
+error it raised (a RequestError the caller can show as one line); the worker goes on
+with the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from agent.errors import FleetgenError
+from agent.runtime.errors import EngineError, RequestError
+from agent.runtime.text import TextGenerator, TextRequest, TextResult
+
+log = logging.getLogger(__name__)
+
+_DONE = object()
+
+
+@dataclass
+class _Outcome:
+    result: TextResult | None = None
+    error: FleetgenError | None = None
+
+
+class Job:
+    """A submitted request: iterate it for streamed text, or call `result()`."""
+
+    def __init__(self, request: TextRequest) -> None:
+        self.request = request
+        self._chunks: queue.Queue[object] = queue.Queue()
+        self._done = threading.Event()
+        self._outcome = _Outcome()
+
+    def __iter__(self) -> Iterator[str]:
+        while (item := self._chunks.get()) is not _DONE:
+            yield str(item)
+        self._raise_if_failed()
+
+    def result(self, timeout: float | None = None) -> TextResult:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"generation not finished after {timeout} s")
+        self._raise_if_failed()
+        assert self._outcome.result is not None
+        return self._outcome.result
+
+    def _raise_if_failed(self) -> None:
+        if self._outcome.error is not None:
+            raise self._outcome.error
+
+    def _finish(self, outcome: _Outcome) -> None:
+        self._outcome = outcome
+        self._done.set()
+        self._chunks.put(_DONE)
+
+
+class GenerationQueue:
+    def __init__(self, generator: TextGenerator, max_pending: int = 64) -> None:
+        self.generator = generator
+        self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_pending)
+        self._thread = threading.Thread(target=self._work, name="fleetgen-generate", daemon=True)
+        self._closed = False
+        self._thread.start()
+
+    def submit(self, request: TextRequest) -> Job:
+        if self._closed:
+            raise RequestError("generation queue is closed")
+        job = Job(request)
+        try:
+            self._jobs.put_nowait(job)
+        except queue.Full:
+            raise RequestError(f"generation queue is full ({self._jobs.maxsize} pending)") from None
+        return job
+
+    def close(self, timeout: float = 30.0) -> None:
+        self._closed = True
+        self._jobs.put(None)
+        self._thread.join(timeout)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                result = self.generator.generate(job.request, on_text=job._chunks.put)
+                job._finish(_Outcome(result=result))
+            except FleetgenError as e:
+                log.warning("request failed: %s", e)
+                job._finish(_Outcome(error=e))
+            except Exception as e:  # keep serving: report the bug to the caller, log it whole
+                log.exception("request failed unexpectedly")
+                job._finish(
+                    _Outcome(error=EngineError(f"generation failed: {type(e).__name__}: {e}"))
+                )
