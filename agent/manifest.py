@@ -85,7 +85,7 @@ class ImageSpec(msgspec.Struct, kw_only=True, frozen=True):
     pixel_range: Literal["0,1", "-1,1"] = "0,1"
 
 
-class ModelManifest(Message):
+class ModelManifest(Message, kw_only=True, frozen=True):
     name: Name
     version: Version
     task: Task

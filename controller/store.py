@@ -120,8 +120,16 @@ def _insert_ignore(engine: Engine, table: Any) -> Any:
     return sqlite_insert(table).on_conflict_do_nothing()
 
 
+def normalise_url(url: str) -> str:
+    """`postgresql://` means psycopg 3 here (the driver the controller extra installs)."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
 class Store:
     def __init__(self, url: str, *, create: bool = True) -> None:
+        url = normalise_url(url)
         try:
             if url.startswith("sqlite:///"):
                 Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

@@ -133,7 +133,7 @@ class MqttLink:
             self.dropped_inbound += 1
             log.warning("inbox full: dropped %s", type(item).__name__)
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             log.warning("broker %s refused the connection: %s", self.broker, reason_code)
             return
@@ -147,14 +147,14 @@ class MqttLink:
         )
         self._put(LinkUp(session_present=bool(flags.session_present)))
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
         if was_connected:
             log.warning("disconnected from %s: %s", self.broker, reason_code)
             self._put(LinkDown(reason=str(reason_code)))
 
-    def _on_message(self, client, userdata, message) -> None:  # type: ignore[no-untyped-def]
+    def _on_message(self, client, userdata, message) -> None:
         self._put(Inbound(message.topic, bytes(message.payload), bool(message.retain), message.qos))
 
     # -- network loop ---------------------------------------------------------------

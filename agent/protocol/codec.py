@@ -41,7 +41,7 @@ CHANNEL_TYPES: dict[Channel, type[msgspec.Struct]] = {
 }
 
 _encoder = msgspec.json.Encoder()
-_decoders: dict[type, msgspec.json.Decoder] = {}  # type: ignore[type-arg]
+_decoders: dict[type, msgspec.json.Decoder] = {}
 
 _FRAME_MAGIC = b"FGR1"
 _FRAME_HEAD = struct.Struct("!4sI")

@@ -30,7 +30,7 @@ class Message(msgspec.Struct, kw_only=True, frozen=True):
     schema: int = SCHEMA
 
 
-class Status(Message):
+class Status(Message, kw_only=True, frozen=True):
     """`dev/{id}/status` (retained). The `offline` one is the agent's Last Will."""
 
     state: Literal["online", "offline"]
@@ -45,7 +45,7 @@ class PowerReport(msgspec.Struct, kw_only=True, frozen=True):
     knobs: Details = {}
 
 
-class Reported(Message):
+class Reported(Message, kw_only=True, frozen=True):
     """`dev/{id}/reported` (retained): what the device is and runs now."""
 
     device_id: DeviceId
@@ -76,14 +76,14 @@ class TelemetrySample(msgspec.Struct, kw_only=True, frozen=True):
     errors: Annotated[int, Meta(ge=0)] = 0
 
 
-class TelemetryBatch(Message):
+class TelemetryBatch(Message, kw_only=True, frozen=True):
     """`dev/{id}/telemetry`: samples in sequence order; the controller dedups by (device, seq)."""
 
     device_id: DeviceId
     samples: Annotated[list[TelemetrySample], Meta(min_length=1, max_length=1000)]
 
 
-class Event(Message):
+class Event(Message, kw_only=True, frozen=True):
     """`dev/{id}/events`: install progress, health results, rollbacks, refusals, errors."""
 
     device_id: DeviceId
@@ -103,7 +103,7 @@ class TargetRef(msgspec.Struct, kw_only=True, frozen=True):
     hashes: Annotated[dict[Annotated[str, Meta(max_length=32)], ShortText], Meta(min_length=1)]
 
 
-class DesiredState(Message):
+class DesiredState(Message, kw_only=True, frozen=True):
     """The payload the director signs for one device (carried in a `SignedEnvelope`)."""
 
     device_id: DeviceId
@@ -129,7 +129,7 @@ class SignedEnvelope(msgspec.Struct, kw_only=True, frozen=True, rename="camel"):
     signatures: Annotated[list[Signature], Meta(min_length=1, max_length=16)]
 
 
-class Request(Message):
+class Request(Message, kw_only=True, frozen=True):
     """`dev/{id}/req`: the agent asks the controller (metadata, bundle chunks, commands).
 
     The answer comes on `dev/{id}/resp` as a `ResponseHeader` frame with the same `id`.
@@ -143,7 +143,7 @@ class Request(Message):
     args: Details = {}
 
 
-class ResponseHeader(Message):
+class ResponseHeader(Message, kw_only=True, frozen=True):
     """Header of a `dev/{id}/resp` frame; the frame's body carries raw bytes (a chunk)."""
 
     id: CorrelationId

@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(func=run)
 
 
-def load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def load(args: argparse.Namespace):
     from controller.config import load_config
 
     return load_config(

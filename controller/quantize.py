@@ -1,0 +1,111 @@
+"""Quantize ONNX decoders: int8 dynamic (weights int8, activations quantized at run time)
+and 4-bit weight-only (MatMulNBits, block 32, accuracy level 4 = int8 compute).
+
+    from controller.quantize import quantize_int8, quantize_int4
+    quantize_int8(Path("fp32/model.onnx"), Path("int8/model.onnx"))
+
+Both write a single file when it fits in protobuf's 2 GiB, else `<name>_data` next to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from agent.errors import FleetgenError
+
+log = logging.getLogger(__name__)
+
+PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2  # leave room for the graph itself
+INT4_BLOCK = 32
+INT4_ACCURACY_LEVEL = 4  # int8 activations in the MatMulNBits kernel: the fast path on CPU
+
+
+class QuantizeError(FleetgenError):
+    """Quantization failed; the message names the model and the step."""
+
+    exit_code = 2
+
+
+def _source_bytes(src: Path) -> int:
+    data = [p for p in src.parent.iterdir() if p.name.startswith(src.name) and p != src]
+    return src.stat().st_size + sum(p.stat().st_size for p in data)
+
+
+def _check_paths(src: Path, dst: Path) -> None:
+    if not src.is_file():
+        raise QuantizeError(f"model {src} does not exist")
+    if src.resolve() == dst.resolve():
+        raise QuantizeError(f"quantized output {dst} would overwrite its source")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+
+
+def quantize_int8(src: Path, dst: Path) -> Path:
+    """int8 dynamic quantization of every MatMul with a constant weight (and the embedding).
+
+    Activation x activation MatMuls (attention scores) stay in float: quantizing them on
+    the fly costs accuracy and buys no speed at decode time.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src, dst = Path(src), Path(dst)
+    _check_paths(src, dst)
+    external = _source_bytes(src) > PROTOBUF_LIMIT
+    try:
+        quantize_dynamic(
+            src, dst, weight_type=QuantType.QInt8, per_channel=False,
+            use_external_data_format=external, extra_options={"MatMulConstBOnly": True},
+        )
+    except Exception as e:  # onnxruntime.quantization raises plain Exceptions of many kinds
+        raise QuantizeError(f"int8 quantization of {src} failed: {_line(e)}") from None
+    log.info("int8: %s -> %s (%d -> %d bytes)", src, dst, _source_bytes(src), _source_bytes(dst))
+    return dst
+
+
+def quantize_int4(src: Path, dst: Path, block_size: int = INT4_BLOCK) -> Path:
+    """4-bit weight-only quantization of MatMul weights into MatMulNBits (symmetric blocks).
+
+    The embedding Gather stays fp32 (the quantizer only rewrites MatMuls), so the file can
+    be larger than the int8 one; the LM head, an untied MatMul, is quantized.
+    """
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    src, dst = Path(src), Path(dst)
+    _check_paths(src, dst)
+    try:
+        model = onnx.load(str(src))
+        quantizer = MatMulNBitsQuantizer(
+            model, bits=4, block_size=block_size, is_symmetric=True,
+            accuracy_level=INT4_ACCURACY_LEVEL,
+        )
+        quantizer.process()
+        out: Any = quantizer.model
+        _save(out.model if hasattr(out, "model") else out, dst)
+    except QuantizeError:
+        raise
+    except Exception as e:
+        raise QuantizeError(f"int4 quantization of {src} failed: {_line(e)}") from None
+    log.info("int4: %s -> %s (%d -> %d bytes)", src, dst, _source_bytes(src), _source_bytes(dst))
+    return dst
+
+
+def _save(model: Any, dst: Path) -> None:
+    import onnx
+
+    external = model.ByteSize() > PROTOBUF_LIMIT if hasattr(model, "ByteSize") else True
+    # write next to the destination first so a failed save leaves no half file behind
+    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
+        tmp_path = Path(tmp) / dst.name
+        onnx.save_model(model, str(tmp_path), save_as_external_data=external,
+                        location=dst.name + "_data" if external else None)
+        for produced in Path(tmp).iterdir():
+            shutil.move(str(produced), dst.parent / produced.name)
+
+
+def _line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:300] if lines else type(e).__name__

@@ -1,0 +1,138 @@
+"""The foundation's promises, end to end: real Mosquitto, controller and agents as processes.
+
+Each test runs once per protocol: MQTT 5 and MQTT 3.1.1.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.protocol import Channel, Signature, SignedEnvelope, device_topic, encode
+from controller.brokers import Mosquitto
+from controller.fleetproc import DeviceSpec, FleetProcesses
+from controller.store import Store
+
+KEEPALIVE = 2
+
+
+@pytest.fixture(params=["5", "3.1.1"], ids=["mqtt5", "mqtt311"])
+def fleet(request: pytest.FixtureRequest, mosquitto: Mosquitto, tmp_path: Path) -> Iterator[FleetProcesses]:
+    procs = FleetProcesses(tmp_path / "fleet", mosquitto.url, protocol=request.param, keepalive=KEEPALIVE,
+                           sample_interval_s=0.5, publish_interval_s=0.5)
+    procs.start_controller()
+    yield procs
+    procs.stop()
+
+
+def online(fleet: FleetProcesses) -> set[str]:
+    return {d.id for d in fleet.devices() if d.online}
+
+
+def publish_once(url_port: int, topic: str, payload: bytes, retain: bool = False) -> None:
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+    client.connect("127.0.0.1", url_port)
+    client.loop_start()
+    try:
+        client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(timeout=5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_three_agents_appear_online_in_fleet_ls(fleet: FleetProcesses) -> None:
+    ids = ["dev-a", "dev-b", "dev-c"]
+    for device_id in ids:
+        fleet.start_agent(DeviceSpec(device_id, board_profile=f"board-{device_id}"))
+    fleet.wait_for(lambda ds: {d.id for d in ds if d.online} == set(ids), timeout=20)
+    out = subprocess.run(
+        [sys.executable, "-m", "controller", "fleet", "ls", "--json", "--db", fleet.db_url],
+        capture_output=True, text=True, check=True,
+    )
+    listing = json.loads(out.stdout)
+    assert listing["schema"] == 1
+    by_id = {d["id"]: d for d in listing["devices"]}
+    assert set(by_id) == set(ids)
+    for device_id in ids:
+        assert by_id[device_id]["online"] is True
+        # The board comes from the agent's retained `reported` document.
+        assert by_id[device_id]["board"] == f"board-{device_id}"
+        assert by_id[device_id]["agent_version"]
+
+
+def test_sigkill_marks_offline_by_last_will_then_restart_is_online(fleet: FleetProcesses) -> None:
+    spec = DeviceSpec("dev-kill")
+    fleet.start_agent(spec)
+    fleet.wait_for(lambda ds: "dev-kill" in {d.id for d in ds if d.online}, timeout=20)
+    killed_at = time.monotonic()
+    fleet.signal_agent("dev-kill", signal.SIGKILL)
+    fleet.wait_for(lambda ds: any(d.id == "dev-kill" and not d.online for d in ds), timeout=10)
+    elapsed = time.monotonic() - killed_at
+    # Mosquitto fires the Will after 1.5 x keepalive of silence; allow the poll interval
+    # and the controller's batch window on top.
+    assert elapsed <= 1.5 * KEEPALIVE + 0.6, f"offline after {elapsed:.2f}s"
+    fleet.start_agent(spec)
+    fleet.wait_for(lambda ds: any(d.id == "dev-kill" and d.online for d in ds), timeout=20)
+
+
+def test_qos1_desired_sent_while_offline_is_delivered_on_reconnect(
+    fleet: FleetProcesses, mosquitto: Mosquitto
+) -> None:
+    spec = DeviceSpec("dev-away")
+    fleet.start_agent(spec)
+    fleet.wait_for(lambda ds: "dev-away" in online_ids(ds), timeout=20)
+    fleet.signal_agent("dev-away", signal.SIGTERM)
+    fleet.wait_for(lambda ds: "dev-away" not in online_ids(ds), timeout=10)
+
+    # Not retained: only the persistent session can carry it to the agent.
+    envelope = SignedEnvelope(payload_type="application/vnd.fleetgen.desired+json",
+                              payload=b'{"x":1}', signatures=[Signature("k1", b"s" * 64)])
+    publish_once(mosquitto.port, device_topic("dev-away", Channel.DESIRED), encode(envelope))
+
+    fleet.start_agent(spec)
+    store = Store(fleet.db_url)
+    try:
+        deadline = time.monotonic() + 20
+        events = []
+        while time.monotonic() < deadline and not events:
+            events = store.events("dev-away", kinds=["desired.received"])
+            time.sleep(0.2)
+    finally:
+        store.close()
+    assert events, "the desired message queued while offline never reached the agent"
+    assert events[0].details["retained"] is False
+
+
+def online_ids(devices: list) -> set[str]:  # type: ignore[type-arg]
+    return {d.id for d in devices if d.online}
+
+
+def test_broker_restart_everyone_reconnects(fleet: FleetProcesses, mosquitto: Mosquitto) -> None:
+    for device_id in ("dev-r1", "dev-r2"):
+        fleet.start_agent(DeviceSpec(device_id))
+    fleet.wait_for(lambda ds: online_ids(ds) == {"dev-r1", "dev-r2"}, timeout=20)
+    store = Store(fleet.db_url)
+    try:
+        before = store.telemetry_count("dev-r1")
+        mosquitto.stop(kill=True)
+        time.sleep(1.0)
+        mosquitto.start()
+        # Telemetry flowing again proves both the agent and the controller reconnected.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and store.telemetry_count("dev-r1") <= before + 3:
+            time.sleep(0.2)
+        assert store.telemetry_count("dev-r1") > before + 3
+    finally:
+        store.close()
+    assert all(fleet.alive().values()), fleet.alive()
+    fleet.wait_for(lambda ds: online_ids(ds) == {"dev-r1", "dev-r2"}, timeout=20)
+    assert "Traceback" not in fleet.log_text("controller") + fleet.log_text("dev-r1")
