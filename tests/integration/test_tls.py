@@ -1,0 +1,95 @@
+"""mqtts:// with a client certificate per device; the broker maps the certificate to the
+username and an ACL confines each device to its own subtree."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.config import AgentConfig
+from agent.daemon import Agent
+from agent.mqtt.settings import MqttSettings
+from agent.protocol import Channel, device_topic
+from controller.brokers import Mosquitto
+from controller.pki import CertificateAuthority
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path) -> Iterator[tuple[Mosquitto, CertificateAuthority]]:
+    ca = CertificateAuthority.create(tmp_path / "ca")
+    server = ca.issue_server(["127.0.0.1", "localhost"], tmp_path / "server")
+    acl = tmp_path / "acl"
+    acl.write_text("pattern readwrite fleetgen/v1/dev/%u/#\n")
+    broker = Mosquitto(
+        tmp_path / "broker",
+        listener_conf="\n".join([
+            f"cafile {ca.cert_path}", f"certfile {server.cert}", f"keyfile {server.key}",
+            "require_certificate true", "use_identity_as_username true", f"acl_file {acl}",
+        ]),
+    )
+    broker.start()
+    yield broker, ca
+    broker.stop()
+
+
+def test_agent_connects_over_tls_and_acl_confines_it(tls_broker: tuple[Mosquitto, CertificateAuthority],
+                                                     tmp_path: Path) -> None:
+    broker, ca = tls_broker
+    dev = ca.issue_device("tls-1", tmp_path / "dev")
+    mqtt = MqttSettings(url=f"mqtts://127.0.0.1:{broker.port}", ca_file=str(ca.cert_path),
+                        cert_file=str(dev.cert), key_file=str(dev.key), keepalive=10)
+    agent = Agent(AgentConfig(device_id="tls-1", state_dir=str(tmp_path / "state"), mqtt=mqtt))
+    agent.start()
+    runner = threading.Thread(target=agent.run, daemon=True)
+    runner.start()
+    try:
+        assert agent.link.wait_connected(10), broker.log()
+        # A second device, with its own certificate, subscribes to everything: the ACL
+        # delivers only its own subtree (a SUBACK says nothing: PITFALLS).
+        other = ca.issue_device("tls-2", tmp_path / "dev2")
+        seen: list[str] = []
+        spy = paho.Client(CallbackAPIVersion.VERSION2, client_id="spy", protocol=paho.MQTTv5)
+        spy.tls_set(ca_certs=str(ca.cert_path), certfile=str(other.cert), keyfile=str(other.key))
+        spy.on_message = lambda c, u, m: seen.append(m.topic)
+        spy.connect("127.0.0.1", broker.port)
+        spy.subscribe("fleetgen/#", qos=1)
+        spy.loop_start()
+        # And a client of the same CA sees tls-1's retained status under its own identity.
+        mine: list[str] = []
+        own = paho.Client(CallbackAPIVersion.VERSION2, client_id="own", protocol=paho.MQTTv5)
+        own.tls_set(ca_certs=str(ca.cert_path), certfile=str(dev.cert), keyfile=str(dev.key))
+        own.on_message = lambda c, u, m: mine.append(m.topic)
+        own.connect("127.0.0.1", broker.port)
+        own.subscribe("fleetgen/#", qos=1)
+        own.loop_start()
+        agent.emit("test.ping")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and device_topic("tls-1", Channel.STATUS) not in mine:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert device_topic("tls-1", Channel.STATUS) in mine
+        assert not [t for t in seen if "/tls-1/" in t], seen
+        spy.loop_stop()
+        own.loop_stop()
+    finally:
+        agent.stop()
+        runner.join(10)
+
+
+def test_agent_without_client_certificate_is_refused(tls_broker: tuple[Mosquitto, CertificateAuthority],
+                                                     tmp_path: Path) -> None:
+    broker, ca = tls_broker
+    mqtt = MqttSettings(url=f"mqtts://127.0.0.1:{broker.port}", ca_file=str(ca.cert_path), keepalive=10,
+                        reconnect_min_s=0.2, reconnect_max_s=0.5)
+    agent = Agent(AgentConfig(device_id="tls-3", state_dir=str(tmp_path / "state"), mqtt=mqtt))
+    agent.start()
+    try:
+        assert not agent.link.wait_connected(2)
+    finally:
+        agent.link.stop()
