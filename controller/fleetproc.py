@@ -96,6 +96,13 @@ class FleetProcesses:
         path = self.workdir / "logs" / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def wait_log(self, name: str, text: str, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log_text(name):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} never logged {text!r}")
+            time.sleep(0.05)
+
     def start_controller(self) -> None:
         self.controller = self._spawn("controller", ["serve", "--config", str(self.controller_config())],
                                       "controller.log")

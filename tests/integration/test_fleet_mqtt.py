@@ -17,7 +17,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.protocol import Channel, Signature, SignedEnvelope, device_topic, encode
+from agent.protocol import Channel, Signature, SignedEnvelope, Status, device_topic, encode
 from controller.brokers import Mosquitto
 from controller.fleetproc import DeviceSpec, FleetProcesses
 from controller.store import Store
@@ -136,3 +136,26 @@ def test_broker_restart_everyone_reconnects(fleet: FleetProcesses, mosquitto: Mo
     assert all(fleet.alive().values()), fleet.alive()
     fleet.wait_for(lambda ds: online_ids(ds) == {"dev-r1", "dev-r2"}, timeout=20)
     assert "Traceback" not in fleet.log_text("controller") + fleet.log_text("dev-r1")
+
+
+def test_controller_refuses_garbage_and_keeps_ingesting(fleet: FleetProcesses, mosquitto: Mosquitto) -> None:
+    garbage = [
+        ("fleetgen/v1/dev/g1/telemetry", b"\xff\xfe not json"),
+        ("fleetgen/v1/dev/g1/telemetry", b'{"schema":1,"device_id":"g1","samples":[]}'),
+        ("fleetgen/v1/dev/g1/events", b'{"schema":1,"device_id":"other","seq":1,"ts":1,"kind":"x"}'),
+        ("fleetgen/v1/dev/g1/reported", b'{"schema":9,"device_id":"g1","agent_version":"1","board":"b","ts":1}'),
+        ("fleetgen/v1/dev/g1/status", b"{" * 5000),
+        ("fleetgen/v1/dev/g1/events", b"[]"),
+    ]
+    fleet.wait_log("controller", "connected to")
+    time.sleep(0.3)  # the SUBSCRIBE goes out right after the CONNACK
+    for topic, payload in garbage:
+        publish_once(mosquitto.port, topic, payload)
+    good = encode(Status(state="online", ts=time.time(), agent_version="9.9"))
+    publish_once(mosquitto.port, device_topic("g1", Channel.STATUS), good)
+    devices = fleet.wait_for(lambda ds: "g1" in online_ids(ds), timeout=15)
+    assert [d.agent_version for d in devices if d.id == "g1"] == ["9.9"]
+    assert fleet.alive()["controller"]
+    log = fleet.log_text("controller")
+    assert log.count("refused message on fleetgen/v1/dev/g1/") == len(garbage), log
+    assert "Traceback" not in log
