@@ -83,12 +83,13 @@ def check_root(data: bytes, origin: str) -> int:
     return md.signed.version
 
 
-def provision(paths: TrustPaths, root: bytes, origin: str = "root metadata") -> int:
+def provision(paths: TrustPaths, root: bytes, origin: str = "root metadata", *, warn: bool = False) -> int:
     """Pin `root` as this device's trust anchor (provisioning or first offline install)."""
     version = check_root(root, origin)
     paths.ensure()
     write_atomic(paths.pinned_root, root)
-    log.warning("pinned root metadata v%d from %s as the trust anchor of %s", version, origin, paths.state_dir)
+    level = logging.WARNING if warn else logging.INFO
+    log.log(level, "pinned root metadata v%d from %s as the trust anchor of %s", version, origin, paths.state_dir)
     return version
 
 

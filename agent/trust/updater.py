@@ -273,7 +273,7 @@ def install_offline(
             data = source.read_bytes()
         except FileNotFoundError:
             raise BundleFormatError(f"{metadata_dir}: no root metadata (1.root.json)") from None
-        provision(paths, data, f"{source} (--trust-root)")
+        provision(paths, data, f"{source} (--trust-root)", warn=True)
     updater = TrustedUpdater(state_dir, LocalFetcher(metadata_dir), board=board)
     return updater.install_file(bundle)
 

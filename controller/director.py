@@ -1,0 +1,98 @@
+"""The director: signs each device's desired state (DESIGN §3, §4; Uptane's idea).
+
+A director document names the exact target (path, length, hashes from the signed
+targets metadata), carries a per-device monotonic version and an expiry, and is signed
+with the director key (an online key; its public half is pinned in root). The controller
+publishes it retained on `dev/{id}/desired`.
+
+Versions are kept in REPO/director/versions.json (atomic writes), so a version is never
+reused even across controller restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import msgspec
+
+from agent.protocol.codec import encode
+from agent.protocol.messages import DesiredState, Details, SignedEnvelope
+from agent.protocol.topics import Channel, device_topic, validate_device_id
+from agent.trust.atomic import write_atomic
+from agent.trust.dsse import DESIRED_PAYLOAD_TYPE, sign_envelope
+from agent.trust.transport import Transport
+from controller.tuf.repository import Repository
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPIRY_S = 7 * 86400
+
+
+class Director:
+    def __init__(self, repo: Repository) -> None:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        self.repo = repo
+        signers = repo.signers("director")
+        self._keys: dict[str, Ed25519PrivateKey] = {}
+        for signer in signers:
+            private = signer._private_key  # DSSE signing needs the raw key
+            assert isinstance(private, Ed25519PrivateKey)
+            self._keys[signer.public_key.keyid] = private
+        self._versions_file = repo.path / "director" / "versions.json"
+        self._lock = threading.Lock()
+
+    def _next_version(self, device_id: str, at_least: int = 0) -> int:
+        with self._lock:
+            self._versions_file.parent.mkdir(mode=0o700, exist_ok=True)
+            try:
+                versions = msgspec.json.decode(self._versions_file.read_bytes(), type=dict[str, int])
+            except FileNotFoundError:
+                versions = {}
+            version = max(versions.get(device_id, 0) + 1, at_least)
+            versions[device_id] = version
+            write_atomic(self._versions_file, msgspec.json.encode(versions))
+            return version
+
+    def sign(self, state: DesiredState) -> SignedEnvelope:
+        """Sign an already built desired state (exact bytes; see agent.trust.dsse)."""
+        return sign_envelope(DESIRED_PAYLOAD_TYPE, encode(state), self._keys)
+
+    def desired(
+        self,
+        device_id: str,
+        target: str | None,
+        *,
+        config: Details | None = None,
+        power_budget_w: float | None = None,
+        expires_in_s: float = DEFAULT_EXPIRY_S,
+        version: int | None = None,
+        now: float | None = None,
+    ) -> SignedEnvelope:
+        """A signed desired state for `device_id` naming published target `target`."""
+        validate_device_id(device_id)
+        ref = self.repo.target_ref(target) if target is not None else None
+        now = time.time() if now is None else now
+        state = DesiredState(
+            device_id=device_id,
+            version=version if version is not None else self._next_version(device_id),
+            expires=now + expires_in_s,
+            issued=now,
+            target=ref,
+            config=config or {},
+            power_budget_w=power_budget_w,
+        )
+        log.info("director: %s v%d -> %s", device_id, state.version, target)
+        return self.sign(state)
+
+
+def publish_desired(transport: Transport, device_id: str, envelope: SignedEnvelope) -> None:
+    """Retain the document on `dev/{id}/desired` (QoS 1) so the device gets it on connect."""
+    transport.publish(device_topic(device_id, Channel.DESIRED), encode(envelope), qos=1, retain=True)
+
+
+def write_envelope(path: Path, envelope: SignedEnvelope) -> None:
+    write_atomic(path, encode(envelope), 0o644)
