@@ -1,0 +1,113 @@
+"""One small runner for every external command firmware/ uses (nvpmodel, jetson_clocks,
+xmutil, fpgautil): logged, time-limited, and returning a typed result.
+
+A missing tool, a permission problem or a timeout is a result with an explanation, never
+an exception: the agent keeps running on a board where it may not change power modes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["ok", "failed", "missing", "denied", "timeout"]
+
+_DENIED_HINTS = ("permission denied", "must be run as root", "operation not permitted",
+                 "are you root", "requires root", "not permitted")
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    outcome: Outcome
+    returncode: int | None
+    stdout: str
+    stderr: str
+    duration_s: float
+    explanation: str
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+
+class CommandRunner:
+    """Runs commands found on `path` (default: $PATH) with a timeout and no stdin.
+
+    stdin is closed on purpose: nvpmodel asks "reboot now?" for some mode changes and must
+    get EOF (no), never hang on a prompt.
+    """
+
+    def __init__(self, path: str | None = None, timeout_s: float = 10.0) -> None:
+        self.path = path
+        self.timeout_s = timeout_s
+
+    def which(self, tool: str) -> str | None:
+        return shutil.which(tool, path=self.path if self.path is not None else os.environ.get("PATH"))
+
+    def run(self, argv: Sequence[str], timeout_s: float | None = None) -> CommandResult:
+        argv = tuple(argv)
+        limit = self.timeout_s if timeout_s is None else timeout_s
+        exe = self.which(argv[0])
+        if exe is None:
+            return self._done(argv, "missing", None, "", "", 0.0,
+                              f"{argv[0]} is not installed (not found on PATH)")
+        start = time.monotonic()
+        try:
+            proc = subprocess.run(
+                [exe, *argv[1:]], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                timeout=limit, check=False, errors="replace",
+            )
+        except subprocess.TimeoutExpired as e:
+            out = _text(e.stdout)
+            err = _text(e.stderr)
+            return self._done(argv, "timeout", None, out, err, time.monotonic() - start,
+                              f"{argv[0]} did not finish within {limit:g} s and was killed")
+        except PermissionError as e:
+            return self._done(argv, "denied", None, "", str(e), time.monotonic() - start,
+                              f"not allowed to execute {exe}: {e}")
+        except OSError as e:
+            return self._done(argv, "failed", None, "", str(e), time.monotonic() - start,
+                              f"cannot run {exe}: {e}")
+        took = time.monotonic() - start
+        if proc.returncode == 0:
+            return self._done(argv, "ok", 0, proc.stdout, proc.stderr, took, "")
+        text = (proc.stderr + proc.stdout).lower()
+        if any(h in text for h in _DENIED_HINTS):
+            return self._done(argv, "denied", proc.returncode, proc.stdout, proc.stderr, took,
+                              f"{argv[0]} needs privileges the agent does not have "
+                              f"(exit {proc.returncode}): {_first_line(proc.stderr or proc.stdout)}")
+        return self._done(argv, "failed", proc.returncode, proc.stdout, proc.stderr, took,
+                          f"{argv[0]} exited {proc.returncode}: "
+                          f"{_first_line(proc.stderr or proc.stdout)}")
+
+    @staticmethod
+    def _done(argv: tuple[str, ...], outcome: Outcome, rc: int | None, out: str, err: str,
+              took: float, why: str) -> CommandResult:
+        result = CommandResult(argv, outcome, rc, out, err, took, why)
+        if outcome == "ok":
+            log.info("ran %s (%.2f s)", " ".join(argv), took)
+        else:
+            log.warning("%s: %s", " ".join(argv), why)
+        return result
+
+
+def _text(data: str | bytes | None) -> str:
+    if data is None:
+        return ""
+    return data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+
+
+def _first_line(text: str) -> str:
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()[:200]
+    return "(no output)"
