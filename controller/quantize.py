@@ -56,8 +56,12 @@ def quantize_int8(src: Path, dst: Path) -> Path:
     external = _source_bytes(src) > PROTOBUF_LIMIT
     try:
         quantize_dynamic(
-            src, dst, weight_type=QuantType.QInt8, per_channel=False,
-            use_external_data_format=external, extra_options={"MatMulConstBOnly": True},
+            src,
+            dst,
+            weight_type=QuantType.QInt8,
+            per_channel=False,
+            use_external_data_format=external,
+            extra_options={"MatMulConstBOnly": True},
         )
     except Exception as e:  # onnxruntime.quantization raises plain Exceptions of many kinds
         raise QuantizeError(f"int8 quantization of {src} failed: {_line(e)}") from None
@@ -79,7 +83,10 @@ def quantize_int4(src: Path, dst: Path, block_size: int = INT4_BLOCK) -> Path:
     try:
         model = onnx.load(str(src))
         quantizer = MatMulNBitsQuantizer(
-            model, bits=4, block_size=block_size, is_symmetric=True,
+            model,
+            bits=4,
+            block_size=block_size,
+            is_symmetric=True,
             accuracy_level=INT4_ACCURACY_LEVEL,
         )
         quantizer.process()
@@ -100,8 +107,9 @@ def _save(model: Any, dst: Path) -> None:
     # write next to the destination first so a failed save leaves no half file behind
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         tmp_path = Path(tmp) / dst.name
-        onnx.save_model(model, str(tmp_path), save_as_external_data=external,
-                        location=dst.name + "_data" if external else None)
+        onnx.save_model(
+            model, str(tmp_path), save_as_external_data=external, location=dst.name + "_data" if external else None
+        )
         for produced in Path(tmp).iterdir():
             shutil.move(str(produced), dst.parent / produced.name)
 

@@ -63,7 +63,8 @@ SHAPES = {"tiny": TINY, "small": SMALL}
 class _Graph:
     """Accumulates nodes and initializers with unique names."""
 
-    def __init__(self, rng: np.random.Generator) -> None:
+    def __init__(self, rng: np.random.Generator, scale: float = 1.0) -> None:
+        self.scale = scale
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.rng = rng
@@ -84,7 +85,7 @@ class _Graph:
         return name
 
     def weight(self, hint: str, shape: tuple[int, ...], std: float = 0.02) -> str:
-        value = (self.rng.standard_normal(shape, dtype=np.float32) * std).astype(np.float32)
+        value = self.rng.standard_normal(shape, dtype=np.float32) * np.float32(std * self.scale)
         return self.const(hint, value)
 
 
@@ -98,9 +99,7 @@ def _gelu_tanh(g: _Graph, x: str) -> str:
     # GPT-2's "gelu_new": 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). Opset 17 has no Gelu.
     cube = g.op("Mul", [x, g.op("Mul", [x, x])])
     inner = g.op("Add", [x, g.op("Mul", [cube, g.const("c044", np.array(0.044715, np.float32))])])
-    t = g.op(
-        "Tanh", [g.op("Mul", [inner, g.const("csq", np.array(math.sqrt(2 / math.pi), np.float32))])]
-    )
+    t = g.op("Tanh", [g.op("Mul", [inner, g.const("csq", np.array(math.sqrt(2 / math.pi), np.float32))])])
     one_plus = g.op("Add", [t, g.const("one", np.array(1.0, np.float32))])
     return g.op("Mul", [g.op("Mul", [x, one_plus]), g.const("half", np.array(0.5, np.float32))])
 
@@ -122,36 +121,28 @@ def _attention_mask(g: _Graph, attention_mask: str, present_len_of: str, seq_len
     )
     pad = g.op("Cast", [attention_mask], "pad", to=TensorProto.BOOL)
     pad = g.op("Unsqueeze", [pad, g.const("ax", np.array([1, 2], np.int64))])
-    return g.op(
-        "And", [g.op("Unsqueeze", [causal, g.const("ax", np.array([0, 1], np.int64))]), pad], "mask"
-    )
+    return g.op("And", [g.op("Unsqueeze", [causal, g.const("ax", np.array([0, 1], np.int64))]), pad], "mask")
 
 
-def build_graph(shape: GPT2Shape, seed: int = 0) -> onnx.ModelProto:
-    """The decoder graph with random weights (GPT-2 init: normal(0, 0.02))."""
-    g = _Graph(np.random.default_rng(seed))
+def build_graph(shape: GPT2Shape, seed: int = 0, init_scale: float = 1.0) -> onnx.ModelProto:
+    """The decoder graph with random weights: GPT-2's init, normal(0, 0.02), times `init_scale`.
+
+    At GPT-2's scale a random model repeats one token forever; tests use a larger scale
+    (e.g. 20) so greedy output depends on the context and cache bugs show.
+    """
+    g = _Graph(np.random.default_rng(seed), init_scale)
     e, h, d = shape.n_embd, shape.n_head, shape.head_dim
     b, s, p, t = "batch_size", "sequence_length", "past_sequence_length", "past_sequence_length + 1"
     inputs = [
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, [b, s]),
-        helper.make_tensor_value_info(
-            "attention_mask", TensorProto.INT64, [b, "total_sequence_length"]
-        ),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [b, "total_sequence_length"]),
         helper.make_tensor_value_info("position_ids", TensorProto.INT64, [b, s]),
     ]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [b, s, shape.vocab_size])]
     for i in range(shape.n_layer):
         for kind in ("key", "value"):
-            inputs.append(
-                helper.make_tensor_value_info(
-                    f"past_key_values.{i}.{kind}", TensorProto.FLOAT, [b, h, p, d]
-                )
-            )
-            outputs.append(
-                helper.make_tensor_value_info(
-                    f"present.{i}.{kind}", TensorProto.FLOAT, [b, h, t, d]
-                )
-            )
+            inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", TensorProto.FLOAT, [b, h, p, d]))
+            outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", TensorProto.FLOAT, [b, h, t, d]))
 
     wte = g.weight("wte", (shape.vocab_size, e))
     wte_value = numpy_helper.to_array(g.inits[-1])
@@ -179,29 +170,18 @@ def build_graph(shape: GPT2Shape, seed: int = 0) -> onnx.ModelProto:
             f"qkv_{i}",
         )
         q, k, v = (g.name(f"{n}_{i}") for n in "qkv")
-        g.nodes.append(
-            helper.make_node("Split", [qkv, split], [q, k, v], name=f"split_{i}", axis=2)
-        )
-        q, k, v = (
-            g.op("Transpose", [g.op("Reshape", [y, heads_shape])], perm=[0, 2, 1, 3])
-            for y in (q, k, v)
-        )
+        g.nodes.append(helper.make_node("Split", [qkv, split], [q, k, v], name=f"split_{i}", axis=2))
+        q, k, v = (g.op("Transpose", [g.op("Reshape", [y, heads_shape])], perm=[0, 2, 1, 3]) for y in (q, k, v))
         present_k, present_v = f"present.{i}.key", f"present.{i}.value"
         g.nodes.append(
-            helper.make_node(
-                "Concat", [f"past_key_values.{i}.key", k], [present_k], name=f"cat_k_{i}", axis=2
-            )
+            helper.make_node("Concat", [f"past_key_values.{i}.key", k], [present_k], name=f"cat_k_{i}", axis=2)
         )
         g.nodes.append(
-            helper.make_node(
-                "Concat", [f"past_key_values.{i}.value", v], [present_v], name=f"cat_v_{i}", axis=2
-            )
+            helper.make_node("Concat", [f"past_key_values.{i}.value", v], [present_v], name=f"cat_v_{i}", axis=2)
         )
         if not mask:
             mask = _attention_mask(g, "attention_mask", present_k, "input_ids")
-        scores = g.op(
-            "Mul", [g.op("MatMul", [q, g.op("Transpose", [present_k], perm=[0, 1, 3, 2])]), scale]
-        )
+        scores = g.op("Mul", [g.op("MatMul", [q, g.op("Transpose", [present_k], perm=[0, 1, 3, 2])]), scale])
         probs = g.op("Softmax", [g.op("Where", [mask, scores, neg])], axis=-1)
         ctx = g.op(
             "Reshape",
@@ -275,7 +255,7 @@ def build_tokenizer(vocab_size: int) -> object:
     return tok
 
 
-def write_optimum_folder(out_dir: Path, shape: GPT2Shape = TINY, seed: int = 0) -> Path:
+def write_optimum_folder(out_dir: Path, shape: GPT2Shape = TINY, seed: int = 0, init_scale: float = 1.0) -> Path:
     """Write an Optimum-style decoder folder; returns the folder."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -302,10 +282,7 @@ def write_optimum_folder(out_dir: Path, shape: GPT2Shape = TINY, seed: int = 0) 
     gen = {"bos_token_id": eos, "eos_token_id": eos, "do_sample": False}
     (out_dir / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
     (out_dir / "special_tokens_map.json").write_text(
-        json.dumps(
-            {"bos_token": EOS_TOKEN, "eos_token": EOS_TOKEN, "unk_token": EOS_TOKEN}, indent=2
-        )
-        + "\n"
+        json.dumps({"bos_token": EOS_TOKEN, "eos_token": EOS_TOKEN, "unk_token": EOS_TOKEN}, indent=2) + "\n"
     )
     (out_dir / "tokenizer_config.json").write_text(
         json.dumps(
@@ -319,7 +296,7 @@ def write_optimum_folder(out_dir: Path, shape: GPT2Shape = TINY, seed: int = 0) 
         )
         + "\n"
     )
-    onnx.save(build_graph(shape, seed), str(out_dir / "model.onnx"))
+    onnx.save(build_graph(shape, seed, init_scale), str(out_dir / "model.onnx"))
     return out_dir
 
 
@@ -331,14 +308,13 @@ def build_cached(shape: GPT2Shape, cache_dir: Path, seed: int = 0) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m models.gpt2_onnx", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m models.gpt2_onnx", description=__doc__.splitlines()[0])
     parser.add_argument("shape", choices=sorted(SHAPES))
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init-scale", type=float, default=1.0, help="x GPT-2's init std 0.02")
     args = parser.parse_args(argv)
-    out = write_optimum_folder(args.out_dir, SHAPES[args.shape], args.seed)
+    out = write_optimum_folder(args.out_dir, SHAPES[args.shape], args.seed, args.init_scale)
     print(out)
     return 0
 

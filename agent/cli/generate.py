@@ -35,9 +35,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p.add_argument("prompt", nargs="?", default=None, help="text prompt (text models)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument(
-        "--model", metavar="DIR", type=Path, help="model folder (fleetgen or Optimum export)"
-    )
+    src.add_argument("--model", metavar="DIR", type=Path, help="model folder (fleetgen or Optimum export)")
     src.add_argument("--bundle", metavar="FILE", type=Path, help="model bundle (.fgb)")
     p.add_argument("--image", action="store_true", help="generate an image (PNG) instead of text")
     p.add_argument("--class", dest="class_id", type=int, metavar="N", help="image class label")
@@ -49,9 +47,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         metavar="FILE",
         help="PNG path for --image (default image.png)",
     )
-    p.add_argument(
-        "--json", action="store_true", help="print one JSON document (text/path + timings)"
-    )
+    p.add_argument("--json", action="store_true", help="print one JSON document (text/path + timings)")
     p.add_argument("--max-tokens", type=int, metavar="N", help="most new tokens (model default)")
     p.add_argument("--temperature", type=float, metavar="T", help="0 = greedy (model default)")
     p.add_argument("--top-k", type=int, metavar="K", help="keep the K most likely tokens, 0 = off")
@@ -61,9 +57,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
     p.add_argument("--stop", action="append", metavar="TEXT", help="stop string (repeatable)")
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence")
-    p.add_argument(
-        "--threads", type=int, metavar="N", help="inference threads (default: library's)"
-    )
+    p.add_argument("--threads", type=int, metavar="N", help="inference threads (default: library's)")
     p.add_argument(
         "--providers",
         metavar="LIST",

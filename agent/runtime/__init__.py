@@ -29,9 +29,7 @@ __all__ = [
 ]
 
 
-def load_model(
-    model_dir: Path, options: EngineOptions | None = None
-) -> TextGenerator | ImageGenerator:
+def load_model(model_dir: Path, options: EngineOptions | None = None) -> TextGenerator | ImageGenerator:
     """Load a model folder (fleetgen manifest or Optimum export) and warm it up.
 
     Warming up (one short run) makes the first request's latency honest and proves the
@@ -51,9 +49,7 @@ def load_model(
             generator = ImageGenerator(info, engine)
             generator.engine.run(
                 generator.feeds(
-                    ImageRequest(
-                        class_id=None if not info.image or not info.image.num_classes else 0
-                    ),
+                    ImageRequest(class_id=None if not info.image or not info.image.num_classes else 0),
                     0,
                 )
             )

@@ -56,23 +56,15 @@ def check_layout(
     """Refuse a graph whose inputs/outputs do not match the Optimum decoder layout."""
     ins = {t.name: t for t in inputs}
     outs = {t.name: t for t in outputs}
-    need_in = ["input_ids", "attention_mask"] + [
-        n for i in range(num_layers) for n in past_names(i)
-    ]
+    need_in = ["input_ids", "attention_mask"] + [n for i in range(num_layers) for n in past_names(i)]
     need_out = ["logits"] + [n for i in range(num_layers) for n in present_names(i)]
     missing = [n for n in need_in if n not in ins] + [n for n in need_out if n not in outs]
     if missing:
-        shown = ", ".join(missing[:4]) + (
-            f" (+{len(missing) - 4} more)" if len(missing) > 4 else ""
-        )
-        raise LayoutError(
-            f"{origin}: graph lacks {shown} for a {num_layers}-layer decoder in the Optimum layout"
-        )
+        shown = ", ".join(missing[:4]) + (f" (+{len(missing) - 4} more)" if len(missing) > 4 else "")
+        raise LayoutError(f"{origin}: graph lacks {shown} for a {num_layers}-layer decoder in the Optimum layout")
     extra_past = [n for n in ins if n.startswith("past_key_values.") and n not in need_in]
     if extra_past:
-        raise LayoutError(
-            f"{origin}: graph has {extra_past[0]} beyond the declared {num_layers} layers"
-        )
+        raise LayoutError(f"{origin}: graph has {extra_past[0]} beyond the declared {num_layers} layers")
     known = {"input_ids", "attention_mask", "position_ids", *need_in}
     unknown = [n for n in ins if n not in known]
     if unknown:
@@ -91,9 +83,7 @@ def check_layout(
     for name in ("input_ids", "attention_mask"):
         if ins[name].dtype != np.int64:
             raise LayoutError(f"{origin}: {name} is {ins[name].dtype}, expected int64")
-    return DecoderLayout(
-        num_layers, kv_heads, head_dim, vocab_size, past.dtype, logits.dtype, "position_ids" in ins
-    )
+    return DecoderLayout(num_layers, kv_heads, head_dim, vocab_size, past.dtype, logits.dtype, "position_ids" in ins)
 
 
 class KVDecoder:
@@ -120,16 +110,13 @@ class KVDecoder:
     def reset(self, capacity: int) -> None:
         """Start a new sequence that may grow to `capacity` tokens."""
         if not 1 <= capacity <= self.context_length:
-            raise ContextLengthError(
-                f"sequence of {capacity} tokens exceeds the context of {self.context_length}"
-            )
+            raise ContextLengthError(f"sequence of {capacity} tokens exceeds the context of {self.context_length}")
         lay = self.layout
         if capacity > self.capacity:
             # np.empty maps pages lazily, so only the part a sequence uses becomes resident.
             size = lay.kv_heads * capacity * lay.head_dim
             self._bufs = tuple(  # type: ignore[assignment]
-                [np.empty(size, dtype=lay.kv_dtype) for _ in range(2 * lay.num_layers)]
-                for _ in range(2)
+                [np.empty(size, dtype=lay.kv_dtype) for _ in range(2 * lay.num_layers)] for _ in range(2)
             )
             self._ptrs = (
                 [a.ctypes.data for a in self._bufs[0]],
@@ -145,9 +132,7 @@ class KVDecoder:
         if n == 0:
             raise EngineError("forward needs at least one token")
         if total > self.capacity:
-            raise ContextLengthError(
-                f"sequence of {total} tokens exceeds the reserved {self.capacity}"
-            )
+            raise ContextLengthError(f"sequence of {total} tokens exceeds the reserved {self.capacity}")
         if n == 1:
             self._step_ids[0, 0] = int(token_ids[0])
             ids, logits = self._step_ids, self._step_logits
@@ -158,9 +143,7 @@ class KVDecoder:
         try:
             self.session.run_with_iobinding(self._io)
         except Exception as e:  # ORT's own exception types
-            raise EngineError(
-                f"decoder step at position {past} failed: {str(e).splitlines()[0]}"
-            ) from None
+            raise EngineError(f"decoder step at position {past} failed: {str(e).splitlines()[0]}") from None
         self._bufs = (self._bufs[1], self._bufs[0])
         self._ptrs = (self._ptrs[1], self._ptrs[0])
         self.length = total
@@ -170,9 +153,7 @@ class KVDecoder:
         io, lay = self._io, self.layout
         n = ids.shape[1]
         step = ids is self._step_ids
-        io.bind_input(
-            "input_ids", "cpu", 0, np.int64, [1, n], self._step_ids_ptr if step else ids.ctypes.data
-        )
+        io.bind_input("input_ids", "cpu", 0, np.int64, [1, n], self._step_ids_ptr if step else ids.ctypes.data)
         io.bind_input("attention_mask", "cpu", 0, np.int64, [1, total], self._mask_ptr)
         if lay.has_position_ids:
             io.bind_input("position_ids", "cpu", 0, np.int64, [1, n], self._pos_ptr + 8 * past)

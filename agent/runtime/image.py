@@ -65,16 +65,10 @@ class ImageGenerator:
         origin = str(info.model_path)
         if len(engine.outputs) < 1:
             raise LayoutError(f"{origin}: generator has no output")
-        if self.spec.num_classes == 0 and any(
-            r in ("class", "onehot") for r in self.roles.values()
-        ):
+        if self.spec.num_classes == 0 and any(r in ("class", "onehot") for r in self.roles.values()):
             raise LayoutError(f"{origin}: graph takes a class input but num_classes is 0")
-        if self.spec.num_classes > 0 and not any(
-            r in ("class", "onehot") for r in self.roles.values()
-        ):
-            raise LayoutError(
-                f"{origin}: num_classes is {self.spec.num_classes} but the graph has no class input"
-            )
+        if self.spec.num_classes > 0 and not any(r in ("class", "onehot") for r in self.roles.values()):
+            raise LayoutError(f"{origin}: num_classes is {self.spec.num_classes} but the graph has no class input")
         for t in engine.inputs:
             last = t.shape[-1] if t.shape else None
             want = (
@@ -83,9 +77,7 @@ class ImageGenerator:
                 else (self.spec.num_classes if self.roles[t.name] == "onehot" else None)
             )
             if want is not None and isinstance(last, int) and last != want:
-                raise LayoutError(
-                    f"{origin}: input {t.name} has last dimension {last}, declared {want}"
-                )
+                raise LayoutError(f"{origin}: input {t.name} has last dimension {last}, declared {want}")
         self._output = engine.outputs[0].name
 
     def feeds(self, request: ImageRequest, seed: int) -> dict[str, np.ndarray]:
@@ -94,11 +86,7 @@ class ImageGenerator:
         if spec.num_classes > 0:
             if class_id is None:
                 class_id = 0
-            if (
-                isinstance(class_id, bool)
-                or not isinstance(class_id, int)
-                or not 0 <= class_id < spec.num_classes
-            ):
+            if isinstance(class_id, bool) or not isinstance(class_id, int) or not 0 <= class_id < spec.num_classes:
                 raise RequestError(f"class must be in 0..{spec.num_classes - 1}, got {class_id!r}")
         elif class_id is not None:
             raise RequestError(f"{self.info.name} is not class-conditional; drop --class")
@@ -153,9 +141,7 @@ def to_hwc(raw: np.ndarray, spec: ImageSpec, origin: str) -> np.ndarray:
         return img[:, :, None]
     if img.size == h * w * c:
         return img.reshape(h, w, c)
-    raise LayoutError(
-        f"{origin}: output shape {tuple(raw.shape)} does not hold a {h}x{w}x{c} image"
-    )
+    raise LayoutError(f"{origin}: output shape {tuple(raw.shape)} does not hold a {h}x{w}x{c} image")
 
 
 def to_uint8(values: np.ndarray, pixel_range: str) -> np.ndarray:

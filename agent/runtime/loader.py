@@ -19,6 +19,7 @@ from agent.manifest import (
     GenerationDefaults,
     ImageSpec,
     ModelManifest,
+    Quantization,
     SelfTest,
     TextSpec,
     load_manifest,
@@ -49,7 +50,7 @@ class ModelInfo:
     task: Literal["text-generation", "image-generation"]
     engine: str
     model_path: Path
-    quantization: str
+    quantization: Quantization
     origin: Literal["manifest", "optimum"]
     tokenizer_path: Path | None = None
     text: TextSpec | None = None
@@ -60,11 +61,7 @@ class ModelInfo:
 
 
 def is_optimum_folder(root: Path) -> bool:
-    return (
-        not (root / MANIFEST_NAME).exists()
-        and (root / OPTIMUM_MODEL).is_file()
-        and (root / "config.json").is_file()
-    )
+    return not (root / MANIFEST_NAME).exists() and (root / OPTIMUM_MODEL).is_file() and (root / "config.json").is_file()
 
 
 def _from_manifest(root: Path, manifest: ModelManifest) -> ModelInfo:
@@ -75,8 +72,7 @@ def _from_manifest(root: Path, manifest: ModelManifest) -> ModelInfo:
         size = path.stat().st_size
         if size != entry.length:
             raise ModelLoadError(
-                f"{manifest.name}: {entry.path} is {size} bytes, manifest says "
-                f"{entry.length} (truncated or replaced?)"
+                f"{manifest.name}: {entry.path} is {size} bytes, manifest says {entry.length} (truncated or replaced?)"
             )
     return ModelInfo(
         root=root,
@@ -144,9 +140,10 @@ def open_folder(root: Path, options: EngineOptions) -> tuple[ModelInfo, Engine]:
     return info, engine
 
 
-def _guess_quantization(root: Path) -> str:
+def _guess_quantization(root: Path) -> Quantization:
     name = root.name.lower()
-    for q in ("int4", "int8", "fp16"):
+    known: tuple[Quantization, ...] = ("int4", "int8", "fp16")
+    for q in known:
         if q in name:
             return q
     return "fp32"

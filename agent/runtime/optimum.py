@@ -72,14 +72,10 @@ def text_spec(
 ) -> TextSpec:
     layers_cfg = _int(config, "num_hidden_layers", "n_layer", "num_layers", origin=origin)
     heads = _int(config, "num_attention_heads", "n_head", origin=origin)
-    kv_heads = _int(
-        config, "num_key_value_heads", "n_head_kv", "multi_query_group_num", origin=origin
-    )
+    kv_heads = _int(config, "num_key_value_heads", "n_head_kv", "multi_query_group_num", origin=origin)
     hidden = _int(config, "hidden_size", "n_embd", "d_model", origin=origin)
     head_dim = _int(config, "head_dim", origin=origin)
-    context = _int(
-        config, "max_position_embeddings", "n_positions", "n_ctx", "seq_length", origin=origin
-    )
+    context = _int(config, "max_position_embeddings", "n_positions", "n_ctx", "seq_length", origin=origin)
     vocab = _int(config, "vocab_size", origin=origin)
 
     past = sorted(int(m.group(1)) for t in inputs if (m := _PAST.match(t.name)))
@@ -90,9 +86,7 @@ def text_spec(
         )
     layers = layers_cfg or len(past)
     if layers_cfg is not None and layers_cfg != len(past):
-        raise LayoutError(
-            f"{origin}: config says {layers_cfg} layers, graph has {len(past)} past inputs"
-        )
+        raise LayoutError(f"{origin}: config says {layers_cfg} layers, graph has {len(past)} past inputs")
     first = next(t for t in inputs if t.name == "past_key_values.0.key")
     g_heads = first.shape[1] if len(first.shape) == 4 and isinstance(first.shape[1], int) else None
     g_dim = first.shape[3] if len(first.shape) == 4 and isinstance(first.shape[3], int) else None
@@ -116,9 +110,7 @@ def text_spec(
         if v is None
     ]
     if missing:
-        raise ModelLoadError(
-            f"{origin}: cannot infer {', '.join(missing)} from config.json or the graph"
-        )
+        raise ModelLoadError(f"{origin}: cannot infer {', '.join(missing)} from config.json or the graph")
     eos = eos_ids(config, generation)
     bos = _token_ids(generation.get("bos_token_id")) or _token_ids(config.get("bos_token_id"))
     return TextSpec(
@@ -155,6 +147,4 @@ def generation_defaults(generation: Mapping[str, Any]) -> GenerationDefaults:
 
 def _float(data: Mapping[str, Any], key: str, default: float) -> float:
     value = data.get(key, default)
-    return (
-        float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
-    )
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default

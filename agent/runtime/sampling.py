@@ -73,9 +73,7 @@ class Sampler:
             logits = logits.copy()
             idx = np.asarray(self._seen_ids, dtype=np.int64)
             seen = logits[idx]
-            logits[idx] = np.where(
-                seen > 0, seen / p.repetition_penalty, seen * p.repetition_penalty
-            )
+            logits[idx] = np.where(seen > 0, seen / p.repetition_penalty, seen * p.repetition_penalty)
         token = int(np.argmax(logits)) if p.is_greedy else self._sample(logits)
         self.observe([token])
         return token

@@ -92,6 +92,4 @@ class GenerationQueue:
                 job._finish(_Outcome(error=e))
             except Exception as e:  # keep serving: report the bug to the caller, log it whole
                 log.exception("request failed unexpectedly")
-                job._finish(
-                    _Outcome(error=EngineError(f"generation failed: {type(e).__name__}: {e}"))
-                )
+                job._finish(_Outcome(error=EngineError(f"generation failed: {type(e).__name__}: {e}")))

@@ -38,21 +38,15 @@ class TextRequest:
         if not isinstance(self.prompt, str):
             raise RequestError(f"prompt must be a string, got {type(self.prompt).__name__}")
         if len(self.prompt) > MAX_PROMPT_CHARS:
-            raise RequestError(
-                f"prompt of {len(self.prompt)} characters exceeds {MAX_PROMPT_CHARS}"
-            )
+            raise RequestError(f"prompt of {len(self.prompt)} characters exceeds {MAX_PROMPT_CHARS}")
         if (
             isinstance(self.max_tokens, bool)
             or not isinstance(self.max_tokens, int)
             or not 1 <= self.max_tokens <= 65536
         ):
             raise RequestError(f"max_tokens must be in 1..65536, got {self.max_tokens!r}")
-        if len(self.stop) > 8 or any(
-            not isinstance(s, str) or not s or len(s) > 64 for s in self.stop
-        ):
-            raise RequestError(
-                f"stop must be at most 8 non-empty strings of <= 64 chars, got {self.stop!r}"
-            )
+        if len(self.stop) > 8 or any(not isinstance(s, str) or not s or len(s) > 64 for s in self.stop):
+            raise RequestError(f"stop must be at most 8 non-empty strings of <= 64 chars, got {self.stop!r}")
 
 
 @dataclass(frozen=True)
@@ -96,9 +90,7 @@ class Tokenizer:
         try:
             self._tok: Any = HFTokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises a bare Exception on bad JSON
-            raise ModelLoadError(
-                f"cannot load tokenizer {path}: {str(e).splitlines()[0][:200]}"
-            ) from None
+            raise ModelLoadError(f"cannot load tokenizer {path}: {str(e).splitlines()[0][:200]}") from None
 
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text).ids)
@@ -117,10 +109,7 @@ class TextGenerator:
             raise ModelLoadError(f"{info.name}: text generation needs a text spec and a tokenizer")
         session = getattr(engine, "session", None)
         if session is None:
-            raise ModelLoadError(
-                f"{info.name}: text generation needs engine onnxruntime, "
-                f"manifest says {info.engine}"
-            )
+            raise ModelLoadError(f"{info.name}: text generation needs engine onnxruntime, manifest says {info.engine}")
         self.info = info
         self.spec: TextSpec = info.text
         self.engine = engine
@@ -166,26 +155,17 @@ class TextGenerator:
     def encode_prompt(self, prompt: str) -> list[int]:
         ids = self.tokenizer.encode(prompt)
         if not ids:
-            start = (
-                self.spec.bos_token_id
-                if self.spec.bos_token_id is not None
-                else self.spec.eos_token_id
-            )
+            start = self.spec.bos_token_id if self.spec.bos_token_id is not None else self.spec.eos_token_id
             if start is None:
-                raise RequestError(
-                    "prompt is empty and the model has no BOS/EOS token to start from"
-                )
+                raise RequestError("prompt is empty and the model has no BOS/EOS token to start from")
             ids = [start]
         if len(ids) >= self.spec.context_length:
             raise ContextLengthError(
-                f"prompt is {len(ids)} tokens, context is {self.spec.context_length} "
-                "(no room for a new token)"
+                f"prompt is {len(ids)} tokens, context is {self.spec.context_length} (no room for a new token)"
             )
         return ids
 
-    def generate(
-        self, request: TextRequest, on_text: Callable[[str], None] | None = None
-    ) -> TextResult:
+    def generate(self, request: TextRequest, on_text: Callable[[str], None] | None = None) -> TextResult:
         """Run one request; `on_text` receives the text as it becomes stable (streaming).
 
         The concatenation of what `on_text` receives is exactly `result.text`.

@@ -21,8 +21,7 @@ from agent.errors import UsageError
 from agent.manifest import ModelManifest, file_entries, write_manifest
 
 SCHEMA = 1
-COPIED = ("tokenizer.json", "config.json", "generation_config.json", "tokenizer_config.json",
-          "special_tokens_map.json")
+COPIED = ("tokenizer.json", "config.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json")
 MODEL_FILE = "model.onnx"
 OVERHEAD_MB = 150  # interpreter, runtime and arenas above weights + KV cache
 
@@ -30,11 +29,18 @@ OVERHEAD_MB = 150  # interpreter, runtime and arenas above weights + KV cache
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("model", parents=[common], help="import and quantize models")
     verbs = p.add_subparsers(dest="model_command", metavar="VERB", required=True)
-    imp = verbs.add_parser("import", parents=[common],
-                           help="turn an Optimum ONNX decoder export into a fleetgen model folder")
+    imp = verbs.add_parser(
+        "import", parents=[common], help="turn an Optimum ONNX decoder export into a fleetgen model folder"
+    )
     imp.add_argument("source", type=Path, metavar="DIR", help="Optimum export folder")
-    imp.add_argument("-o", "--output", type=Path, required=True, metavar="MODEL_DIR",
-                     help="new fleetgen model folder (must not exist or be empty)")
+    imp.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        metavar="MODEL_DIR",
+        help="new fleetgen model folder (must not exist or be empty)",
+    )
     imp.add_argument("--quantize", choices=["int8", "int4"], help="quantize the weights")
     imp.add_argument("--name", help="model name (default: from the folder name)")
     imp.add_argument("--version", default="1.0.0", help="model version (default 1.0.0)")
@@ -58,9 +64,12 @@ def _prepare_output(out: Path) -> None:
 
 def _model_files(folder: Path) -> list[str]:
     """model.onnx and its external data files (any `model.onnx*` / `model.onnx_data`)."""
-    return sorted(p.name for p in folder.iterdir()
-                  if p.is_file() and (p.name == MODEL_FILE or p.name.startswith(MODEL_FILE + "_")
-                                      or p.name.startswith(MODEL_FILE + ".")))
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.is_file()
+        and (p.name == MODEL_FILE or p.name.startswith(MODEL_FILE + "_") or p.name.startswith(MODEL_FILE + "."))
+    )
 
 
 def run_import(args: argparse.Namespace) -> int:
@@ -69,8 +78,7 @@ def run_import(args: argparse.Namespace) -> int:
 
     source: Path = args.source
     if not source.is_dir() or not is_optimum_folder(source):
-        raise UsageError(f"{source} is not an Optimum ONNX export (model.onnx + config.json, "
-                         "no manifest.json)")
+        raise UsageError(f"{source} is not an Optimum ONNX export (model.onnx + config.json, no manifest.json)")
     name = _name(source, args.name)
     probe = load_model(source, EngineOptions(threads=1))
     if not isinstance(probe, TextGenerator):
@@ -98,11 +106,18 @@ def run_import(args: argparse.Namespace) -> int:
         weights = sum((out / f).stat().st_size for f in _model_files(out))
         kv = layout.kv_bytes_per_token * spec.context_length
         manifest = ModelManifest(
-            name=name, version=args.version, task="text-generation", engine="onnxruntime",
-            model=MODEL_FILE, files=file_entries(out, files),
-            quantization=args.quantize or info.quantization, tokenizer="tokenizer.json",
-            min_ram_mb=(weights + kv) // 2**20 + OVERHEAD_MB, generation=info.generation,
-            text=spec, license=args.license,
+            name=name,
+            version=args.version,
+            task="text-generation",
+            engine="onnxruntime",
+            model=MODEL_FILE,
+            files=file_entries(out, files),
+            quantization=args.quantize or info.quantization,
+            tokenizer="tokenizer.json",
+            min_ram_mb=(weights + kv) // 2**20 + OVERHEAD_MB,
+            generation=info.generation,
+            text=spec,
+            license=args.license,
             description=f"imported from an Optimum export ({source.resolve().name})",
         )
         write_manifest(out, manifest)
@@ -111,13 +126,24 @@ def run_import(args: argparse.Namespace) -> int:
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
-    summary = {"schema": SCHEMA, "path": str(out), "name": name, "version": args.version,
-               "quantization": manifest.quantization, "model_bytes": weights,
-               "layers": spec.num_layers, "kv_heads": spec.num_kv_heads, "head_dim": spec.head_dim,
-               "context_length": spec.context_length, "eos_token_id": spec.eos_token_id}
+    summary = {
+        "schema": SCHEMA,
+        "path": str(out),
+        "name": name,
+        "version": args.version,
+        "quantization": manifest.quantization,
+        "model_bytes": weights,
+        "layers": spec.num_layers,
+        "kv_heads": spec.num_kv_heads,
+        "head_dim": spec.head_dim,
+        "context_length": spec.context_length,
+        "eos_token_id": spec.eos_token_id,
+    }
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"imported {source} -> {out}: {name} {args.version}, {manifest.quantization}, "
-              f"{weights / 2**20:.1f} MiB, {spec.num_layers} layers, context {spec.context_length}")
+        print(
+            f"imported {source} -> {out}: {name} {args.version}, {manifest.quantization}, "
+            f"{weights / 2**20:.1f} MiB, {spec.num_layers} layers, context {spec.context_length}"
+        )
     return 0

@@ -39,9 +39,7 @@ def _import_ort() -> Any:
 
 def _info(arg: Any) -> TensorInfo:
     dtype = _ORT_TYPES.get(arg.type)
-    return TensorInfo(
-        arg.name, np.dtype(dtype if dtype is not None else np.float32), tuple(arg.shape)
-    )
+    return TensorInfo(arg.name, np.dtype(dtype if dtype is not None else np.float32), tuple(arg.shape))
 
 
 class OnnxEngine:

@@ -21,20 +21,39 @@ log = logging.getLogger(__name__)
 KIND: Literal["tflite"] = "tflite"
 
 
-def interpreter_class() -> Any:
-    try:
-        from tflite_runtime.interpreter import Interpreter
+def _tflite_runtime_usable() -> bool:
+    """tflite_runtime stopped at 2.14, built against NumPy 1: under NumPy 2 it imports, then
+    fails on the first model. Decide from versions, without importing it (the import
+    alone prints a long ABI warning)."""
+    from importlib import metadata
 
-        return Interpreter
-    except ImportError as e:
-        log.debug("tflite_runtime not importable (%s); trying ai_edge_litert", e)
+    try:
+        version = metadata.version("tflite-runtime")
+    except metadata.PackageNotFoundError:
+        return False
+    major_minor = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    if int(np.__version__.split(".")[0]) >= 2 and major_minor < (2, 15):
+        log.info("tflite_runtime %s is built for NumPy 1 (have %s); not using it", version, np.__version__)
+        return False
+    return True
+
+
+def interpreter_class() -> Any:
+    """`tflite_runtime`'s Interpreter where usable, else `ai_edge_litert`'s."""
+    if _tflite_runtime_usable():
+        try:
+            from tflite_runtime.interpreter import Interpreter
+
+            return Interpreter
+        except ImportError as e:
+            log.info("tflite_runtime not importable (%s); trying ai_edge_litert", e)
     try:
         from ai_edge_litert.interpreter import Interpreter
 
         return Interpreter
     except ImportError:
         raise UnknownEngineError(
-            "engine tflite: neither tflite_runtime nor ai_edge_litert is installed"
+            "engine tflite: neither a usable tflite_runtime nor ai_edge_litert is installed"
         ) from None
 
 
@@ -103,8 +122,6 @@ def load(path: Path, options: EngineOptions) -> TFLiteEngine:
     except (ValueError, RuntimeError) as e:
         raise ModelLoadError(f"cannot load {path}: {str(e).strip().splitlines()[0]}") from None
     if options.providers:
-        log.info(
-            "tflite ignores execution providers %s (CPU kernels)", ", ".join(options.providers)
-        )
+        log.info("tflite ignores execution providers %s (CPU kernels)", ", ".join(options.providers))
     log.info("loaded %s with TFLite (threads %s)", path.name, options.threads or "default")
     return TFLiteEngine(interpreter, path)

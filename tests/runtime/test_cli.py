@@ -1,0 +1,123 @@
+"""`fleetgen-agent generate`: streaming, --json, --image, and one-line errors with exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+from tests.runtime.conftest import REPO
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["generate", "--log-level", "ERROR", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_text_streams_to_stdout(tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--model", str(tiny_dir), "--greedy", "--max-tokens", "12", "--threads", "1", "def f(")
+    assert code == 0 and len(out.strip()) > 0
+
+
+def test_json_has_text_and_timings(tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys,
+        "--model",
+        str(tiny_dir),
+        "--json",
+        "--seed",
+        "4",
+        "--temperature",
+        "0.9",
+        "--top-k",
+        "20",
+        "--top-p",
+        "0.9",
+        "--max-tokens",
+        "10",
+        "--ignore-eos",
+        "hello",
+    )
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["schema"] == 1 and doc["seed"] == 4 and doc["generated_tokens"] == 10
+    assert set(doc["timings"]) >= {"load_ms", "prefill_ms", "decode_tokens_per_s"}
+    code, again, _ = run(
+        capsys,
+        "--model",
+        str(tiny_dir),
+        "--json",
+        "--seed",
+        "4",
+        "--temperature",
+        "0.9",
+        "--top-k",
+        "20",
+        "--top-p",
+        "0.9",
+        "--max-tokens",
+        "10",
+        "--ignore-eos",
+        "hello",
+    )
+    assert json.loads(again)["text"] == doc["text"]
+
+
+def test_image_writes_png(image_dirs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "seven.png"
+    code, stdout, _ = run(
+        capsys, "--model", str(image_dirs["tflite"]), "--image", "--class", "7", "-o", str(out), "--json"
+    )
+    assert code == 0 and out.read_bytes()[:4] == b"\x89PNG"
+    doc = json.loads(stdout)
+    assert (doc["width"], doc["height"], doc["class"]) == (8, 8, 7)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "{tmp}/missing", "hi"], "model folder .*missing does not exist"),
+        (["--model", "{tiny}", "--top-p", "0", "hi"], r"top_p must be in \(0, 1\], got 0.0"),
+        (["--model", "{tiny}", "--temperature", "-1", "hi"], "temperature must be in"),
+        (["--model", "{tiny}", "--threads", "0", "hi"], "threads must be in"),
+        (["--model", "{tiny}", "hello world " * 100], r"prompt is \d+ tokens, context is 128"),
+        (["--model", "{tiny}", "--image"], "is a text model; drop --image"),
+        (["--model", "{tiny}"], "give a prompt"),
+        (["--bundle", "{tmp}/none.fgb", "hi"], "bundle .*none.fgb does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    tiny_dir: Path, tmp_path: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [a.format(tmp=tmp_path, tiny=tiny_dir) for a in args]
+    code, _out, err = run(capsys, *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fleetgen-agent: error: ")
+    assert re.search(message, lines[0]), lines[0]
+
+
+def test_subprocess_corrupt_model_no_traceback(tiny_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in tiny_dir.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes()[:200] if f.name == "model.onnx" else f.read_bytes())
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent", "generate", "--log-level", "ERROR", "--model", str(bad), "hi"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "cannot load" in proc.stderr

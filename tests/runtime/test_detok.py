@@ -1,0 +1,81 @@
+"""Incremental detokenization (UTF-8 split across tokens, BPE merges) and stop strings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.runtime.detok import IncrementalDetokenizer, StopMatcher
+from agent.runtime.text import Tokenizer
+from models.gpt2_onnx import build_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
+    path = Path(tmp_path_factory.mktemp("tok")) / "tokenizer.json"
+    build_tokenizer(512).save(str(path))  # type: ignore[attr-defined]
+    return Tokenizer(path)
+
+
+def stream(tok: Tokenizer, ids: list[int]) -> list[str]:
+    d = IncrementalDetokenizer(tok.decode)
+    chunks = [d.add(i) for i in ids]
+    chunks.append(d.flush())
+    return chunks
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "plain ascii, with  spaces\nand lines",
+        "naïve café — déjà vu",
+        "日本語のテキスト and 中文",
+        "emoji 🎉🚀 and flags 🇫🇷 mixed with text",
+        "  leading spaces and trailing  ",
+    ],
+)
+def test_streamed_text_equals_decoded_text(tok: Tokenizer, text: str) -> None:
+    ids = tok.encode(text)
+    assert len(ids) > 3
+    chunks = stream(tok, ids)
+    assert "".join(chunks) == tok.decode(ids) == text
+    # a multi-byte character split over tokens is never emitted half-done
+    assert not any("\ufffd" in c for c in chunks)
+
+
+def test_partial_character_is_held_back(tok: Tokenizer) -> None:
+    ids = tok.encode("🎉")
+    assert len(ids) >= 2, "byte-level BPE with a small vocab splits a 4-byte emoji"
+    d = IncrementalDetokenizer(tok.decode)
+    assert [d.add(i) for i in ids[:-1]] == [""] * (len(ids) - 1)
+    assert d.add(ids[-1]) == "🎉"
+
+
+@settings(max_examples=200, deadline=None)
+@given(ids=st.lists(st.integers(min_value=0, max_value=511), max_size=40))
+def test_any_id_sequence_streams_to_its_decoding(tok: Tokenizer, ids: list[int]) -> None:
+    assert "".join(stream(tok, ids)) == tok.decode(ids)
+
+
+def test_stop_string_across_chunks() -> None:
+    m = StopMatcher(["</s>", "\n\n"])
+    out = [m.feed("Hello <"), m.feed("/"), m.feed("s> ignored")]
+    assert "".join(out) == "Hello "
+    assert m.stopped and m.feed("more") == "" and m.flush() == ""
+
+
+def test_held_text_released_when_no_stop_follows() -> None:
+    m = StopMatcher(["STOP"])
+    assert m.feed("abc ST") == "abc "
+    assert m.feed("AR") == "STAR"
+    assert m.feed("xS") == "x"
+    assert m.flush() == "S"
+    assert not m.stopped
+
+
+def test_earliest_stop_wins() -> None:
+    m = StopMatcher(["bb", "a"])
+    assert m.feed("xxbbya") == "xx"

@@ -1,0 +1,70 @@
+"""`fleetgen model import` (with int8 / int4 quantization) and the quantized variants."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import onnx
+import pytest
+
+from agent.manifest import load_manifest, verify_files
+from agent.runtime import TextGenerator, load_model
+from controller.cli import main as controller_main
+from controller.quantize import QuantizeError, quantize_int8
+from tests.runtime.conftest import ONE_THREAD
+
+
+def ops(path: Path) -> Counter[str]:
+    return Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "quant", "op"),
+    [
+        ("tiny_int8_dir", "int8", "MatMulInteger"),
+        ("tiny_int4_dir", "int4", "MatMulNBits"),
+    ],
+)
+def test_quantized_variants_load_and_generate(
+    request: pytest.FixtureRequest, tiny_dir: Path, fixture: str, quant: str, op: str
+) -> None:
+    folder: Path = request.getfixturevalue(fixture)
+    manifest = load_manifest(folder)
+    verify_files(folder, manifest)
+    assert manifest.quantization == quant and manifest.text is not None
+    assert manifest.text.num_layers == 2 and manifest.tokenizer == "tokenizer.json"
+    # every weight MatMul is quantized, the untied LM head included (2 layers x 4 + 1)
+    assert ops(folder / "model.onnx")[op] == 9
+    assert (folder / "model.onnx").stat().st_size < (tiny_dir / "model.onnx").stat().st_size / 2
+    gen = load_model(folder, ONE_THREAD)
+    assert isinstance(gen, TextGenerator)
+    result = gen.generate(gen.request("def f(x):", max_tokens=16, seed=0, ignore_eos=True))
+    assert result.timings.generated_tokens == 16 and result.text
+
+
+def test_plain_import_keeps_the_graph(tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "fp32"
+    assert controller_main(["model", "import", str(tiny_dir), "-o", str(out), "--name", "tiny-fp32"]) == 0
+    manifest = load_manifest(out)
+    assert manifest.name == "tiny-fp32" and manifest.quantization == "fp32"
+    assert (out / "model.onnx").read_bytes() == (tiny_dir / "model.onnx").read_bytes()
+    assert {f.path for f in manifest.files} >= {"model.onnx", "tokenizer.json", "config.json"}
+
+
+def test_import_refuses_non_empty_output(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "keep").write_text("mine")
+    assert controller_main(["model", "import", str(tiny_dir), "-o", str(tmp_path / "x")]) == 2
+    assert "exists and is not an empty folder" in capsys.readouterr().err
+    assert (tmp_path / "x" / "keep").read_text() == "mine"
+
+
+def test_import_refuses_a_non_optimum_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert controller_main(["model", "import", str(tmp_path), "-o", str(tmp_path / "o")]) == 2
+    assert "is not an Optimum ONNX export" in capsys.readouterr().err
+
+
+def test_quantize_missing_source(tmp_path: Path) -> None:
+    with pytest.raises(QuantizeError, match="does not exist"):
+        quantize_int8(tmp_path / "none.onnx", tmp_path / "out.onnx")

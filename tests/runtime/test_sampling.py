@@ -1,0 +1,88 @@
+"""Sampling: filters, penalties, reproducibility, validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.runtime.errors import RequestError
+from agent.runtime.sampling import Sampler, SamplingParams
+
+LOGITS = np.array([1.0, 3.0, 2.0, 0.5, 2.9], dtype=np.float32)
+
+
+def draws(params: SamplingParams, n: int = 2000) -> np.ndarray:
+    s = Sampler(params, LOGITS.size)
+    out = []
+    for _ in range(n):
+        out.append(s(LOGITS))
+        s._seen_ids.clear()
+        s._seen[:] = False
+    return np.bincount(out, minlength=LOGITS.size)
+
+
+def test_greedy_and_temperature_zero_take_argmax() -> None:
+    assert Sampler(SamplingParams(greedy=True, temperature=1.0), 5)(LOGITS) == 1
+    assert Sampler(SamplingParams(temperature=0.0), 5)(LOGITS) == 1
+
+
+def test_top_k_one_is_greedy() -> None:
+    counts = draws(SamplingParams(temperature=1.0, top_k=1, top_p=1.0, repetition_penalty=1.0, seed=0))
+    assert counts[1] == counts.sum()
+
+
+def test_top_k_limits_candidates() -> None:
+    counts = draws(SamplingParams(temperature=1.0, top_k=3, top_p=1.0, repetition_penalty=1.0, seed=0))
+    assert set(np.flatnonzero(counts)) == {1, 2, 4}
+
+
+def test_top_p_keeps_smallest_nucleus() -> None:
+    # softmax(LOGITS): p1 ≈ .39, p4 ≈ .35 → top_p 0.5 keeps exactly tokens 1 and 4
+    counts = draws(SamplingParams(temperature=1.0, top_k=0, top_p=0.5, repetition_penalty=1.0, seed=0))
+    assert set(np.flatnonzero(counts)) == {1, 4}
+
+
+def test_sampling_follows_the_distribution() -> None:
+    counts = draws(SamplingParams(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=1), n=20000)
+    p = np.exp(LOGITS - LOGITS.max())
+    p /= p.sum()
+    assert np.allclose(counts / counts.sum(), p, atol=0.015)
+
+
+def test_repetition_penalty_demotes_seen_tokens() -> None:
+    s = Sampler(SamplingParams(greedy=True, repetition_penalty=2.0), 5)
+    s.observe([1])
+    assert s(LOGITS) == 4  # 3.0 / 2 = 1.5 < 2.9
+
+
+def test_same_seed_same_draws() -> None:
+    p = SamplingParams(temperature=1.5, top_k=0, top_p=1.0, seed=42)
+    a, b = Sampler(p, 5), Sampler(p, 5)
+    assert [a(LOGITS) for _ in range(50)] == [b(LOGITS) for _ in range(50)]
+
+
+def test_unseeded_sampler_reports_its_seed() -> None:
+    s = Sampler(SamplingParams(temperature=1.0), 5)
+    t = Sampler(SamplingParams(temperature=1.0, seed=s.seed), 5)
+    assert [s(LOGITS) for _ in range(20)] == [t(LOGITS) for _ in range(20)]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"temperature": 11.0},
+        {"temperature": -1.0},
+        {"temperature": float("inf")},
+        {"top_p": 0.0},
+        {"top_p": 2.0},
+        {"top_k": -5},
+        {"top_k": 2.5},
+        {"repetition_penalty": 0.0},
+        {"repetition_penalty": -1.0},
+        {"seed": -1},
+    ],
+)
+def test_invalid_values_name_the_parameter(kwargs: dict[str, object]) -> None:
+    (key,) = kwargs
+    with pytest.raises(RequestError, match=key):
+        SamplingParams(**kwargs)  # type: ignore[arg-type]
