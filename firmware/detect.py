@@ -182,13 +182,18 @@ def detect_board(
             warnings.append("/proc/cpuinfo is missing or unreadable: architecture unknown")
     chosen: BoardProfile | None = None
     evidence: list[str] = []
+    near_misses: list[str] = []
     for profile in sorted(profiles, key=lambda p: -p.priority):
         ok, why, near = _matches(profile, facts, arch)
         if ok:
             chosen, evidence = profile, why
             break
         if near and profile.priority > 0:
-            warnings.append(f"looks like {profile.id} but {near}")
+            near_misses.append(f"looks like {profile.id} but {near}")
+    if chosen is None or chosen.priority == 0:
+        # A board that resembles a known one but fails a rule (an older JetPack, say)
+        # is worth a line in the log: it explains why it got the generic profile.
+        warnings.extend(near_misses)
     if chosen is None:
         fallback = "generic-arm64" if arch == "aarch64" else "generic-x86_64"
         chosen = next((p for p in profiles if p.id == fallback), profiles[0])
@@ -265,7 +270,7 @@ def _matches(p: BoardProfile, f: BoardFacts, arch: str | None) -> tuple[bool, li
             why.append(f"/proc/cpuinfo mentions {hit!r}")
         else:
             failed.append(f"/proc/cpuinfo has none of {list(rules.cpuinfo)}")
-    specific = [w for w in why if not w.startswith("architecture")]
+    specific = [w for w in why if w.startswith(("device-tree", "/proc/cpuinfo"))]
     near = "; ".join(failed) if failed and specific else ""
     return (not failed), why, near
 

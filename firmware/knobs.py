@@ -139,7 +139,8 @@ class CpuFreq:
                 continue
             target = int(p.max_khz * fraction)
             if p.frequencies:
-                below = [f for f in p.frequencies if f <= target]
+                # Snap down to an offered frequency (0.5 % slack absorbs rounded fractions).
+                below = [f for f in p.frequencies if f <= target * 1.005]
                 target = below[-1] if below else p.frequencies[0]
             target = max(target, p.min_khz or 0)
             results.append(self._write(p.path / "scaling_max_freq", str(target), "cpufreq_max"))
