@@ -189,6 +189,35 @@ def verify_bundle(
     Raises a TrustError subclass naming the failed check; on error `dest` holds junk.
     """
     reader = _HashingReader(source, expected_length, origin)
+    try:
+        manifest = _verify_members(reader, origin, dest, limits, on_manifest)
+    except (BundleFormatError, HashMismatchError, LengthMismatchError) as e:
+        if expected_sha256 is None or isinstance(e, LengthExceededError):
+            raise
+        # Content that is not what was signed is a hash mismatch, whatever broke first.
+        reader.drain()
+        digest = reader.digest.hexdigest()
+        if digest != expected_sha256:
+            raise HashMismatchError(f"{origin}: sha256 {digest} != signed {expected_sha256}") from e
+        raise
+    reader.drain()
+    if expected_length is not None and reader.count != expected_length:
+        raise LengthMismatchError(
+            f"{origin}: {reader.count} bytes, signed metadata declares {expected_length}"
+        )
+    digest = reader.digest.hexdigest()
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise HashMismatchError(f"{origin}: sha256 {digest} != signed {expected_sha256}")
+    return VerifiedBundle(manifest=manifest, length=reader.count, sha256=digest)
+
+
+def _verify_members(
+    reader: _HashingReader,
+    origin: str,
+    dest: Path | None,
+    limits: BundleLimits,
+    on_manifest: Callable[[ModelManifest], None] | None,
+) -> ModelManifest:
     tf = _open_stream(reader, origin)
     manifest: ModelManifest | None = None
     expected: dict[str, tuple[int, str]] = {}
@@ -235,15 +264,7 @@ def verify_bundle(
         raise BundleFormatError(
             f"{origin}: missing members the manifest lists: {', '.join(missing)}"
         )
-    reader.drain()
-    if expected_length is not None and reader.count != expected_length:
-        raise LengthMismatchError(
-            f"{origin}: {reader.count} bytes, signed metadata declares {expected_length}"
-        )
-    digest = reader.digest.hexdigest()
-    if expected_sha256 is not None and digest != expected_sha256:
-        raise HashMismatchError(f"{origin}: sha256 {digest} != signed {expected_sha256}")
-    return VerifiedBundle(manifest=manifest, length=reader.count, sha256=digest)
+    return manifest
 
 
 def verify_bundle_file(path: Path, **kwargs: object) -> VerifiedBundle:

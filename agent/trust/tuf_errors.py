@@ -8,7 +8,6 @@ from agent.trust.errors import (
     ExpiredError,
     HashMismatchError,
     LengthExceededError,
-    LengthMismatchError,
     MetadataError,
     RollbackError,
     SignatureError,
@@ -38,8 +37,7 @@ def translate(e: Exception) -> TrustError:
     if isinstance(e, tx.BadVersionNumberError):
         return RollbackError(msg)
     if isinstance(e, tx.LengthOrHashMismatchError):
-        if "length" in str(e).lower():
-            return LengthMismatchError(msg)
+        # Length and hashes together are what signed metadata says of the content.
         return HashMismatchError(msg)
     if isinstance(e, tx.DownloadLengthMismatchError):
         return LengthExceededError(msg)
