@@ -201,12 +201,11 @@ def detect_board(
         evidence = [f"fallback for architecture {arch or 'unknown'}"]
     chosen = _reconcile_modes(chosen, facts, warnings)
     present = tuple(a for a in chosen.accelerators if _present(sysroot, a))
-    for a in present:
-        evidence.append(f"accelerator {a.id}: {a.description}")
     runtimes = detect_runtimes(find_spec)
     for w in warnings:
         log.warning("board detection: %s", w)
-    log.info("board detected: %s (%s)", chosen.id, "; ".join(evidence))
+    log.info("board detected: %s (%s); accelerators: %s", chosen.id, "; ".join(evidence),
+             ", ".join(a.id for a in present) or "none")
     return DetectedBoard(
         profile=chosen, facts=facts, evidence=tuple(evidence), accelerators=present,
         runtimes=runtimes, warnings=tuple(warnings), root=Path(root),

@@ -346,9 +346,13 @@ class PowerMeter:
         return self.primary is None
 
     def prime(self) -> None:
-        """Take a first sample so counter-based sensors (RAPL) answer on the next read."""
+        """Take a first sample so counters (RAPL energy, /proc/stat for the estimate)
+        answer for the interval up to the next read."""
+        now = self.clock()
         if self.primary is not None:
-            self.primary.read(self.clock())
+            self.primary.read(now)
+        else:
+            self.estimate.read(now)
 
     def read(self) -> PowerReading:
         now = self.clock()
