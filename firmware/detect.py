@@ -78,6 +78,7 @@ class BoardFacts:
     dri_nodes: tuple[str, ...]
     nvpmodel_modes: tuple[tuple[int, str], ...]
     nvpmodel_current: int | None
+    problems: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ def read_facts(root: SysRoot) -> BoardFacts:
     dt_model = _dt_string(root, "model")
     compat_raw = _dt_raw(root, "compatible")
     dt_compatible = tuple(s for s in compat_raw.split("\x00") if s) if compat_raw else ()
+    problems: list[str] = []
     tegra = root.read_line(root.path("etc/nv_tegra_release"))
     tegra_release = None
     if tegra is not None:
@@ -137,8 +139,8 @@ def read_facts(root: SysRoot) -> BoardFacts:
         if m:
             tegra_release = f"R{m.group(1)}.{m.group(2)}"
         else:
-            root.warn_once("etc/nv_tegra_release", "garbage", "/etc/nv_tegra_release is not in the "
-                           "'# R36 (release), REVISION: x.y' form: %r", tegra[:80])
+            problems.append(f"/etc/nv_tegra_release is not in the '# R36 (release), "
+                            f"REVISION: x.y' form: {tegra[:80]!r}")
     managers = []
     for d in root.glob("sys/class/fpga_manager/*"):
         managers.append(FpgaManager(
@@ -154,11 +156,13 @@ def read_facts(root: SysRoot) -> BoardFacts:
     if status:
         m2 = _PMODE_RE.search(status)
         current = int(m2.group(1)) if m2 else None
+        if m2 is None:
+            problems.append(f"/var/lib/nvpmodel/status has no pmode: {status[:40]!r}")
     return BoardFacts(
         arch=arch, cpu_model=cpu_model, cores=cores, dt_model=dt_model,
         dt_compatible=dt_compatible, tegra_release=tegra_release, cpuinfo=cpuinfo,
         fpga_managers=tuple(managers), dri_nodes=dri, nvpmodel_modes=nv_modes,
-        nvpmodel_current=current,
+        nvpmodel_current=current, problems=tuple(problems),
     )
 
 
@@ -171,7 +175,7 @@ def detect_board(
     sysroot = SysRoot(root)
     profiles = tuple(profiles) if profiles is not None else load_profiles()
     facts = read_facts(sysroot)
-    warnings: list[str] = []
+    warnings: list[str] = list(facts.problems)
     arch = facts.arch
     if arch is None:
         host = _normalise_arch(platform.machine()) if Path(root) == Path("/") else None
