@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -19,7 +20,7 @@ def make_model_dir(
     model_dir = root / f"{name}-{version}"
     (model_dir / "extra").mkdir(parents=True, exist_ok=True)
     (model_dir / "model.onnx").write_bytes(os.urandom(size))
-    (model_dir / "tokenizer.json").write_text('{"version": "%s"}' % version)
+    (model_dir / "tokenizer.json").write_text(json.dumps({"version": version}))
     (model_dir / "extra" / "defaults.json").write_text('{"temperature": 0.7}')
     paths = ["model.onnx", "tokenizer.json", "extra/defaults.json"]
     manifest = ModelManifest(

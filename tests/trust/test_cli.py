@@ -1,0 +1,91 @@
+"""The command lines: fleetgen keys / bundle, fleetgen-agent install-bundle (exit 0/1/2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main as agent_main
+from controller.cli import main as fleetgen
+from tests.trust.models import make_model_dir
+
+
+@pytest.fixture
+def released(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    """keys init (encrypted offline keys), build, publish, export onto a 'USB stick'."""
+    pp = tmp_path / "pp"
+    pp.write_text("s3cret\n")
+    repo = tmp_path / "repo"
+    assert fleetgen(["keys", "init", "--repo", str(repo), "--threshold", "1", "--passphrase-file", str(pp)]) == 0
+    model = make_model_dir(tmp_path / "models")
+    out = tmp_path / "tiny-1.0.0.fgb"
+    assert fleetgen(["bundle", "build", str(model), "-o", str(out)]) == 0
+    assert fleetgen(["bundle", "publish", str(out), "--repo", str(repo), "--passphrase-file", str(pp)]) == 0
+    assert fleetgen(["bundle", "export", "--repo", str(repo), "--to", str(tmp_path / "usb"), "--bundles"]) == 0
+    capsys.readouterr()
+    return tmp_path
+
+
+def test_publish_needs_the_passphrase(
+    released: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FLEETGEN_PASSPHRASE", raising=False)
+    model = make_model_dir(released / "models", version="2.0.0")
+    out = released / "tiny-2.0.0.fgb"
+    assert fleetgen(["bundle", "build", str(model), "-o", str(out)]) == 0
+    assert fleetgen(["bundle", "publish", str(out), "--repo", str(released / "repo")]) == 1
+    assert "encrypted" in capsys.readouterr().err
+
+
+def test_inspect_json(released: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert fleetgen(["bundle", "inspect", str(released / "tiny-1.0.0.fgb"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schema"] == 1 and doc["manifest"]["name"] == "tiny" and len(doc["sha256"]) == 64
+
+
+def test_build_names_missing_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = make_model_dir(tmp_path)
+    (model / "model.onnx").unlink()
+    assert fleetgen(["bundle", "build", str(model), "-o", str(tmp_path / "x.fgb")]) == 2
+    assert "model.onnx" in capsys.readouterr().err
+
+
+def test_air_gapped_install(released: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    usb, state = released / "usb", released / "state"
+    args = ["install-bundle", str(usb / "tiny-1.0.0.fgb"), "--metadata", str(usb), "--state-dir", str(state)]
+    assert agent_main([*args, "--board", "generic"]) == 2  # fresh state dir, no --trust-root
+    assert "not provisioned" in capsys.readouterr().err
+    assert agent_main([*args, "--board", "generic", "--trust-root"]) == 0
+    captured = capsys.readouterr()
+    assert "installed tiny 1.0.0" in captured.out and "--trust-root" in captured.err
+    assert (state / "current" / "model.onnx").is_file()
+
+
+def test_air_gapped_install_refusal_names_the_check(released: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    usb, state = released / "usb", released / "state"
+    bad = released / "evil" / "tiny-1.0.0.fgb"
+    bad.parent.mkdir()
+    data = bytearray((usb / "tiny-1.0.0.fgb").read_bytes())
+    data[-3000] ^= 1
+    bad.write_bytes(bytes(data))
+    code = agent_main(
+        ["install-bundle", str(bad), "--metadata", str(usb), "--state-dir", str(state), "--trust-root", "--board", "x"]
+    )
+    assert code == 1
+    assert "refused (hash)" in capsys.readouterr().err
+    assert not (state / "current").exists()
+
+
+def test_keys_rotate_revoke_list(released: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo, pp = str(released / "repo"), str(released / "pp")
+    assert fleetgen(["keys", "rotate", "targets", "--repo", repo, "--passphrase-file", pp]) == 0
+    assert fleetgen(["keys", "list", "--repo", repo, "--json"]) == 0
+    out = capsys.readouterr().out
+    doc = json.loads(out[out.index("{") :])
+    assert doc["root_version"] == 2
+    keyid = doc["roles"]["snapshot"]["keyids"][0]
+    assert fleetgen(["keys", "revoke", keyid[:12], "--repo", repo, "--passphrase-file", pp]) == 2  # last key
+    assert "rotate" in capsys.readouterr().err
+    assert fleetgen(["keys", "resign", "--repo", repo, "--force"]) == 0

@@ -1,0 +1,238 @@
+"""Fetchers and the responder: windows, retries from the last good offset, bounded
+chunks, the repository's jail, and the time bounds (deadline, throughput floor)."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from agent.protocol.codec import decode_response, encode
+from agent.protocol.messages import Request
+from agent.protocol.topics import CHANNELS, Channel
+from agent.trust.dsse import pae
+from agent.trust.errors import SlowRetrievalError, TransportError
+from agent.trust.fetch import METADATA_URL, TARGETS_URL, Deadline, DownloadPolicy
+from agent.trust.https_fetcher import HttpsFetcher
+from agent.trust.mqtt_fetcher import MqttFetcher
+from controller.responder import RepositoryResponder
+from tests.trust.conftest import World
+from tests.trust.fakes import Bus, Tap
+
+KiB = 1024
+
+
+def test_dsse_pae_matches_the_spec_vector() -> None:
+    assert pae("http://example.com/HelloWorld", b"hello world") == (
+        b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
+    )
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_deadline_floor_and_budget() -> None:
+    clock = _Clock()
+    d = Deadline(DownloadPolicy(min_bytes_per_s=1000, grace_s=2, deadline_s=10), "u", clock)
+    assert d.wait_budget() == pytest.approx(2)  # nothing yet: the grace period
+    clock.t += 1.5
+    d.add(5000)  # 5 KB in 1.5 s: fine, and buys time until t0+5 s
+    assert d.wait_budget() == pytest.approx(3.5)
+    clock.t += 3.6
+    with pytest.raises(SlowRetrievalError, match="floor"):
+        d.check()
+    fast = Deadline(DownloadPolicy(min_bytes_per_s=0, deadline_s=1), "u", clock)
+    clock.t += 1.01
+    with pytest.raises(SlowRetrievalError, match="deadline"):
+        fast.check()
+
+
+def test_policy_bounds_are_checked() -> None:
+    with pytest.raises(ValueError):
+        DownloadPolicy(chunk_size=512 * KiB)
+    with pytest.raises(ValueError):
+        DownloadPolicy(window=0)
+
+
+def _bus_pair(
+    root: Path, drop: Callable[[str, bytes], bool] | None = None
+) -> tuple[RepositoryResponder, Tap]:
+    bus = Bus()
+    responder = RepositoryResponder(bus.client(), root)
+    responder._transport.subscribe(responder._filter, lambda t, p: _answer(responder, t, p))
+    agent = Tap(bus.client(), drop=drop or (lambda t, p: False))
+    return responder, agent
+
+
+def _answer(responder: RepositoryResponder, topic: str, payload: bytes) -> None:
+    answer = responder.handle(topic, payload)
+    if answer is not None:
+        responder._transport.publish(*answer)
+
+
+def _requests(tap: Tap) -> list[Request]:
+    return [msgspec.json.decode(p, type=Request) for t, p in tap.sent if t.endswith("/req")]
+
+
+def test_mqtt_fetcher_windows_and_reassembles(world: World) -> None:
+    bundle = world.publish("1.0.0", size=700 * KiB)
+    _, agent = _bus_pair(world.repo.path)
+    fetcher = MqttFetcher(agent, "dev-1", DownloadPolicy(chunk_size=64 * KiB, window=4))
+    name = bundle.name
+    sha = world.repo.targets().targets[name].hashes["sha256"]
+    data = b"".join(fetcher.fetch_range(f"{TARGETS_URL}{sha}.{name}", 0, bundle.stat().st_size))
+    assert data == bundle.read_bytes()
+    reqs = _requests(agent)
+    assert all(r.length <= 64 * KiB for r in reqs)
+    assert len(reqs) == -(-len(data) // (64 * KiB))  # one request per chunk, no waste
+
+
+def test_mqtt_fetcher_asks_again_from_the_last_good_offset(world: World) -> None:
+    bundle = world.publish("1.0.0", size=300 * KiB)
+    seen: set[int] = set()
+
+    def drop_first_try_of_every_third(topic: str, payload: bytes) -> bool:
+        req = msgspec.json.decode(payload, type=Request)
+        if req.offset in seen or (req.offset // (32 * KiB)) % 3 != 1:
+            return False
+        seen.add(req.offset)
+        return True
+
+    _, agent = _bus_pair(world.repo.path, drop_first_try_of_every_third)
+    policy = DownloadPolicy(chunk_size=32 * KiB, window=3, request_timeout_s=0.2, grace_s=5)
+    fetcher = MqttFetcher(agent, "dev-1", policy)
+    sha = world.repo.targets().targets[bundle.name].hashes["sha256"]
+    data = b"".join(fetcher.fetch_range(f"{TARGETS_URL}{sha}.{bundle.name}", 0, bundle.stat().st_size))
+    assert data == bundle.read_bytes()
+    assert agent.dropped >= 2
+    offsets = [r.offset for r in _requests(agent)]
+    assert offsets.count(0) == 1  # never restarted from zero
+    assert {o for o in offsets if offsets.count(o) > 1} == seen  # only the lost chunks, again
+
+
+def test_mqtt_fetcher_gives_up_when_nobody_answers(world: World) -> None:
+    _, agent = _bus_pair(world.repo.path, lambda t, p: True)
+    fetcher = MqttFetcher(agent, "dev-1", DownloadPolicy(request_timeout_s=0.05, max_retries=2, grace_s=5))
+    with pytest.raises(TransportError, match="no answer"):
+        b"".join(fetcher.fetch(f"{METADATA_URL}timestamp.json"))
+
+
+def test_mqtt_fetcher_reports_not_found_as_404(world: World) -> None:
+    from tuf.api.exceptions import DownloadHTTPError
+
+    _, agent = _bus_pair(world.repo.path)
+    fetcher = MqttFetcher(agent, "dev-1")
+    with pytest.raises(DownloadHTTPError) as info:
+        b"".join(fetcher.fetch(f"{METADATA_URL}9.root.json"))
+    assert info.value.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["keys/online/x.pem", "metadata/../keys/online/x.pem", "/etc/passwd", "repo.json", "targets/../repo.json"],
+)
+def test_responder_serves_only_metadata_and_targets(world: World, path: str) -> None:
+    responder = RepositoryResponder(Bus().client(), world.repo.path)
+    req = Request(id="r1", op="fetch", path=path, length=1024)
+    _topic, frame = responder.handle("fleetgen/v1/dev/dev-1/req", encode(req))  # type: ignore[misc]
+    header, body = decode_response(frame)
+    assert not header.ok and header.error.startswith("not found") and body == b""
+
+
+def test_responder_chunks_are_bounded(world: World) -> None:
+    bundle = world.publish("1.0.0", size=600 * KiB)
+    responder = RepositoryResponder(Bus().client(), world.repo.path)
+    sha = world.repo.targets().targets[bundle.name].hashes["sha256"]
+    req = Request(id="r1", op="fetch", path=f"targets/{sha}.{bundle.name}", offset=1000, length=256 * KiB)
+    topic, frame = responder.handle("fleetgen/v1/dev/dev-1/req", encode(req))  # type: ignore[misc]
+    assert topic == "fleetgen/v1/dev/dev-1/resp"
+    assert len(frame) <= CHANNELS[Channel.RESP].max_bytes
+    header, body = decode_response(frame)
+    assert header.ok and header.total == bundle.stat().st_size and len(body) == 256 * KiB
+    assert body == bundle.read_bytes()[1000 : 1000 + 256 * KiB]
+
+
+def test_responder_ignores_requests_naming_another_device(world: World) -> None:
+    responder = RepositoryResponder(Bus().client(), world.repo.path)
+    assert responder.handle("fleetgen/v1/dev/dev-1/req", b"{not json") is None
+    assert responder.handle("fleetgen/v1/dev/BAD ID/req", encode(Request(id="x", op="fetch"))) is None
+
+
+# -- HTTPS fetcher over a real socket ------------------------------------------------------
+
+
+class _Server:
+    def __init__(self, root: Path, drip: float | None) -> None:
+        stop = self.stop_event = threading.Event()
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *a: Any, **kw: Any) -> None:
+                super().__init__(*a, directory=str(root), **kw)
+
+            def log_message(self, *a: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if drip is None or "/targets/" not in self.path:
+                    return super().do_GET()
+                data = (root / self.path.lstrip("/")).read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                for i in range(len(data)):
+                    if stop.is_set():
+                        return
+                    self.wfile.write(data[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(drip)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop_event.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def http_server(world: World) -> Iterator[_Server]:
+    server = _Server(world.mirror, drip=None)
+    yield server
+    server.close()
+
+
+def test_https_fetcher_installs(world: World, http_server: _Server) -> None:
+    world.publish("1.0.0", size=300 * KiB)
+    device = world.device(fetcher=HttpsFetcher(http_server.url))
+    assert device.apply_desired(world.desired("1.0.0")).changed
+
+
+def test_https_drip_under_the_floor_is_aborted(world: World) -> None:
+    world.publish("1.0.0", size=64 * KiB)
+    server = _Server(world.mirror, drip=0.005)
+    try:
+        policy = DownloadPolicy(min_bytes_per_s=10_000, grace_s=0.5, deadline_s=30)
+        device = world.device(fetcher=HttpsFetcher(server.url, policy))
+        start = time.monotonic()
+        with pytest.raises(SlowRetrievalError):
+            device.apply_desired(world.desired("1.0.0"))
+        assert time.monotonic() - start < 5
+        assert device.store.current() is None
+        assert not list(device.paths.downloads_dir.iterdir())
+    finally:
+        server.close()

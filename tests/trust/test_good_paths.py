@@ -1,0 +1,103 @@
+"""What must work: new bundles install, key rotation is followed, an operator can go back."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from agent.trust.layout import load_director_version
+from agent.trust.updater import TrustedUpdater
+from controller.tuf.repository import Repository
+from tests.trust.conftest import World
+
+
+def _current(device: TrustedUpdater) -> str:
+    cur = device.store.current()
+    assert cur is not None
+    return cur.name
+
+
+def test_a_new_bundle_installs_and_the_previous_is_kept_until_the_next(world: World) -> None:
+    world.publish("1.0.0")
+    device = world.device()
+    assert device.apply_desired(world.desired("1.0.0")).changed
+    first = device.store.current()
+    world.publish("2.0.0")
+    assert device.apply_desired(world.desired("2.0.0")).changed
+    assert "tiny-2.0.0" in _current(device)
+    assert (device.store.root / os.readlink(device.store.previous_link)) == first
+    assert first is not None and first.is_dir()
+    assert (device.store.current() / "model.onnx").read_bytes() == (  # type: ignore[operator]
+        world.tmp / "models" / "tiny-2.0.0" / "model.onnx"
+    ).read_bytes()
+    world.publish("3.0.0")
+    device.apply_desired(world.desired("3.0.0"))
+    assert not first.exists()  # pruned at the install after next
+    names = sorted(p.name for p in device.store.bundles.iterdir())
+    assert len(names) == 2 and any("3.0.0" in n for n in names) and any("2.0.0" in n for n in names)
+    assert load_director_version(device.paths) == 3
+
+
+def test_the_same_document_delivered_again_changes_nothing(world: World) -> None:
+    world.publish("1.0.0")
+    device = world.device()
+    envelope = world.desired("1.0.0")
+    assert device.apply_desired(envelope).changed
+    again = device.apply_desired(envelope)
+    assert not again.changed and again.director_version == 1
+
+
+def test_operator_returns_to_an_older_still_signed_bundle(world: World) -> None:
+    world.publish("1.0.0")
+    world.publish("2.0.0")
+    device = world.device()
+    device.apply_desired(world.desired("1.0.0"))
+    device.apply_desired(world.desired("2.0.0"))
+    back = device.apply_desired(world.desired("1.0.0"))  # director v3 names the old target
+    assert back.changed and back.director_version == 3
+    assert "tiny-1.0.0" in _current(device)
+
+
+def test_rotating_the_targets_key_the_device_follows(world: World) -> None:
+    world.publish("1.0.0")
+    device = world.device()
+    device.apply_desired(world.desired("1.0.0"))
+    world.repo.rotate("targets")
+    world.publish("2.0.0")
+    assert device.apply_desired(world.desired("2.0.0")).changed
+    root = device.trusted_root()
+    assert root["version"] == 2
+    assert root["roles"]["targets"]["keyids"] == [s.public_key.keyid for s in world.repo.signers("targets")]
+
+
+def test_rotating_root_and_director_keys_the_device_follows(world: World) -> None:
+    world.publish("1.0.0")
+    device = world.device()
+    device.apply_desired(world.desired("1.0.0"))
+    world.repo.rotate("root")
+    world.repo.rotate("director")
+    world.repo.rotate("timestamp")
+    world.publish("2.0.0")
+    assert device.apply_desired(world.desired("2.0.0")).changed  # signed by the new director key
+    assert device.trusted_root()["version"] == 4
+
+
+def test_online_roles_are_resigned_on_schedule(world: World, tmp_path: Path) -> None:
+    before = world.repo.load("timestamp").signed.version
+    assert world.repo.resign_online() == []  # fresh: nothing due
+    later = world.repo._clock() + __import__("datetime").timedelta(hours=13)
+    Repository(world.repo.path, clock=lambda: later).resign_online()
+    assert world.repo.load("timestamp").signed.version == before + 1
+
+
+def test_offline_install_from_an_export(world: World, tmp_path: Path) -> None:
+    world.publish("1.0.0")
+    world.publish("2.0.0")
+    usb = tmp_path / "usb"
+    world.repo.export(usb, bundles=True)
+    device = world.device("offline-device")
+    from agent.trust.fetch import LocalFetcher
+
+    device.fetcher = LocalFetcher(usb)
+    assert device.install_file(usb / "tiny-2.0.0.fgb").changed
+    assert "tiny-2.0.0" in _current(device)
