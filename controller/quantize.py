@@ -4,7 +4,11 @@ and 4-bit weight-only (MatMulNBits, block 32, accuracy level 4 = int8 compute).
     from controller.quantize import quantize_int8, quantize_int4
     quantize_int8(Path("fp32/model.onnx"), Path("int8/model.onnx"))
 
-Both write a single file when it fits in protobuf's 2 GiB, else `<name>_data` next to it.
+Every function here writes the weights as ONNX external data next to the graph
+(`model.onnx` + `model.onnx_data`, or `model.onnx.data` from the int8 quantizer): ONNX
+Runtime maps external data into memory instead of parsing it out of the protobuf, which
+drops the peak RSS at load from ~1.5x to ~0.9x of the file size on GPT-2-small (ADR 0013),
+and lifts the 2 GiB protobuf limit.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from agent.errors import FleetgenError
 
 log = logging.getLogger(__name__)
 
-PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2  # leave room for the graph itself
 INT4_BLOCK = 32
 INT4_ACCURACY_LEVEL = 4  # int8 activations in the MatMulNBits kernel: the fast path on CPU
 
@@ -53,14 +56,13 @@ def quantize_int8(src: Path, dst: Path) -> Path:
 
     src, dst = Path(src), Path(dst)
     _check_paths(src, dst)
-    external = _source_bytes(src) > PROTOBUF_LIMIT
     try:
         quantize_dynamic(
             src,
             dst,
             weight_type=QuantType.QInt8,
             per_channel=False,
-            use_external_data_format=external,
+            use_external_data_format=True,
             extra_options={"MatMulConstBOnly": True},
         )
     except Exception as e:  # onnxruntime.quantization raises plain Exceptions of many kinds
@@ -100,15 +102,35 @@ def quantize_int4(src: Path, dst: Path, block_size: int = INT4_BLOCK) -> Path:
     return dst
 
 
+def externalize(src: Path, dst: Path) -> Path:
+    """Copy an ONNX model to `dst`, weights as external data (`<dst name>_data`)."""
+    import onnx
+
+    src, dst = Path(src), Path(dst)
+    _check_paths(src, dst)
+    try:
+        _save(onnx.load(str(src)), dst)
+    except Exception as e:
+        raise QuantizeError(f"cannot rewrite {src} with external data: {_line(e)}") from None
+    return dst
+
+
+def has_external_data(src: Path) -> bool:
+    return any(p != src and p.name.startswith(src.name) for p in src.parent.iterdir())
+
+
 def _save(model: Any, dst: Path) -> None:
     import onnx
 
-    external = model.ByteSize() > PROTOBUF_LIMIT if hasattr(model, "ByteSize") else True
     # write next to the destination first so a failed save leaves no half file behind
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         tmp_path = Path(tmp) / dst.name
         onnx.save_model(
-            model, str(tmp_path), save_as_external_data=external, location=dst.name + "_data" if external else None
+            model,
+            str(tmp_path),
+            save_as_external_data=True,
+            location=dst.name + "_data",
+            size_threshold=1024,
         )
         for produced in Path(tmp).iterdir():
             shutil.move(str(produced), dst.parent / produced.name)

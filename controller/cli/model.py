@@ -97,8 +97,13 @@ def run_import(args: argparse.Namespace) -> int:
 
             quantize_int4(source / MODEL_FILE, out / MODEL_FILE)
         else:
-            for f in _model_files(source):
-                shutil.copy2(source / f, out / f)
+            from controller.quantize import externalize, has_external_data
+
+            if has_external_data(source / MODEL_FILE):
+                for f in _model_files(source):
+                    shutil.copy2(source / f, out / f)
+            else:
+                externalize(source / MODEL_FILE, out / MODEL_FILE)
         copied = [f for f in COPIED if (source / f).is_file()]
         for f in copied:
             shutil.copy2(source / f, out / f)

@@ -89,3 +89,23 @@ def test_shipped_image_models(folder: Path | None) -> None:
     meta = json.loads((folder / "manifest.json").read_text())
     result = gen.generate(ImageRequest(class_id=0 if meta["image"].get("num_classes") else None, seed=0))
     assert png_size(result.png) == (meta["image"]["width"], meta["image"]["height"])
+
+
+def _shipped_generators() -> dict[str, ImageGenerator]:
+    folders = {p.name: p for p in shipped("image")}
+    wanted = ("digits-cvae-onnx", "digits-cvae-tflite", "digits-cvae-tflite-int8")
+    if not all(w in folders for w in wanted):
+        pytest.skip("shipped digits generators (onnx, tflite, tflite-int8) not under models/image")
+    return {w: load(folders[w]) for w in wanted}
+
+
+def test_shipped_onnx_and_tflite_agree_within_model_card_tolerance() -> None:
+    # MODEL_CARD.md of the digits generators: TFLite fp32 max abs diff <= 1e-4,
+    # TFLite int8 mean abs diff <= 0.02 (values in [0, 1]), against ONNX on the same inputs.
+    gens = _shipped_generators()
+    for cls in range(10):
+        out = {n: g.generate(ImageRequest(class_id=cls, seed=100 + cls)) for n, g in gens.items()}
+        ref = out["digits-cvae-onnx"]
+        assert png_size(ref.png) == (8, 8)
+        assert np.abs(out["digits-cvae-tflite"].values - ref.values).max() <= 1e-4
+        assert np.abs(out["digits-cvae-tflite-int8"].values - ref.values).mean() <= 0.02
