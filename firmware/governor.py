@@ -43,6 +43,8 @@ UNCORE_SHARE = 0.25
 CONTENTION = 0.1
 # A better level must beat the current one by this fraction of throughput.
 LEVEL_HYSTERESIS = 0.05
+# How hard the setpoint drops to pay back a window average over its allowance.
+WINDOW_GAIN = 1.0
 # Re-admit work only once the budget exceeds the floor by this fraction.
 ADMIT_HYSTERESIS = 0.05
 # Weight of a new idle measurement in the idle estimate.
@@ -146,7 +148,7 @@ class Governor:
         self.admit = True
         self._integral = 0.0
         self._last_t: float | None = None
-        self._window: deque[tuple[float, float, float]] = deque()
+        self._window: deque[tuple[float, float, float, float]] = deque()
         self._better_since: float | None = None
         self._last_thread_change = -math.inf
         self._last_mode_change = -math.inf
@@ -170,10 +172,10 @@ class Governor:
         return self.idle_w + self._bottom.dyn_w * self.settings.min_duty
 
     def average_w(self) -> float:
-        total = sum(dt for _, _, dt in self._window)
+        total = sum(x[2] for x in self._window)
         if total <= 0:
             return 0.0
-        return sum(w * dt for _, w, dt in self._window) / total
+        return sum(x[1] * x[2] for x in self._window) / total
 
     def step(self, t: float, measured_w: float, estimated: bool = False,
              busy: bool = True) -> Decision:
@@ -201,13 +203,18 @@ class Governor:
             self._learn(t, dt, measured)
         setpoint = budget * (1 - s.margin)
         avg = self.average_w()
-        if self._window_span() >= s.window_s / 2 and avg > budget:
-            # Pay back the window's excess, so its average comes back under the budget.
-            setpoint -= 0.5 * (avg - budget)
+        allowed = self._window_budget()
+        if self._window_span() >= s.window_s / 2 and avg > allowed:
+            # Pay back the window's excess over what its budgets allowed (energy spent under
+            # an earlier, higher budget is not a debt), so its average comes back under.
+            setpoint -= WINDOW_GAIN * (avg - allowed)
         error = setpoint - measured if busy and self.admit else 0.0
         feed = setpoint - self.idle_w
         w_max = max(self.dyn_hat(lv) for lv in self.levels)
         command = min(max(feed + s.kp * error + self._integral, 0.0), w_max)
+        # Levels are chosen on the steady-state allowance; the proportional kick of a
+        # sudden change only moves the pacing.
+        steady = min(max(feed + self._integral, 0.0), w_max)
 
         if budget < self.floor_w or (not self.admit and budget < self.floor_w * (1 + ADMIT_HYSTERESIS)):
             self.level, self.duty, self.admit = self._bottom, s.min_duty, False
@@ -218,19 +225,24 @@ class Governor:
                 why = (f"budget {budget:.2f} W is below the lowest working draw "
                        f"{self.floor_w:.2f} W")
             return self._decide(t, measured, estimated, before, f"queueing work: {why}")
-        if command <= 0.0 and self._window_span() >= s.window_s and avg > budget * (1 + s.tolerance):
+        if steady <= 0.0 and self._window_span() >= s.window_s and avg > allowed * (1 + s.tolerance):
             # The PI wants less than nothing and the window is still over budget: the
             # board idles higher than its profile says. Learn that; the floor check above
             # then queues work until the budget allows it.
             self.idle_w = max(self.idle_w, avg - self.dyn_hat(self._bottom) * s.min_duty)
         self.admit = True
-        self.level = self._choose(t, command)
+        self.level = self._choose(t, steady)
         raw = command / self.dyn_hat(self.level)
         self.duty = min(max(raw, s.min_duty), 1.0)
-        # Anti-windup: integrate only while the duty cycle can still follow.
-        if not ((raw >= 1.0 and error > 0) or (raw <= s.min_duty and error < 0)):
-            limit = INTEGRAL_LIMIT * w_max
-            self._integral = min(max(self._integral + s.ki * error * dt, -limit), limit)
+        # Anti-windup: while the duty cycle is pinned, integrate only back toward zero (a
+        # correction learnt on another level must not stick), never further out.
+        step = s.ki * error * dt
+        if raw >= 1.0 and error > 0:
+            step = min(step, max(-self._integral, 0.0))
+        elif raw <= s.min_duty and error < 0:
+            step = max(step, min(-self._integral, 0.0))
+        limit = INTEGRAL_LIMIT * w_max
+        self._integral = min(max(self._integral + step, -limit), limit)
         if self.duty >= 1.0 and self.level is self._top:
             why = "within budget at full speed"
         else:
@@ -325,13 +337,20 @@ class Governor:
         self._better_since = None
         return new
 
+    def _window_budget(self) -> float:
+        """The time-weighted budget over the window (what its average is allowed)."""
+        total = sum(x[2] for x in self._window)
+        if total <= 0:
+            return math.inf
+        return sum(x[3] * x[2] for x in self._window) / total
+
     def _record(self, t: float, w: float, dt: float) -> None:
-        self._window.append((t, w, dt))
+        self._window.append((t, w, dt, math.inf if self.budget_w is None else self.budget_w))
         while self._window and self._window[0][0] <= t - self.settings.window_s:
             self._window.popleft()
 
     def _window_span(self) -> float:
-        return sum(dt for _, _, dt in self._window)
+        return sum(x[2] for x in self._window)
 
     def _decide(self, t: float, measured: float, estimated: bool,
                 before: tuple[Level, bool], reason: str) -> Decision:

@@ -37,7 +37,8 @@ class SimBoardSpec:
     freq_exponent: float = 2.6       # dynamic power ~ f^exponent (voltage scales with f)
     contention: float = 0.12         # speedup(t) = t / (1 + contention * (t - 1))
     tokens_per_s: float = 6.0        # one thread at freq 1.0
-    tau_s: float = 1.2               # first-order lag of the power rails
+    tau_s: float = 0.4               # first-order lag of the draw behind the knobs (DVFS, rails)
+    sensor_tau_s: float = 1.0        # the sensor's own averaging (INA3221 ~1.1 s window)
     mode_switch_s: float = 0.4       # a mode change takes effect after this
     noise: float = 0.03              # sensor noise, fraction of the reading (1 sigma)
     modes: tuple[SimMode, ...] = (
@@ -86,6 +87,7 @@ class SimBoard:
         self.duty = 1.0
         self.admit = True
         self.power_w = self.spec.idle_w
+        self._sensed_w = self.spec.idle_w
         self.tokens = 0.0
         self.energy_j = 0.0
         self.last_true_w = self.power_w
@@ -106,25 +108,29 @@ class SimBoard:
         return self.spec.idle_w + self.duty * dyn
 
     def advance(self, dt: float, substep: float = 0.05) -> tuple[float, float]:
-        """Run for `dt` seconds; returns (sensor reading: mean power with noise, tokens)."""
+        """Run for `dt` seconds; returns (the sensor's reading: its lagged view of the draw
+        with noise, tokens produced). `last_true_w` is the real mean draw over `dt`."""
         steps = max(1, round(dt / substep))
         h = dt / steps
         energy = 0.0
+        sensed = 0.0
         tokens = 0.0
         for _ in range(steps):
             if self._pending and self.t >= self._pending[0]:
                 self.mode, self._pending = self._pending[1], None
             target = self.target_w()
             self.power_w += (target - self.power_w) * (1 - math.exp(-h / self.spec.tau_s))
+            self._sensed_w += (self.power_w - self._sensed_w) * (1 - math.exp(-h / self.spec.sensor_tau_s))
             energy += self.power_w * h
+            sensed += self._sensed_w * h
             if self.busy and self.admit:
                 tokens += self.duty * self.spec.throughput(self.mode, self.threads) * h
             self.t += h
         self.energy_j += energy
         self.tokens += tokens
-        mean = energy / dt
-        self.last_true_w = mean
-        return max(0.0, mean * (1 + self._rng.gauss(0.0, self.spec.noise))), tokens
+        self.last_true_w = energy / dt
+        reading = sensed / dt * (1 + self._rng.gauss(0.0, self.spec.noise))
+        return max(0.0, reading), tokens
 
 
 @dataclass(frozen=True)
