@@ -18,7 +18,9 @@ import contextlib
 import hashlib
 import io
 import os
+import queue
 import tarfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +66,37 @@ class VerifiedBundle:
     sha256: str
 
 
+class _Digest:
+    """sha256 computed on a helper thread (hashlib releases the GIL), so that the
+    whole-file hash and the member hashes of one pass run on two cores. At most
+    `depth` blocks wait in between, which bounds the memory it adds."""
+
+    def __init__(self, depth: int = 8) -> None:
+        self._hash = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._run, name="bundle-sha256", daemon=True)
+        self._thread.start()
+        self._hex: str | None = None
+
+    def _run(self) -> None:
+        while (block := self._queue.get()) is not None:
+            self._hash.update(block)
+
+    def update(self, block: bytes) -> None:
+        self._queue.put(block)
+
+    def hexdigest(self) -> str:
+        if self._hex is None:
+            self.close()
+            self._hex = self._hash.hexdigest()
+        return self._hex
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+
 class _HashingReader:
     """Read-through wrapper: hashes and counts every byte, and never lets more than
     `limit` bytes through (reading one byte past it raises LengthExceededError)."""
@@ -72,7 +105,7 @@ class _HashingReader:
         self._source = source
         self._limit = limit
         self._origin = origin
-        self.digest = hashlib.sha256()
+        self.digest = _Digest()
         self.count = 0
 
     def read(self, size: int = -1) -> bytes:
@@ -86,7 +119,8 @@ class _HashingReader:
             raise LengthExceededError(
                 f"{self._origin}: longer than the {self._limit} bytes signed metadata declares"
             )
-        self.digest.update(data)
+        if data:
+            self.digest.update(data)
         return data
 
     def drain(self) -> None:
@@ -190,6 +224,21 @@ def verify_bundle(
     """
     reader = _HashingReader(source, expected_length, origin)
     try:
+        return _verify(reader, origin, expected_length, expected_sha256, dest, limits, on_manifest)
+    finally:
+        reader.digest.close()
+
+
+def _verify(
+    reader: _HashingReader,
+    origin: str,
+    expected_length: int | None,
+    expected_sha256: str | None,
+    dest: Path | None,
+    limits: BundleLimits,
+    on_manifest: Callable[[ModelManifest], None] | None,
+) -> VerifiedBundle:
+    try:
         manifest = _verify_members(reader, origin, dest, limits, on_manifest)
     except (BundleFormatError, HashMismatchError, LengthMismatchError) as e:
         if expected_sha256 is None or isinstance(e, LengthExceededError):
@@ -275,12 +324,16 @@ def verify_bundle_file(path: Path, **kwargs: object) -> VerifiedBundle:
 def read_manifest(path: Path) -> ModelManifest:
     """The manifest of a bundle file (first member only; nothing else is checked)."""
     with open(path, "rb") as f:
-        tf = _open_stream(_HashingReader(f, None, str(path)), str(path))
-        with contextlib.closing(tf):
-            for info in _members(tf, str(path)):
-                if _member_name(info, str(path)) != MANIFEST_NAME:
-                    break
-                return _read_manifest_member(tf, info, str(path))
+        reader = _HashingReader(f, None, str(path))
+        try:
+            tf = _open_stream(reader, str(path))
+            with contextlib.closing(tf):
+                for info in _members(tf, str(path)):
+                    if _member_name(info, str(path)) != MANIFEST_NAME:
+                        break
+                    return _read_manifest_member(tf, info, str(path))
+        finally:
+            reader.digest.close()
     raise BundleFormatError(f"{path}: first member must be {MANIFEST_NAME}")
 
 
