@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from agent import __version__
 from agent.cli import run_cli
 
-COMMANDS = ("serve", "fleet", "keys", "bundle", "model", "demo")
+COMMANDS = ("serve", "fleet", "keys", "bundle", "director", "model", "demo")
 
 
 def common_parser() -> argparse.ArgumentParser:

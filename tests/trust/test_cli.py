@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,3 +90,31 @@ def test_keys_rotate_revoke_list(released: Path, capsys: pytest.CaptureFixture[s
     assert fleetgen(["keys", "revoke", keyid[:12], "--repo", repo, "--passphrase-file", pp]) == 2  # last key
     assert "rotate" in capsys.readouterr().err
     assert fleetgen(["keys", "resign", "--repo", repo, "--force"]) == 0
+
+
+def test_director_set_writes_and_publishes(released: Path, capsys: pytest.CaptureFixture[str], mosquitto: Any) -> None:
+    import queue
+
+    from agent.protocol.codec import decode_as
+    from agent.protocol.messages import DesiredState, SignedEnvelope
+    from agent.protocol.topics import Channel, device_topic
+    from agent.trust.transport import PahoTransport
+
+    repo = str(released / "repo")
+    out = released / "desired.json"
+    assert fleetgen(["director", "set", "dev-7", "--repo", repo, "--target", "tiny-1.0.0.fgb", "-o", str(out)]) == 0
+    first = decode_as(SignedEnvelope, out.read_bytes())
+    assert decode_as(DesiredState, first.payload).version == 1
+    assert fleetgen(["director", "set", "dev-7", "--repo", repo, "--target", "nope.fgb"]) == 1
+    url = f"mqtt://127.0.0.1:{mosquitto.port}"
+    assert fleetgen(["director", "set", "dev-7", "--repo", repo, "--target", "tiny-1.0.0.fgb", "--broker", url]) == 0
+    inbox: queue.Queue[bytes] = queue.Queue()
+    t = PahoTransport("127.0.0.1", mosquitto.port)
+    t.start()
+    try:
+        t.subscribe(device_topic("dev-7", Channel.DESIRED), lambda _t, p: inbox.put(p))
+        retained = decode_as(SignedEnvelope, inbox.get(timeout=10))
+    finally:
+        t.stop()
+    state = decode_as(DesiredState, retained.payload)
+    assert state.device_id == "dev-7" and state.version == 2 and state.target is not None

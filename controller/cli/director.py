@@ -1,0 +1,78 @@
+"""`fleetgen director`: sign a device's desired state (the director document).
+
+    fleetgen director set DEVICE --repo DIR --target NAME-VERSION.fgb
+                          [--expires 7d] [--power-budget W] [-o FILE] [--broker mqtt://HOST:PORT]
+
+The document names the exact published target (path, length, hashes), carries the next
+version for that device and an expiry, and is signed with the director key. With
+`--broker` it is published retained on `fleetgen/v1/dev/DEVICE/desired`; with `-o` it is
+written to a file; otherwise it is printed. Returning a device to an older bundle is just
+`set` with the older target: the version still goes up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from controller.cli._trustargs import add_repo_options, duration, open_repo
+
+if TYPE_CHECKING:
+    from agent.protocol.messages import SignedEnvelope
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("director", parents=[common], help="sign devices' desired state")
+    verbs = p.add_subparsers(dest="director_command", metavar="VERB", required=True)
+    s = verbs.add_parser("set", help="sign (and publish) the desired state of one device")
+    s.add_argument("device", metavar="DEVICE")
+    add_repo_options(s, keys=False)
+    target = s.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target", metavar="NAME", help="a published bundle, e.g. tiny-1.0.0.fgb")
+    target.add_argument("--no-target", action="store_true", help="config/power only, no bundle")
+    s.add_argument("--expires", type=duration, default=7 * 86400, metavar="DUR", help="lifetime (default 7d)")
+    s.add_argument("--power-budget", type=float, metavar="W", help="power budget in watts")
+    s.add_argument("-o", "--output", metavar="FILE", help="write the signed envelope here")
+    s.add_argument("--broker", metavar="URL", help="publish it retained (mqtt://host:port)")
+    s.set_defaults(func=run_set)
+
+
+def run_set(args: argparse.Namespace) -> int:
+    from agent.protocol.codec import encode
+    from controller.director import Director, write_envelope
+
+    director = Director(open_repo(args))
+    envelope = director.desired(
+        args.device,
+        None if args.no_target else args.target,
+        power_budget_w=args.power_budget,
+        expires_in_s=args.expires,
+    )
+    if args.output:
+        write_envelope(Path(args.output), envelope)
+    if args.broker:
+        _publish(args.broker, args.device, envelope)
+    if not args.output and not args.broker:
+        sys.stdout.write(encode(envelope).decode() + "\n")
+    print(f"{args.device}: desired state signed ({args.target or 'no target'})", file=sys.stderr)
+    return 0
+
+
+def _publish(url: str, device: str, envelope: SignedEnvelope) -> None:
+    from agent.errors import UsageError
+    from agent.mqtt.url import BrokerUrl
+    from agent.trust.transport import PahoTransport
+    from controller.director import publish_desired
+
+    broker = BrokerUrl.parse(url, "--broker")
+    if broker.tls:
+        raise UsageError("--broker: mqtts needs the controller's TLS settings; use `fleetgen serve`")
+    transport = PahoTransport(broker.host, broker.port)
+    transport.start()
+    try:
+        publish_desired(transport, device, envelope)
+        transport.wait_subscribed()  # one broker round-trip: the QoS 1 publish went out first
+    finally:
+        transport.stop()
