@@ -283,11 +283,11 @@ class Repository:
         now = self._clock()
         done = []
         snapshot = self.load("snapshot").signed
-        if force or snapshot.expires - now < timedelta(seconds=self.config.snapshot_expiry_s / 2):
+        if force or snapshot.expires - now <= timedelta(seconds=self.config.snapshot_expiry_s / 2):
             self._update_snapshot()
             return ["snapshot", "timestamp"]
         timestamp = self.load("timestamp").signed
-        if force or timestamp.expires - now < timedelta(seconds=self.config.timestamp_expiry_s / 2):
+        if force or timestamp.expires - now <= timedelta(seconds=self.config.timestamp_expiry_s / 2):
             self._update_timestamp()
             done.append("timestamp")
         return done

@@ -101,3 +101,30 @@ def test_offline_install_from_an_export(world: World, tmp_path: Path) -> None:
     device.fetcher = LocalFetcher(usb)
     assert device.install_file(usb / "tiny-2.0.0.fgb").changed
     assert "tiny-2.0.0" in _current(device)
+
+
+def test_resign_schedule_ticks(tmp_path: Path) -> None:
+    import time as _time
+
+    from controller.tuf.repository import RepoConfig
+    from controller.tuf.schedule import ResignSchedule
+
+    repo = Repository.create(tmp_path / "short", config=RepoConfig(timestamp_expiry_s=2))
+    schedule = ResignSchedule(repo.path, interval_s=0.05)
+    assert schedule.tick() == []  # 2 s left of 2 s: not due
+    before = repo.load("timestamp").signed.version
+    schedule.start()
+    _time.sleep(1.2)  # past half the lifetime (times are whole seconds)
+    schedule.stop()
+    assert repo.load("timestamp").signed.version > before
+
+
+def test_refusal_event_names_the_check() -> None:
+    from agent.protocol.codec import decode, encode
+    from agent.protocol.topics import Channel
+    from agent.trust.errors import HashMismatchError
+    from agent.trust.events import refusal_event
+
+    event = refusal_event("dev-1", 7, HashMismatchError("x.fgb: sha256 a != signed b"))
+    back = decode(Channel.EVENTS, encode(event), "dev-1")
+    assert back.details["check"] == "hash" and back.kind == "update.refused"  # type: ignore[attr-defined]
