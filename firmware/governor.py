@@ -47,8 +47,10 @@ LEVEL_HYSTERESIS = 0.05
 WINDOW_GAIN = 1.0
 # Re-admit work only once the budget exceeds the floor by this fraction.
 ADMIT_HYSTERESIS = 0.05
-# Weight of a new idle measurement in the idle estimate.
+# Weight of a new idle measurement in the idle estimate, and the range (relative to the
+# profile's idle) it may be learnt within.
 IDLE_ALPHA = 0.2
+IDLE_RANGE = (0.5, 3.0)
 # An unmeasured mode is assumed to draw this much more than the profile says, so a
 # switch to it undershoots rather than overshoots the budget.
 PRIOR_SCALE = 1.15
@@ -141,6 +143,7 @@ class Governor:
         self.settings = settings
         self.budget_w = settings.budget_w
         self.idle_w = idle_w
+        self._idle_prior = idle_w
         self._top = max(self.levels, key=lambda lv: (lv.perf, lv.dyn_w))
         self._bottom = min(self.levels, key=lambda lv: (lv.dyn_w, lv.perf))
         self.level = self._top
@@ -188,7 +191,11 @@ class Governor:
         self._record(t, measured_w, dt)
         before = (self.level, self.admit)
         if not busy or not self.admit:
-            self.idle_w += IDLE_ALPHA * (measured_w - self.idle_w)
+            # Learn the idle draw, within reason: a sensor glitch must not convince the
+            # governor that the board idles at 0 W (or at 50 W).
+            learnt = self.idle_w + IDLE_ALPHA * (measured_w - self.idle_w)
+            self.idle_w = min(max(learnt, IDLE_RANGE[0] * self._idle_prior),
+                              IDLE_RANGE[1] * self._idle_prior)
         if self.budget_w is None:
             self.level, self.duty, self.admit, self._integral = self._top, 1.0, True, 0.0
             return self._decide(t, measured_w, estimated, before, "no budget: full speed")
@@ -229,7 +236,8 @@ class Governor:
             # The PI wants less than nothing and the window is still over budget: the
             # board idles higher than its profile says. Learn that; the floor check above
             # then queues work until the budget allows it.
-            self.idle_w = max(self.idle_w, avg - self.dyn_hat(self._bottom) * s.min_duty)
+            self.idle_w = min(max(self.idle_w, avg - self.dyn_hat(self._bottom) * s.min_duty),
+                              IDLE_RANGE[1] * self._idle_prior)
         self.admit = True
         self.level = self._choose(t, steady)
         raw = command / self.dyn_hat(self.level)

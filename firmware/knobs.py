@@ -58,7 +58,7 @@ class Nvpmodel:
         return (int(m2.group(1)) if m2 else None), None
 
     def set_mode(self, mode_id: int) -> KnobResult:
-        r = self.runner.run(["nvpmodel", "-m", str(mode_id)], timeout_s=30.0)
+        r = self.runner.run(["nvpmodel", "-m", str(mode_id)], timeout_s=30.0, privileged=True)
         return KnobResult("nvpmodel", str(mode_id), r.outcome, r.explanation)
 
 
@@ -72,12 +72,12 @@ class JetsonClocks:
 
     def set(self, on: bool) -> KnobResult:
         if on and not self._stored:
-            stored = self.runner.run(["jetson_clocks", "--store"])
+            stored = self.runner.run(["jetson_clocks", "--store"], privileged=True)
             if not stored.ok:
                 return KnobResult("jetson_clocks", "on", stored.outcome, stored.explanation)
             self._stored = True
         argv = ["jetson_clocks"] if on else ["jetson_clocks", "--restore"]
-        r = self.runner.run(argv)
+        r = self.runner.run(argv, privileged=True)
         return KnobResult("jetson_clocks", "on" if on else "off", r.outcome, r.explanation)
 
 
@@ -249,7 +249,7 @@ class FpgaOverlays:
         self.runner = runner
 
     def list_apps(self) -> tuple[tuple[FpgaApp, ...], KnobResult]:
-        r = self.runner.run(["xmutil", "listapps"], timeout_s=30.0)
+        r = self.runner.run(["xmutil", "listapps"], timeout_s=30.0, privileged=True)
         if not r.ok:
             return (), KnobResult("fpga_overlay", "listapps", r.outcome, r.explanation)
         return parse_listapps(r.stdout), KnobResult("fpga_overlay", "listapps", "ok")
@@ -265,18 +265,19 @@ class FpgaOverlays:
         if any(a.name == name and a.active for a in apps):
             return KnobResult("fpga_overlay", name, "ok", "already loaded")
         if any(a.active for a in apps):
-            un = self.runner.run(["xmutil", "unloadapp"], timeout_s=60.0)
+            un = self.runner.run(["xmutil", "unloadapp"], timeout_s=60.0, privileged=True)
             if not un.ok:
                 return KnobResult("fpga_overlay", name, un.outcome, un.explanation)
-        r = self.runner.run(["xmutil", "loadapp", name], timeout_s=120.0)
+        r = self.runner.run(["xmutil", "loadapp", name], timeout_s=120.0, privileged=True)
         return KnobResult("fpga_overlay", name, r.outcome, r.explanation)
 
     def load_bitstream(self, bitstream: Path, overlay: Path) -> KnobResult:
-        r = self.runner.run(["fpgautil", "-b", str(bitstream), "-o", str(overlay)], timeout_s=120.0)
+        r = self.runner.run(["fpgautil", "-b", str(bitstream), "-o", str(overlay)],
+                            timeout_s=120.0, privileged=True)
         return KnobResult("fpga_overlay", bitstream.name, r.outcome, r.explanation)
 
     def remove_overlay(self) -> KnobResult:
-        r = self.runner.run(["fpgautil", "-R"], timeout_s=60.0)
+        r = self.runner.run(["fpgautil", "-R"], timeout_s=60.0, privileged=True)
         return KnobResult("fpga_overlay", "remove", r.outcome, r.explanation)
 
 

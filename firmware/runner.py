@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 Outcome = Literal["ok", "failed", "missing", "denied", "timeout"]
 
 _DENIED_HINTS = ("permission denied", "must be run as root", "operation not permitted",
-                 "are you root", "requires root", "not permitted")
+                 "are you root", "requires root", "not permitted", "a password is required",
+                 "not in the sudoers")
 
 
 @dataclass(frozen=True)
@@ -43,27 +44,36 @@ class CommandRunner:
     """Runs commands found on `path` (default: $PATH) with a timeout and no stdin.
 
     stdin is closed on purpose: nvpmodel asks "reboot now?" for some mode changes and must
-    get EOF (no), never hang on a prompt.
+    get EOF (no), never hang on a prompt. Commands that change the board (nvpmodel -m,
+    jetson_clocks, xmutil loadapp, fpgautil) are run with `privileged=True`: they get
+    `privileged_prefix` in front, e.g. ("sudo", "-n") for an agent that is not root and has
+    a sudoers rule for exactly those tools (docs/power.md).
     """
 
-    def __init__(self, path: str | None = None, timeout_s: float = 10.0) -> None:
+    def __init__(self, path: str | None = None, timeout_s: float = 10.0,
+                 privileged_prefix: Sequence[str] = ()) -> None:
         self.path = path
         self.timeout_s = timeout_s
+        self.privileged_prefix = tuple(privileged_prefix)
 
     def which(self, tool: str) -> str | None:
         return shutil.which(tool, path=self.path if self.path is not None else os.environ.get("PATH"))
 
-    def run(self, argv: Sequence[str], timeout_s: float | None = None) -> CommandResult:
+    def run(self, argv: Sequence[str], timeout_s: float | None = None,
+            privileged: bool = False) -> CommandResult:
         argv = tuple(argv)
         limit = self.timeout_s if timeout_s is None else timeout_s
         exe = self.which(argv[0])
         if exe is None:
             return self._done(argv, "missing", None, "", "", 0.0,
                               f"{argv[0]} is not installed (not found on PATH)")
+        command = [exe, *argv[1:]]
+        if privileged and self.privileged_prefix:
+            command = [*self.privileged_prefix, *command]
         start = time.monotonic()
         try:
             proc = subprocess.run(
-                [exe, *argv[1:]], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                 timeout=limit, check=False, errors="replace",
             )
         except subprocess.TimeoutExpired as e:

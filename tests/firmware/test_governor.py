@@ -207,5 +207,5 @@ def test_knobs_always_stay_within_their_ranges(
         assert 1 <= d.threads <= 4
         assert d.mode_id in (3, 0, 2)
         assert math.isfinite(d.average_w)
-        if budget is not None and budget < PROFILE.idle_w * 0.9:
-            assert not d.admit
+        if budget is not None and budget < PROFILE.idle_w * 0.5:
+            assert not d.admit  # below any idle the governor may learn

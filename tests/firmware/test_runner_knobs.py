@@ -184,3 +184,16 @@ def test_fpga_overlay_without_tools(tmp_path: Path, fake_tools: Tools) -> None:
     assert fpga.load_bitstream(Path("/lib/firmware/d.bit.bin"), Path("/lib/firmware/d.dtbo")).ok
     assert (path / "args").read_text() == "-b /lib/firmware/d.bit.bin -o /lib/firmware/d.dtbo\n"
     assert fpga.remove_overlay().ok
+
+
+def test_privileged_commands_get_the_prefix(fake_tools: Tools) -> None:
+    path = fake_tools("fakesudo", 'echo "sudo $*"')
+    fake_tools("nvpmodel", 'echo "plain $*"')
+    runner = CommandRunner(path=str(path), privileged_prefix=(str(path / "fakesudo"), "-n"))
+    assert runner.run(["nvpmodel", "-q"]).stdout == "plain -q\n"
+    r = runner.run(["nvpmodel", "-m", "0"], privileged=True)
+    assert r.stdout == f"sudo -n {path / 'nvpmodel'} -m 0\n"
+    fake_tools("nopass", 'echo "sudo: a password is required" >&2; exit 1')
+    denied = CommandRunner(path=str(path), privileged_prefix=(str(path / "nopass"),)).run(
+        ["nvpmodel", "-m", "0"], privileged=True)
+    assert denied.outcome == "denied"
