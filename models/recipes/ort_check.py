@@ -76,3 +76,34 @@ def perplexity(sess: ort.InferenceSession, ids: np.ndarray, window: int) -> floa
         nll -= float(logp[np.arange(len(chunk) - 1), chunk[1:]].sum())
         count += len(chunk) - 1
     return math.exp(nll / count)
+
+
+def sample_cached(
+    sess: ort.InferenceSession,
+    prompt: list[int],
+    steps: int,
+    eos: int,
+    seed: int,
+    temperature: float = 0.8,
+    top_k: int = 40,
+    repetition_penalty: float = 1.1,
+) -> list[int]:
+    """Seeded top-k sampling with the KV cache; stops at EOS. For model-card samples."""
+    rng = np.random.default_rng(seed)
+    seen = list(prompt)
+    logits, past = run(sess, prompt, _empty_past(sess, 1), 0)
+    out: list[int] = []
+    for _ in range(steps):
+        z = logits[0, -1].astype(np.float64)
+        for t in set(seen):
+            z[t] = z[t] / repetition_penalty if z[t] > 0 else z[t] * repetition_penalty
+        z = z / temperature
+        top = np.argsort(z)[-top_k:]
+        p = np.exp(z[top] - z[top].max())
+        token = int(rng.choice(top, p=p / p.sum()))
+        if token == eos:
+            break
+        out.append(token)
+        seen.append(token)
+        logits, past = run(sess, [token], past, len(seen) - 1)
+    return out
