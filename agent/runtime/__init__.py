@@ -41,6 +41,7 @@ def load_model(model_dir: Path, options: EngineOptions | None = None) -> TextGen
     try:
         if info.task == "text-generation":
             generator = TextGenerator(info, engine)
+            generator.options = options or EngineOptions()
             spec = generator.spec
             start = next((t for t in (spec.bos_token_id, spec.eos_token_id) if t is not None), 0)
             generator.decoder.reset(2)

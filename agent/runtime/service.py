@@ -7,24 +7,36 @@ with the next one.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from agent.errors import FleetgenError
+from agent.runtime.engine import EngineOptions
 from agent.runtime.errors import EngineError, RequestError
 from agent.runtime.text import TextGenerator, TextRequest, TextResult
 
 log = logging.getLogger(__name__)
 
 _DONE = object()
+_ADMIT_POLL_S = 0.05
 
 
 @dataclass
 class _Outcome:
     result: TextResult | None = None
+    error: FleetgenError | None = None
+
+
+@dataclass
+class _Reconfigure:
+    options: EngineOptions
+    done: threading.Event = field(default_factory=threading.Event)
     error: FleetgenError | None = None
 
 
@@ -59,10 +71,29 @@ class Job:
         self._chunks.put(_DONE)
 
 
+class Knobs(Protocol):
+    """What the power governor sets (firmware.knobs.RuntimeKnobs fits)."""
+
+    @property
+    def threads(self) -> int: ...
+
+    @property
+    def admit(self) -> bool: ...
+
+    def pace_delay(self, step_s: float) -> float: ...
+
+
 class GenerationQueue:
-    def __init__(self, generator: TextGenerator, max_pending: int = 64) -> None:
+    """One worker serving `generator`. With `knobs`, before each request the worker applies
+    the governor's thread count (a session reload when it changed), waits while
+    `admit` is False (new work queues), and paces decode steps by `pace_delay`."""
+
+    def __init__(self, generator: TextGenerator, max_pending: int = 64, knobs: Knobs | None = None) -> None:
         self.generator = generator
-        self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_pending)
+        self.knobs = knobs
+        if knobs is not None:
+            generator.pacer = knobs
+        self._jobs: queue.Queue[Job | _Reconfigure | None] = queue.Queue(maxsize=max_pending)
         self._thread = threading.Thread(target=self._work, name="fleetgen-generate", daemon=True)
         self._closed = False
         self._thread.start()
@@ -77,14 +108,41 @@ class GenerationQueue:
             raise RequestError(f"generation queue is full ({self._jobs.maxsize} pending)") from None
         return job
 
+    def reconfigure(self, options: EngineOptions) -> None:
+        """Change threads/providers after the requests already queued (power governor).
+        Blocks until applied; raises what the reload raised (the old session keeps serving)."""
+        item = _Reconfigure(options)
+        self._jobs.put(item)
+        item.done.wait()
+        if item.error is not None:
+            raise item.error
+
     def close(self, timeout: float = 30.0) -> None:
         self._closed = True
         self._jobs.put(None)
         self._thread.join(timeout)
 
+    def _apply_knobs(self) -> None:
+        knobs = self.knobs
+        if knobs is None:
+            return
+        while not knobs.admit and not self._closed:
+            time.sleep(_ADMIT_POLL_S)
+        threads = knobs.threads
+        if threads != self.generator.options.threads:
+            self.generator.reconfigure(dataclasses.replace(self.generator.options, threads=threads))
+
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
+            if isinstance(job, _Reconfigure):
+                try:
+                    self.generator.reconfigure(job.options)
+                except FleetgenError as e:
+                    job.error = e
+                job.done.set()
+                continue
             try:
+                self._apply_knobs()
                 result = self.generator.generate(job.request, on_text=job._chunks.put)
                 job._finish(_Outcome(result=result))
             except FleetgenError as e:

@@ -11,11 +11,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from agent.manifest import GenerationDefaults, TextSpec
 from agent.runtime.decoder import DecoderLayout, KVDecoder, check_layout
 from agent.runtime.detok import IncrementalDetokenizer, StopMatcher
+from agent.runtime.engine import EngineOptions, open_engine
 from agent.runtime.errors import ContextLengthError, ModelLoadError, RequestError
 from agent.runtime.loader import ModelInfo
 from agent.runtime.sampling import Sampler, SamplingParams
@@ -103,6 +104,12 @@ class Tokenizer:
         return int(value) if value is not None else None
 
 
+class Pacer(Protocol):
+    def pace_delay(self, step_s: float) -> float:
+        """Seconds to sleep after a decode step that took `step_s`."""
+        ...
+
+
 class TextGenerator:
     def __init__(self, info: ModelInfo, engine: Any, load_ms: float = 0.0) -> None:
         if info.text is None or info.tokenizer_path is None:
@@ -127,6 +134,9 @@ class TextGenerator:
         eos = {self.spec.eos_token_id, *info.extra_eos_ids} - {None}
         self.eos_ids: frozenset[int] = frozenset(int(e) for e in eos if e is not None)
         self.load_ms = load_ms
+        self.options = EngineOptions()  # what the session was built with (load_model sets it)
+        # the power governor's pacing (firmware.knobs.RuntimeKnobs fits); None: full speed
+        self.pacer: Pacer | None = None
 
     @property
     def defaults(self) -> GenerationDefaults:
@@ -202,7 +212,12 @@ class TextGenerator:
                 break
             if len(generated) >= budget:
                 break
+            step_start = time.perf_counter()
             logits = self.decoder.forward([token])
+            if self.pacer is not None:
+                delay = self.pacer.pace_delay(time.perf_counter() - step_start)
+                if delay > 0:
+                    time.sleep(delay)
         t2 = time.perf_counter()
         if not stops.stopped:
             emit(stops.feed(detok.flush()))
@@ -221,6 +236,24 @@ class TextGenerator:
             seed=sampler.seed,
             timings=timings,
         )
+
+    def reconfigure(self, options: EngineOptions) -> None:
+        """Reload the session with new options (threads, providers), between requests.
+
+        ONNX Runtime fixes its thread pool when a session is created, so the power governor
+        turning the thread count costs one reload (about the load time of the model). The
+        new session is checked before the old one is dropped; on failure the old one stays.
+        """
+        engine = open_engine(self.info.engine, self.info.model_path, options)
+        session = getattr(engine, "session", None)
+        if session is None:
+            engine.close()
+            raise ModelLoadError(f"{self.info.name}: engine {self.info.engine} has no ORT session")
+        self.decoder = KVDecoder(session, self.layout, self.spec.context_length)
+        old, self.engine = self.engine, engine
+        old.close()
+        self.options = options
+        log.info("%s: reconfigured (threads %s)", self.info.name, options.threads or "default")
 
     def close(self) -> None:
         self.engine.close()

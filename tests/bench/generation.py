@@ -264,10 +264,12 @@ def read_bandwidth(threads: int, size: int = 512 * 2**20, repeats: int = 5) -> f
 # ---------------------------------------------------------------- main
 
 
-def bench_model(label: str, variants: dict[str, Path]) -> list[dict[str, Any]]:
+def bench_model(label: str, variants: dict[str, Path], rounds: int) -> list[dict[str, Any]]:
+    """Per round: fp32 ours, fp32 bare, int8 ours, int8 bare, int4 ours, int4 bare (each a
+    fresh process). With several rounds, each figure is the median over rounds."""
     from agent.manifest import load_manifest
 
-    rows = []
+    rows: dict[str, dict[str, Any]] = {}
     for q in ("fp32", "int8", "int4"):
         folder = variants.get(q)
         if folder is None:
@@ -275,20 +277,34 @@ def bench_model(label: str, variants: dict[str, Path]) -> list[dict[str, Any]]:
         manifest = load_manifest(folder)
         total, read = weight_bytes_read(folder / manifest.model)
         file_bytes = sum(f.length for f in manifest.files if f.path.startswith("model.onnx"))
-        row: dict[str, Any] = {
+        rows[q] = {
             "model": label,
             "variant": q,
             "path": str(folder),
             "file_bytes": file_bytes,
             "weight_bytes": total,
             "weight_bytes_read_per_token": read,
+            "runs": {"ours": [], "bare": []},
         }
-        for mode in ("ours", "bare"):  # alternate within the variant
-            print(f"  {label} {q} {mode} ...", file=sys.stderr, flush=True)
-            row[mode] = measure(mode, folder)
-        row["same_tokens"] = row["ours"].pop("tokens") == row["bare"].pop("tokens")
-        rows.append(row)
-    return rows
+    for r in range(rounds):
+        for q, row in rows.items():
+            for mode in ("ours", "bare"):
+                print(f"  round {r + 1}/{rounds} {label} {q} {mode} ...", file=sys.stderr, flush=True)
+                row["runs"][mode].append(measure(mode, Path(row["path"])))
+    for row in rows.values():
+        for mode in ("ours", "bare"):
+            runs = row["runs"][mode]
+            row[mode] = {k: float(np.median([x[k] for x in runs])) for k in ("load_ms", "prefill_ms", "decode_tok_s")}
+            row[mode]["peak_rss_bytes"] = max(x["peak_rss_bytes"] for x in runs)
+            if mode == "ours":
+                row[mode]["kv_bytes_per_token"] = runs[0]["kv_bytes_per_token"]
+        row["same_tokens"] = all(
+            o["tokens"] == b["tokens"] for o, b in zip(row["runs"]["ours"], row["runs"]["bare"], strict=True)
+        )
+        for runs in row["runs"].values():
+            for x in runs:
+                x.pop("tokens")
+    return list(rows.values())
 
 
 def summarize(rows: list[dict[str, Any]], bandwidth: float) -> None:
@@ -352,6 +368,7 @@ def main() -> int:
         "--models", default="small,shipped", help="comma list of: small, tiny, shipped (default small,shipped)"
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "generation.json")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds; figures are medians (default 1)")
     args = parser.parse_args()
     if args.worker:
         worker(args.worker[0], Path(args.worker[1]))
@@ -367,9 +384,9 @@ def main() -> int:
             if not variants:
                 print("no shipped text model under models/text; skipped", file=sys.stderr)
                 continue
-            rows += bench_model("shipped", variants)
+            rows += bench_model("shipped", variants, args.rounds)
         else:
-            rows += bench_model(f"gpt2-{name}", build_variants(name))
+            rows += bench_model(f"gpt2-{name}", build_variants(name), args.rounds)
     summarize(rows, bandwidth)
     print(table(rows))
     checks = targets(rows)
@@ -377,6 +394,7 @@ def main() -> int:
         print(f"target {k}: {'met' if v else 'NOT met'}")
     doc = {
         "schema": 1,
+        "rounds": args.rounds,
         "ts": time.time(),
         "threads": THREADS,
         "prompt_tokens": PROMPT_TOKENS,

@@ -155,3 +155,52 @@ def test_queue_serves_concurrent_requests_one_model(tiny: TextGenerator) -> None
         assert after.result(timeout=30).text == expected[0]
     finally:
         q.close()
+
+
+def test_queue_reconfigures_threads_between_requests(tiny_dir: Path) -> None:
+    from agent.runtime import EngineOptions
+
+    gen = load_model(tiny_dir, ONE_THREAD)
+    assert isinstance(gen, TextGenerator)
+    q = GenerationQueue(gen)
+    try:
+        req = gen.request(PROMPT, max_tokens=12, greedy=True, ignore_eos=True)
+        before = q.submit(req).result(timeout=30).token_ids
+        q.reconfigure(EngineOptions(threads=2))
+        assert gen.engine.session.get_session_options().intra_op_num_threads == 2
+        assert q.submit(req).result(timeout=30).token_ids == before
+    finally:
+        q.close()
+
+
+class FakeKnobs:
+    def __init__(self) -> None:
+        self.threads = 1
+        self.admit = True
+        self.steps: list[float] = []
+
+    def pace_delay(self, step_s: float) -> float:
+        self.steps.append(step_s)
+        return 0.001
+
+
+def test_queue_follows_the_governor_knobs(tiny_dir: Path) -> None:
+    gen = load_model(tiny_dir, ONE_THREAD)
+    assert isinstance(gen, TextGenerator)
+    knobs = FakeKnobs()
+    q = GenerationQueue(gen, knobs=knobs)
+    try:
+        req = gen.request(PROMPT, max_tokens=10, greedy=True, ignore_eos=True)
+        first = q.submit(req).result(timeout=30)
+        assert len(knobs.steps) == 9  # one pacing call per decode step after prefill
+        assert first.timings.decode_ms >= 9 * 1.0
+        knobs.threads = 2
+        assert q.submit(req).result(timeout=30).token_ids == first.token_ids
+        assert gen.options.threads == 2
+        knobs.admit = False
+        held = q.submit(req)
+        assert not held._done.wait(0.3)  # queued while the budget does not admit work
+        knobs.admit = True
+        assert held.result(timeout=30).token_ids == first.token_ids
+    finally:
+        q.close()
