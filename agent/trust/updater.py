@@ -83,6 +83,15 @@ def _tuf_errors() -> Iterator[None]:
         raise translate(e) from e
 
 
+@contextlib.contextmanager
+def _logged_refusal(what: str) -> Iterator[None]:
+    try:
+        yield
+    except TrustError as e:
+        log.warning("update refused (check: %s) for %s: %s", e.check, what, e)
+        raise
+
+
 class TrustedUpdater:
     """One device's updater. Not thread-safe: the daemon drives it from one worker."""
 
@@ -142,7 +151,14 @@ class TrustedUpdater:
     # -- online: the director's desired state --------------------------------------
 
     def apply_desired(self, envelope: SignedEnvelope | bytes) -> UpdateResult:
-        """Act on a director document received on `dev/{id}/desired`."""
+        """Act on a director document received on `dev/{id}/desired`.
+
+        Raises a TrustError naming the failed check (also logged); nothing changes then.
+        """
+        with _logged_refusal("director document"):
+            return self._apply_desired(envelope)
+
+    def _apply_desired(self, envelope: SignedEnvelope | bytes) -> UpdateResult:
         if self.device_id is None:
             raise TrustError("apply_desired needs the device id")
         if isinstance(envelope, bytes):
@@ -236,6 +252,10 @@ class TrustedUpdater:
 
     def install_file(self, bundle: Path, target_path: str | None = None) -> UpdateResult:
         """Install a bundle file that must be a signed target (named by its file name)."""
+        with _logged_refusal(str(bundle)):
+            return self._install_file(bundle, target_path)
+
+    def _install_file(self, bundle: Path, target_path: str | None) -> UpdateResult:
         updater = self.refresh()
         path = target_path or Path(bundle).name
         info = self.targetinfo(updater, path)

@@ -19,7 +19,7 @@ from agent.trust.errors import TrustError
 from agent.trust.fetch import Deadline, DownloadPolicy, LocalFetcher
 from agent.trust.updater import TrustedUpdater, install_offline
 from controller.tuf import keystore
-from controller.tuf.repository import Repository
+from controller.tuf.repository import RepoConfig, Repository
 from tests.trust.conftest import DEVICE, World
 
 
@@ -172,6 +172,18 @@ def test_expired_timestamp_freeze(installed: TrustedUpdater, world: World) -> No
     stale.resign_online(force=True)
     world.sync()
     refused(installed, lambda: installed.refresh(), "expired")
+
+
+def test_frozen_metadata_expires(tmp_path: Path) -> None:
+    # The mirror stops updating (indefinite freeze); once the timestamp's short life is
+    # over, the very same files are refused.
+    repo = Repository.create(tmp_path / "repo", config=RepoConfig(timestamp_expiry_s=3))
+    w = World(tmp=tmp_path, repo=repo, mirror=tmp_path / "mirror")
+    w.publish("1.0.0")
+    device = w.device()
+    device.install_file(w.bundles["1.0.0"])
+    time.sleep(3.1)
+    refused(device, lambda: device.refresh(), "expired")
 
 
 def test_mix_and_match(installed: TrustedUpdater, world: World) -> None:
