@@ -172,7 +172,7 @@ class Governor:
     @property
     def floor_w(self) -> float:
         """The least the board can draw while still doing work."""
-        return self.idle_w + self._bottom.dyn_w * self.settings.min_duty
+        return self.idle_w + self.dyn_hat(self._bottom) * self.settings.min_duty
 
     def average_w(self) -> float:
         total = sum(x[2] for x in self._window)

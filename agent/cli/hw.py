@@ -67,8 +67,8 @@ def describe(root: Path, interval: float) -> dict[str, Any]:
         policies = CpuFreq(SysRoot(root)).policies()
     except FirmwareError as e:
         raise FleetgenError(f"hw: {e}") from e
-    available = _available_providers() if board.runtime("onnxruntime") and \
-        board.runtime("onnxruntime").installed else None  # type: ignore[union-attr]
+    ort = board.runtime("onnxruntime")
+    available = _available_providers() if ort is not None and ort.installed else None
     p = board.profile
     f = board.facts
     current = board.current_mode
