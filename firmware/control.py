@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from firmware.detect import DetectedBoard
 from firmware.governor import Decision, Governor, build_levels
@@ -32,12 +33,18 @@ class TickReport:
 
 class PowerController:
     """Meter -> Governor -> knobs. Mode changes that fail are reported, and the governor
-    stops proposing modes (the board keeps its mode; pacing and threads still work)."""
+    stops proposing modes (the board keeps its mode; pacing and threads still work).
+
+    `change_board_modes`: whether to run nvpmodel / write cpufreq limits. By default only
+    when the board was detected at `/`: a board read from a fixture tree or a mounted
+    image (the demo's simulated devices) must not have its files rewritten.
+    """
 
     def __init__(self, board: DetectedBoard, settings: PowerSettings,
                  meter: PowerMeter | None = None, runner: CommandRunner | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 busy: Callable[[], bool] = lambda: True) -> None:
+                 busy: Callable[[], bool] = lambda: True,
+                 change_board_modes: bool | None = None) -> None:
         self.board = board
         self.settings = settings
         self.clock = clock
@@ -48,8 +55,12 @@ class PowerController:
         top = self.governor.level
         self.runtime = RuntimeKnobs(top.threads)
         self._applied_mode: int | None = None
-        self._modes_work = settings.allow_mode_changes
+        if change_board_modes is None:
+            change_board_modes = board.root == Path("/")
+        self._modes_work = settings.allow_mode_changes and change_board_modes
         self.last: Decision | None = None
+        if not self._modes_work:
+            self._drop_modes()
         self.meter.prime()
 
     def set_budget(self, budget_w: float | None) -> None:

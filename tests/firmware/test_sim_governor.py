@@ -120,7 +120,8 @@ def test_controller_applies_modes_threads_and_pacing(
     sensor = ScriptedSensor()
     meter = PowerMeter([sensor], EstimateSensor(4.8, 1.0, 6, lambda: 0.5), clock)
     ctl = PowerController(board, PowerSettings(budget_w=10.0, tick_s=1.0, mode_dwell_s=5),
-                          meter=meter, runner=CommandRunner(path=str(path)), clock=clock)
+                          meter=meter, runner=CommandRunner(path=str(path)), clock=clock,
+                          change_board_modes=True)
     reports = []
     for _ in range(40):
         clock.t += 1
@@ -142,7 +143,8 @@ def test_controller_without_nvpmodel_keeps_governing_with_threads_and_pacing(
     root = board_root("jetson-orin-nano")
     clock = FakeClock()
     ctl = PowerController(detect_board(root), PowerSettings(budget_w=9.0, tick_s=1.0),
-                          runner=CommandRunner(path=str(tmp_path)), clock=clock)
+                          runner=CommandRunner(path=str(tmp_path)), clock=clock,
+                          change_board_modes=True)
     first = ctl.tick()
     assert first.knob_results and first.knob_results[0].outcome == "missing"
     for _ in range(10):
@@ -151,3 +153,18 @@ def test_controller_without_nvpmodel_keeps_governing_with_threads_and_pacing(
         assert report.knob_results == ()
     assert all(lv.mode is None for lv in ctl.governor.levels)
     assert ctl.last is not None and ctl.last.budget_w == 9.0
+
+
+def test_controller_never_rewrites_a_board_read_from_another_root(
+    board_root: Callable[[str], Path],
+) -> None:
+    root = board_root("kria-kv260")  # cpufreq modes: would write scaling_max_freq
+    limit = root / "sys/devices/system/cpu/cpufreq/policy0/scaling_max_freq"
+    before = limit.read_text()
+    clock = FakeClock()
+    ctl = PowerController(detect_board(root), PowerSettings(budget_w=5.5, tick_s=1.0), clock=clock)
+    for _ in range(30):
+        clock.t += 1
+        assert ctl.tick().knob_results == ()
+    assert limit.read_text() == before
+    assert ctl.runtime.duty <= 1.0 and ctl.last is not None
