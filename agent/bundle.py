@@ -260,7 +260,24 @@ def _verify(
     return VerifiedBundle(manifest=manifest, length=reader.count, sha256=digest)
 
 
+# What tarfile may raise on hostile input besides TarError (found by fuzzing).
+_PARSE_ERRORS = (tarfile.TarError, UnicodeError, ValueError, EOFError, OverflowError)
+
+
 def _verify_members(
+    reader: _HashingReader,
+    origin: str,
+    dest: Path | None,
+    limits: BundleLimits,
+    on_manifest: Callable[[ModelManifest], None] | None,
+) -> ModelManifest:
+    try:
+        return _walk_members(reader, origin, dest, limits, on_manifest)
+    except _PARSE_ERRORS as e:
+        raise BundleFormatError(f"{origin}: not a valid bundle tar ({type(e).__name__}: {e})") from None
+
+
+def _walk_members(
     reader: _HashingReader,
     origin: str,
     dest: Path | None,
@@ -332,6 +349,8 @@ def read_manifest(path: Path) -> ModelManifest:
                     if _member_name(info, str(path)) != MANIFEST_NAME:
                         break
                     return _read_manifest_member(tf, info, str(path))
+        except _PARSE_ERRORS as e:
+            raise BundleFormatError(f"{path}: not a valid bundle tar ({type(e).__name__}: {e})") from None
         finally:
             reader.digest.close()
     raise BundleFormatError(f"{path}: first member must be {MANIFEST_NAME}")
