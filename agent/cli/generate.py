@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from agent.errors import UsageError
+from agent.errors import FleetgenError, UsageError
 
 SCHEMA = 1
 
@@ -97,13 +97,18 @@ def model_folder(args: argparse.Namespace) -> Iterator[Path]:
     elif args.bundle is not None:
         from agent.bundle import verify_bundle_file
         from agent.manifest import write_manifest
+        from agent.runtime.errors import ModelLoadError
 
         if not args.bundle.is_file():
             raise UsageError(f"bundle {args.bundle} does not exist")
         with tempfile.TemporaryDirectory(prefix="fleetgen-bundle-") as tmp:
             dest = Path(tmp) / "model"
             dest.mkdir()
-            verified = verify_bundle_file(args.bundle, dest=dest)
+            try:
+                verified = verify_bundle_file(args.bundle, dest=dest)
+            except FleetgenError as e:
+                # a bundle the user handed us that fails verification is bad input (exit 2)
+                raise ModelLoadError(str(e)) from None
             write_manifest(dest, verified.manifest)
             yield dest
     else:

@@ -121,3 +121,21 @@ def test_subprocess_corrupt_model_no_traceback(tiny_dir: Path, tmp_path: Path) -
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "cannot load" in proc.stderr
+
+
+def test_bundle_is_verified_unpacked_and_run(
+    tiny_int8_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.bundle import build_bundle
+
+    fgb = tmp_path / "tiny.fgb"
+    build_bundle(tiny_int8_dir, fgb)
+    code, out, _ = run(capsys, "--bundle", str(fgb), "--json", "--greedy", "--max-tokens", "6", "--ignore-eos", "abc")
+    assert code == 0 and json.loads(out)["generated_tokens"] == 6
+    data = bytearray(fgb.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the weights: verification must notice
+    bad = tmp_path / "bad.fgb"
+    bad.write_bytes(bytes(data))
+    code, _, err = run(capsys, "--bundle", str(bad), "abc")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "sha256" in err
