@@ -175,7 +175,10 @@ def _copy_member(stream: BinaryIO, size: int, rel: str, dest: Path | None, origi
     return digest.hexdigest()
 
 
-def _read_manifest_member(tf: tarfile.TarFile, info: tarfile.TarInfo, origin: str) -> ModelManifest:
+def _read_manifest_member(
+    tf: tarfile.TarFile, info: tarfile.TarInfo, origin: str, dest: Path | None = None
+) -> ModelManifest:
+    """Parse the manifest member; with `dest`, also write it there (a model folder holds it)."""
     if info.size > MAX_MANIFEST_BYTES:
         raise LengthExceededError(
             f"{origin}: {MANIFEST_NAME} is {info.size} bytes, limit {MAX_MANIFEST_BYTES}"
@@ -183,10 +186,23 @@ def _read_manifest_member(tf: tarfile.TarFile, info: tarfile.TarInfo, origin: st
     stream = tf.extractfile(info)
     if stream is None:  # pragma: no cover - _member_name already refused non-files
         raise BundleFormatError(f"{origin}: {MANIFEST_NAME} is not a file")
+    data = stream.read(info.size)
+    if len(data) != info.size:
+        raise BundleFormatError(f"{origin}: {MANIFEST_NAME} is truncated")
     try:
-        return parse_manifest(stream.read(info.size), f"{origin}:{MANIFEST_NAME}")
+        manifest = parse_manifest(data, f"{origin}:{MANIFEST_NAME}")
     except ManifestError as e:
         raise BundleFormatError(str(e)) from None
+    if dest is not None:
+        fd = _open_new(dest, MANIFEST_NAME)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return manifest
 
 
 def _open_stream(reader: _HashingReader, origin: str) -> tarfile.TarFile:
@@ -299,7 +315,7 @@ def _walk_members(
                     raise BundleFormatError(
                         f"{origin}: first member must be {MANIFEST_NAME}, got {name!r}"
                     )
-                manifest = _read_manifest_member(tf, info, origin)
+                manifest = _read_manifest_member(tf, info, origin, dest)
                 if on_manifest is not None:
                     on_manifest(manifest)
                 expected = {f.path: (f.length, f.sha256) for f in manifest.files}

@@ -25,6 +25,10 @@ def test_a_new_bundle_installs_and_the_previous_is_kept_until_the_next(world: Wo
     world.publish("2.0.0")
     assert device.apply_desired(world.desired("2.0.0")).changed
     assert "tiny-2.0.0" in _current(device)
+    # The installed folder is a model folder: its manifest plus the files it lists.
+    from agent.manifest import load_manifest, verify_files
+
+    verify_files(device.store.current(), load_manifest(device.store.current()))  # type: ignore[arg-type]
     assert (device.store.root / os.readlink(device.store.previous_link)) == first
     assert first is not None and first.is_dir()
     assert (device.store.current() / "model.onnx").read_bytes() == (  # type: ignore[operator]
@@ -128,3 +132,29 @@ def test_refusal_event_names_the_check() -> None:
     event = refusal_event("dev-1", 7, HashMismatchError("x.fgb: sha256 a != signed b"))
     back = decode(Channel.EVENTS, encode(event), "dev-1")
     assert back.details["check"] == "hash" and back.kind == "update.refused"  # type: ignore[attr-defined]
+
+
+def test_a_shipped_model_round_trips(world: World) -> None:
+    """Build, publish and install a model that ships in models/ (skipped until one does)."""
+    import pytest
+
+    from agent.bundle import build_bundle
+    from agent.manifest import load_manifest, verify_files
+
+    root = Path(__file__).resolve().parents[2] / "models"
+    folders = sorted((p.parent for p in root.glob("*/*/manifest.json")), key=lambda p: sum(
+        f.stat().st_size for f in p.iterdir() if f.is_file()
+    ))
+    if not folders:
+        pytest.skip("no shipped model in models/ yet")
+    manifest = load_manifest(folders[0])
+    out = world.tmp / f"{manifest.name}-{manifest.version}.fgb"
+    build_bundle(folders[0], out)
+    world.repo.publish(out)
+    world.sync()
+    device = world.device()
+    result = device.apply_desired(world.director.desired("dev-1", out.name))
+    assert result.changed
+    current = device.store.current()
+    assert current is not None
+    verify_files(current, load_manifest(current))
