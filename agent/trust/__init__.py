@@ -12,7 +12,13 @@ Modules, pure verification split from I/O as python-tuf does:
 - `transport` the tiny publish/subscribe interface the MQTT fetcher (and the controller's
               responder) use, plus a plain paho-mqtt adapter.
 - `updater`   the update flow: TUF refresh (python-tuf ngclient), director check,
-              resumable download, one-pass verify + unpack into the bundle store.
+              resumable download, one-pass verify + unpack into the bundle store
+              (`agent.store`); `install_offline` for air-gapped installs.
+- `tuf_errors` python-tuf's exceptions mapped onto the refusal family, in one place.
+- `events`    `update.refused` / `update.installed` events for `dev/{id}/events`.
+- `atomic`    crash-safe writes (temp, fsync, rename, fsync dir) and symlink flips.
+
+The bundle format itself is `agent.bundle`; the store of unpacked bundles `agent.store`.
 
 Nothing here is imported by `import agent`; python-tuf and cryptography load on use.
 """
