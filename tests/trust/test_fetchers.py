@@ -236,3 +236,81 @@ def test_https_drip_under_the_floor_is_aborted(world: World) -> None:
         assert not list(device.paths.downloads_dir.iterdir())
     finally:
         server.close()
+
+
+def test_mqtt_download_stops_at_the_signed_length(world: World) -> None:
+    """The repository (or whoever answers) claims and serves a longer file: the agent asks
+    for at most one byte past the signed length and refuses."""
+    from agent.trust.errors import TrustError
+
+    world.publish("1.0.0", size=200 * KiB)
+    device = world.device()
+    device.install_file(world.bundles["1.0.0"])
+    world.publish("2.0.0", size=200 * KiB)
+    served = world.target_file("2.0.0")
+    signed_length = served.stat().st_size
+    with open(served, "ab") as f:
+        f.write(bytes(5 * 1024 * KiB))
+    _, agent = _bus_pair(world.mirror)
+    device.fetcher = MqttFetcher(agent, "dev-1", DownloadPolicy(chunk_size=64 * KiB))
+    before = device.store.current()
+    with pytest.raises(TrustError) as info:
+        device.apply_desired(world.desired("2.0.0"))
+    assert info.value.check == "length"
+    asked = sum(r.length for r in _requests(agent) if r.path.startswith("targets/"))
+    assert asked == signed_length + 1
+    assert device.store.current() == before
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+def test_https_fetcher_over_tls(world: World, tmp_path: Path) -> None:
+    import ssl
+
+    world.publish("1.0.0", size=100 * KiB)
+    cert, key = _self_signed(tmp_path)
+    server = _Server(world.mirror, drip=None)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server.httpd.socket = ctx.wrap_socket(server.httpd.socket, server_side=True)
+    try:
+        url = server.url.replace("http://", "https://")
+        device = world.device(fetcher=HttpsFetcher(url, ca_certs=str(cert)))
+        assert device.apply_desired(world.desired("1.0.0")).changed
+        untrusted = world.device("other", fetcher=HttpsFetcher(url))  # system CAs: refused
+        with pytest.raises(TransportError):
+            untrusted.apply_desired(world.desired("1.0.0"))
+    finally:
+        server.close()
