@@ -300,9 +300,7 @@ def write_optimum_folder(out_dir: Path, shape: GPT2Shape = TINY, seed: int = 0, 
     return out_dir
 
 
-def build_cached(
-    shape: GPT2Shape, cache_dir: Path, seed: int = 0, init_scale: float = 1.0
-) -> Path:
+def build_cached(shape: GPT2Shape, cache_dir: Path, seed: int = 0, init_scale: float = 1.0) -> Path:
     """Build once into `cache_dir` (reused when its model.onnx exists)."""
     if not (Path(cache_dir) / "model.onnx").is_file():
         write_optimum_folder(Path(cache_dir), shape, seed, init_scale)

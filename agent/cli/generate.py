@@ -118,6 +118,7 @@ def model_folder(args: argparse.Namespace) -> Iterator[Path]:
 def run(args: argparse.Namespace) -> int:
     from agent.runtime import EngineOptions, ImageGenerator, TextGenerator, load_model
 
+    _check_sampling_flags(args)
     providers = tuple(p for p in (args.providers or "").split(",") if p.strip())
     options = EngineOptions(threads=args.threads, providers=providers)
     if not args.image and args.prompt is None:
@@ -134,6 +135,27 @@ def run(args: argparse.Namespace) -> int:
             return _text(generator, args)
         finally:
             generator.close()
+
+
+def _check_sampling_flags(args: argparse.Namespace) -> None:
+    """Refuse bad sampling values before spending seconds on loading a model."""
+    from agent.runtime.sampling import SamplingParams
+    from agent.runtime.text import TextRequest
+
+    given = {
+        k: v
+        for k, v in (
+            ("temperature", args.temperature),
+            ("top_k", args.top_k),
+            ("top_p", args.top_p),
+            ("seed", args.seed),
+            ("repetition_penalty", args.repetition_penalty),
+        )
+        if v is not None
+    }
+    SamplingParams(**given)
+    if args.max_tokens is not None or args.stop:
+        TextRequest(prompt="", max_tokens=args.max_tokens or 1, stop=tuple(args.stop or ()))
 
 
 def _text(generator: Any, args: argparse.Namespace) -> int:
