@@ -34,6 +34,25 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(func=run)
 
 
+def _settings(args: argparse.Namespace) -> tuple[Path, str | None]:
+    """State dir and configured board profile: flags, then the agent config, then defaults."""
+    if args.state_dir and not args.config:
+        return Path(args.state_dir), None
+    from agent.config import DEFAULT_CONFIG, load_config
+    from agent.errors import ConfigError
+
+    if args.config is None and not Path(DEFAULT_CONFIG).is_file():
+        return Path(args.state_dir or DEFAULT_STATE_DIR), None
+    try:
+        config = load_config(Path(args.config) if args.config else None, device_id="offline")
+    except ConfigError:
+        if args.config:
+            raise
+        return Path(args.state_dir or DEFAULT_STATE_DIR), None
+    profile = None if config.board.profile == "auto" else config.board.profile
+    return Path(args.state_dir) if args.state_dir else config.state_path, profile
+
+
 def _board(explicit: str | None) -> str:
     if explicit:
         return explicit
@@ -57,11 +76,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{bundle}: no such bundle file")
     if not metadata.is_dir():
         raise UsageError(f"--metadata {metadata}: not a directory")
-    state_dir = Path(args.state_dir or DEFAULT_STATE_DIR)
+    state_dir, configured_board = _settings(args)
     fresh = not TrustPaths(state_dir).provisioned
     try:
         result = install_offline(
-            state_dir, bundle, metadata, board=_board(args.board), trust_root=args.trust_root
+            state_dir, bundle, metadata, board=_board(args.board or configured_board), trust_root=args.trust_root
         )
     except TrustError as e:
         log.error("install refused (check: %s): %s", e.check, e)
