@@ -118,6 +118,19 @@ class PahoTransport:
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (self._mqtt.MQTT_ERR_SUCCESS, self._mqtt.MQTT_ERR_NO_CONN):
             raise TransportError(f"publish to {topic} failed: {self._mqtt.error_string(info.rc)}")
+        self._last = info
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait (bounded) until the broker acknowledged the last QoS 1 publish."""
+        last = getattr(self, "_last", None)
+        if last is None:
+            return
+        try:
+            last.wait_for_publish(timeout)
+        except (RuntimeError, ValueError) as e:
+            raise TransportError(f"publish not acknowledged: {e}") from None
+        if not last.is_published():
+            raise TransportError(f"publish not acknowledged within {timeout:g} s")
 
     def subscribe(self, topic_filter: str, handler: Handler) -> None:
         with self._lock:

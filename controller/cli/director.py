@@ -73,6 +73,6 @@ def _publish(url: str, device: str, envelope: SignedEnvelope) -> None:
     transport.start()
     try:
         publish_desired(transport, device, envelope)
-        transport.wait_subscribed()  # one broker round-trip: the QoS 1 publish went out first
+        transport.flush(timeout=10)
     finally:
         transport.stop()
