@@ -73,6 +73,7 @@ class PahoTransport:
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._host, self._port, self._keepalive = host, port, keepalive
+        self._last: Any = None  # MQTTMessageInfo of the latest publish
 
     def start(self, timeout: float = 10.0) -> None:
         """Connect (retrying in the background) and wait up to `timeout` for the first CONNACK."""
@@ -122,7 +123,7 @@ class PahoTransport:
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait (bounded) until the broker acknowledged the last QoS 1 publish."""
-        last = getattr(self, "_last", None)
+        last = self._last
         if last is None:
             return
         try:
