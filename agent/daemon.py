@@ -97,8 +97,7 @@ class Agent:
         self.config = config
         self.device_id = config.device_id
         self.clock = clock
-        board = config.board.profile if config.board.profile != "auto" else platform.machine()
-        self.state = state or DeviceState(board=board)
+        self.state = state or DeviceState()
         self.stats = AgentStats()
         self.state_dir = ensure_private_dir(config.state_path)
         self.inbox: queue.Queue[LinkItem] = queue.Queue(maxsize=10_000)

@@ -9,12 +9,7 @@ from dataclasses import dataclass
 import psutil
 
 from agent.protocol.messages import TelemetrySample
-
-
-@dataclass(frozen=True, slots=True)
-class PowerReading:
-    watts: float
-    estimated: bool
+from firmware.sensors import PowerReading
 
 
 @dataclass

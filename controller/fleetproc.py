@@ -132,6 +132,10 @@ class FleetProcesses:
         deadline = time.monotonic() + timeout
         devices: list[DeviceView] = []
         while time.monotonic() < deadline:
+            dead = [name for name, ok in self.alive().items() if not ok]
+            if dead:
+                tail = "\n".join(self.log_text(dead[0]).splitlines()[-5:])
+                raise TimeoutError(f"{dead[0]} exited while waiting; its log ends:\n{tail}")
             devices = self.devices()
             if predicate(devices):
                 return devices

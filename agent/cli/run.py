@@ -19,8 +19,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
+    from agent.board import open_board
     from agent.config import load_config
-    from agent.daemon import Agent
+    from agent.daemon import Agent, DeviceState
+    from agent.telemetry import Sampler
 
     config = load_config(
         Path(args.config) if args.config else None,
@@ -28,7 +30,9 @@ def run(args: argparse.Namespace) -> int:
         device_id=args.device_id,
         mqtt={"url": args.broker} if args.broker else None,
     )
-    agent = Agent(config)
+    board = open_board(config.board)
+    state = DeviceState(board=board.id, accelerators=board.accelerators, providers=board.providers)
+    agent = Agent(config, state=state, sampler=Sampler(power=board.meter.read))
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)

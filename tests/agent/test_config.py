@@ -86,3 +86,14 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
     assert len({round(d, 6) for d in delays[5:]}) > 1   # jitter: not lockstep at the cap
     b.reset()
     assert b.next() <= 0.5
+
+
+@pytest.mark.parametrize(
+    ("board", "message"),
+    [('profile = "nope"', "board.profile: unknown profile 'nope'"), ('root = "/does/not/exist"', "board.root")],
+)
+def test_cli_bad_board_settings_exit_2(tmp_path: Path, board: str, message: str) -> None:
+    path = write(tmp_path, f'device_id = "d1"\nstate_dir = "{tmp_path}/s"\n[board]\n{board}\n')
+    out = subprocess.run([sys.executable, "-m", "agent", "run", "--config", str(path)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr

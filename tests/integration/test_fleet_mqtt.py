@@ -23,6 +23,7 @@ from controller.fleetproc import DeviceSpec, FleetProcesses
 from controller.store import Store
 
 KEEPALIVE = 2
+FIXTURES = Path(__file__).resolve().parents[2] / "firmware" / "testdata"
 
 
 @pytest.fixture(params=["5", "3.1.1"], ids=["mqtt5", "mqtt311"])
@@ -50,9 +51,10 @@ def publish_once(url_port: int, topic: str, payload: bytes, retain: bool = False
 
 
 def test_three_agents_appear_online_in_fleet_ls(fleet: FleetProcesses) -> None:
-    ids = ["dev-a", "dev-b", "dev-c"]
-    for device_id in ids:
-        fleet.start_agent(DeviceSpec(device_id, board_profile=f"board-{device_id}"))
+    boards = {"dev-a": "jetson-orin-nano", "dev-b": "kria-kv260", "dev-c": "raspberry-pi-5"}
+    ids = sorted(boards)
+    for device_id, board in boards.items():
+        fleet.start_agent(DeviceSpec(device_id, board_root=str(FIXTURES / board)))
     fleet.wait_for(lambda ds: {d.id for d in ds if d.online} == set(ids), timeout=20)
     out = subprocess.run(
         [sys.executable, "-m", "controller", "fleet", "ls", "--json", "--db", fleet.db_url],
@@ -65,7 +67,7 @@ def test_three_agents_appear_online_in_fleet_ls(fleet: FleetProcesses) -> None:
     for device_id in ids:
         assert by_id[device_id]["online"] is True
         # The board comes from the agent's retained `reported` document.
-        assert by_id[device_id]["board"] == f"board-{device_id}"
+        assert by_id[device_id]["board"] == boards[device_id]
         assert by_id[device_id]["agent_version"]
 
 
