@@ -67,6 +67,7 @@ def quantize_int8(src: Path, dst: Path) -> Path:
         )
     except Exception as e:  # onnxruntime.quantization raises plain Exceptions of many kinds
         raise QuantizeError(f"int8 quantization of {src} failed: {_line(e)}") from None
+    _readable(dst)
     log.info("int8: %s -> %s (%d -> %d bytes)", src, dst, _source_bytes(src), _source_bytes(dst))
     return dst
 
@@ -134,6 +135,14 @@ def _save(model: Any, dst: Path) -> None:
         )
         for produced in Path(tmp).iterdir():
             shutil.move(str(produced), dst.parent / produced.name)
+    _readable(dst)
+
+
+def _readable(dst: Path) -> None:
+    """onnx writes external data 0600; a model folder is read by the agent's service user."""
+    for p in dst.parent.iterdir():
+        if p.name.startswith(dst.name):
+            p.chmod(0o644)
 
 
 def _line(e: BaseException) -> str:

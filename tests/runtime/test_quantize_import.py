@@ -77,3 +77,9 @@ def test_import_refuses_a_non_optimum_folder(tmp_path: Path, capsys: pytest.Capt
 def test_quantize_missing_source(tmp_path: Path) -> None:
     with pytest.raises(QuantizeError, match="does not exist"):
         quantize_int8(tmp_path / "none.onnx", tmp_path / "out.onnx")
+
+
+def test_written_model_files_are_world_readable(tiny_int8_dir: Path, tiny_int4_dir: Path) -> None:
+    for folder in (tiny_int8_dir, tiny_int4_dir):
+        for p in folder.glob("model.onnx*"):
+            assert p.stat().st_mode & 0o777 == 0o644, p
