@@ -202,3 +202,20 @@ def test_manifest_folder_generates(tiny_dir: Path, tmp_path: Path) -> None:
     gen = load_model(_manifest_folder(tiny_dir, tmp_path / "m"), ONE_THREAD)
     assert isinstance(gen, TextGenerator) and gen.info.origin == "manifest"
     assert gen.generate(gen.request("abc", max_tokens=4, greedy=True)).timings.generated_tokens == 4
+
+
+def test_optimum_folder_with_external_data(tiny_dir: Path, tmp_path: Path) -> None:
+    from controller.quantize import externalize
+
+    d = tmp_path / "ext"
+    d.mkdir()
+    for f in tiny_dir.iterdir():
+        if f.name != "model.onnx":
+            shutil.copy2(f, d / f.name)
+    externalize(tiny_dir / "model.onnx", d / "model.onnx")
+    assert (d / "model.onnx_data").is_file()
+    gen = load_model(d, ONE_THREAD)
+    ref = load_model(tiny_dir, ONE_THREAD)
+    assert isinstance(gen, TextGenerator) and isinstance(ref, TextGenerator)
+    req = gen.request("abc", max_tokens=8, greedy=True, ignore_eos=True)
+    assert gen.generate(req).token_ids == ref.generate(req).token_ids
