@@ -15,6 +15,8 @@ director key is pinned with root and rotated through root like the others.
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import logging
 import os
 import shutil
@@ -22,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from securesystemslib.signer import CryptoSigner, SSlibKey
@@ -61,6 +63,35 @@ class RepoConfig(msgspec.Struct, kw_only=True, frozen=True):
         return value
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _exclusive(method: F) -> F:
+    """Serialise changes to one repository across processes (CLI publish vs. the
+    controller's re-signing): an flock on REPO/.lock, re-entrant within a process."""
+
+    @functools.wraps(method)
+    def wrapper(self: Repository, *args: Any, **kwargs: Any) -> Any:
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self._lock_depth -= 1
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._lock_depth = 1
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self._lock_depth = 0
+        finally:
+            os.close(fd)  # releases the lock
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
@@ -90,6 +121,7 @@ class Repository:
         self.keys = KeyDirs.for_repo(self.path, offline_keys)
         self._passphrase = passphrase or keystore.passphrase_source(None)
         self._clock = clock
+        self._lock_depth = 0
         cfg = self.path / "repo.json"
         if not (self.metadata_dir / "root.json").is_file() or not cfg.is_file():
             raise RepositoryError(f"{self.path}: not a fleetgen repository (run `fleetgen keys init`)")
@@ -188,6 +220,7 @@ class Repository:
     def _write_role(self, role: str, signed: Any, signers: Iterable[CryptoSigner]) -> bytes:
         return _write(self.metadata_dir, role, _signed(signed, signers))
 
+    @_exclusive
     def write_signed(self, role: str, md: Metadata[Any]) -> bytes:
         """Write metadata signed elsewhere (e.g. targets signed on an offline machine)."""
         return _write(self.metadata_dir, role, md)
@@ -225,6 +258,7 @@ class Repository:
         timestamp.snapshot_meta = MetaFile.from_data(version, snapshot_bytes, ["sha256"])
         self._write_role("timestamp", timestamp, signers or self.signers("timestamp"))
 
+    @_exclusive
     def sign_targets(self, targets: Targets, signers: list[CryptoSigner] | None = None) -> None:
         """Bump, sign and write `targets`, then new snapshot and timestamp."""
         targets.version += 1
@@ -234,6 +268,7 @@ class Repository:
 
     # -- publishing ----------------------------------------------------------------------
 
+    @_exclusive
     def publish(self, bundle: Path, signers: list[CryptoSigner] | None = None) -> Published:
         """Add a bundle as a target (custom: name, version, boards) and re-sign."""
         bundle = Path(bundle)
@@ -274,6 +309,7 @@ class Repository:
         log.info("published %s (sha256 %s) in targets v%d", name, verified.sha256, version)
         return Published(name, verified.length, verified.sha256, manifest.name, manifest.version, version)
 
+    @_exclusive
     def resign_online(self, *, force: bool = False) -> list[str]:
         """Re-sign snapshot and timestamp when half their lifetime is gone (or `force`).
 
@@ -300,6 +336,7 @@ class Repository:
         signers = {s.public_key.keyid: s for s in [*old_signers, *extra]}
         _write(self.metadata_dir, "root", _signed(root, signers.values()))
 
+    @_exclusive
     def rotate(self, role: str, passphrase: bytes | None = None) -> list[str]:
         """Replace every key of `role` with as many new ones; root v+1 signed by old and new."""
         if role not in keystore.ROLES:
@@ -325,6 +362,7 @@ class Repository:
         log.info("rotated %s: %s -> %s", role, [k.keyid[:12] for k in old_keys], [i[:12] for i in ids])
         return ids
 
+    @_exclusive
     def revoke(self, keyid: str) -> str:
         """Remove one key (any role) through root; the role must keep its threshold."""
         root = self.root()

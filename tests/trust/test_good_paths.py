@@ -158,3 +158,40 @@ def test_a_shipped_model_round_trips(world: World) -> None:
     current = device.store.current()
     assert current is not None
     verify_files(current, load_manifest(current))
+
+
+def test_concurrent_publish_and_resign_keep_the_repository_consistent(world: World) -> None:
+    import threading
+
+    from tuf.api.metadata import Metadata
+
+    bundles = [world.build(f"{i}.0.0") for i in range(1, 3)]
+    errors: list[BaseException] = []
+
+    def publish() -> None:
+        try:
+            for b in bundles:
+                Repository(world.repo.path).publish(b)
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    def resign() -> None:
+        try:
+            for _ in range(4):
+                Repository(world.repo.path).resign_online(force=True)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=publish), threading.Thread(target=resign)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    meta = world.repo.metadata_dir
+    for path in meta.glob("*.snapshot.json"):
+        assert Metadata.from_bytes(path.read_bytes()).signed.version == int(path.name.split(".")[0])
+    world.sync()
+    device = world.device()
+    for b in bundles:
+        assert device.install_file(b).changed
