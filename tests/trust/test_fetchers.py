@@ -314,3 +314,34 @@ def test_https_fetcher_over_tls(world: World, tmp_path: Path) -> None:
             untrusted.apply_desired(world.desired("1.0.0"))
     finally:
         server.close()
+
+
+def test_mqtt_silence_is_cut_by_the_floor_not_the_request_timeout(world: World) -> None:
+    """Nobody answers and retries are slow (30 s): the throughput floor ends it first."""
+    _, agent = _bus_pair(world.repo.path, lambda t, p: True)
+    policy = DownloadPolicy(request_timeout_s=30, min_bytes_per_s=1000, grace_s=0.5, deadline_s=60)
+    fetcher = MqttFetcher(agent, "dev-1", policy)
+    start = time.monotonic()
+    with pytest.raises(SlowRetrievalError):
+        b"".join(fetcher.fetch(f"{METADATA_URL}timestamp.json"))
+    assert time.monotonic() - start < 3
+
+
+def test_mqtt_slow_responder_under_the_floor_is_aborted(world: World) -> None:
+    bundle = world.publish("1.0.0", size=256 * KiB)
+    bus = Bus()
+    responder = RepositoryResponder(bus.client(), world.repo.path)
+
+    def slow_answer(topic: str, payload: bytes) -> None:
+        answer = responder.handle(topic, payload)
+        if answer is not None:
+            threading.Timer(0.2, responder._transport.publish, answer).start()
+
+    responder._transport.subscribe(responder._filter, slow_answer)
+    policy = DownloadPolicy(chunk_size=4 * KiB, window=1, min_bytes_per_s=50_000, grace_s=0.5, deadline_s=60)
+    fetcher = MqttFetcher(bus.client(), "dev-1", policy)  # 4 KiB per 0.2 s = 20 KB/s
+    sha = world.repo.targets().targets[bundle.name].hashes["sha256"]
+    start = time.monotonic()
+    with pytest.raises(SlowRetrievalError, match="floor"):
+        b"".join(fetcher.fetch_range(f"{TARGETS_URL}{sha}.{bundle.name}", 0, bundle.stat().st_size))
+    assert time.monotonic() - start < 3
