@@ -192,7 +192,8 @@ class TrustedUpdater:
         if self.store.is_current(sha256):
             log.info("%s is already the current bundle", ref.path)
             return None
-        part = self._download(info)
+        with _tuf_errors():  # e.g. the repository has no such file (404)
+            part = self._download(info)
         try:
             with open(part, "rb", buffering=0) as f:
                 return self.store.install(

@@ -199,6 +199,13 @@ def test_mix_and_match(installed: TrustedUpdater, world: World) -> None:
     refused(installed, lambda: installed.apply_desired(world.desired("3.0.0")), {"hash", "rollback"})
 
 
+def test_target_missing_from_the_repository(installed: TrustedUpdater, world: World) -> None:
+    world.publish("2.0.0")
+    world.target_file("2.0.0").unlink()
+    err = refused(installed, lambda: installed.apply_desired(world.desired("2.0.0")), "transport")
+    assert "404" in str(err) or "not found" in str(err)
+
+
 # -- the director --------------------------------------------------------------------------
 
 
