@@ -4,11 +4,12 @@ and 4-bit weight-only (MatMulNBits, block 32, accuracy level 4 = int8 compute).
     from controller.quantize import quantize_int8, quantize_int4
     quantize_int8(Path("fp32/model.onnx"), Path("int8/model.onnx"))
 
-Every function here writes the weights as ONNX external data next to the graph
-(`model.onnx` + `model.onnx_data`, or `model.onnx.data` from the int8 quantizer): ONNX
-Runtime maps external data into memory instead of parsing it out of the protobuf, which
-drops the peak RSS at load from ~1.5x to ~0.9x of the file size on GPT-2-small (ADR 0013),
-and lifts the 2 GiB protobuf limit.
+Models of `EXTERNAL_DATA_MIN_BYTES` or more (or any, with `external=True`) are written
+with their weights as ONNX external data next to the graph (`model.onnx` +
+`model.onnx_data`, or `model.onnx.data` from the int8 quantizer): ONNX Runtime maps external
+data into memory instead of parsing it out of the protobuf, which drops the peak RSS at load
+from ~1.5x to ~0.9x of the file size on GPT-2-small (ADR 0013) and lifts the 2 GiB protobuf
+limit. Smaller models stay one file. `model_files(dst)` lists what was written.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from agent.errors import FleetgenError
 log = logging.getLogger(__name__)
 
 INT4_BLOCK = 32
-INT4_ACCURACY_LEVEL = 4  # int8 activations in the MatMulNBits kernel: the fast path on CPU
+INT4_ACCURACY_LEVEL = 4
+EXTERNAL_DATA_MIN_BYTES = 32 * 2**20  # int8 activations in the MatMulNBits kernel: the fast path on CPU
 
 
 class QuantizeError(FleetgenError):
@@ -46,7 +48,18 @@ def _check_paths(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
 
 
-def quantize_int8(src: Path, dst: Path) -> Path:
+def _external(src: Path, external: bool | None) -> bool:
+    return external if external is not None else _source_bytes(src) >= EXTERNAL_DATA_MIN_BYTES
+
+
+def model_files(dst: Path) -> list[str]:
+    """Names of the graph file and its external data files, for the manifest."""
+    return sorted(
+        p.name for p in dst.parent.iterdir() if p.name == dst.name or p.name in (dst.name + "_data", dst.name + ".data")
+    )
+
+
+def quantize_int8(src: Path, dst: Path, external: bool | None = None) -> Path:
     """int8 dynamic quantization of every MatMul with a constant weight (and the embedding).
 
     Activation x activation MatMuls (attention scores) stay in float: quantizing them on
@@ -62,7 +75,7 @@ def quantize_int8(src: Path, dst: Path) -> Path:
             dst,
             weight_type=QuantType.QInt8,
             per_channel=False,
-            use_external_data_format=True,
+            use_external_data_format=_external(src, external),
             extra_options={"MatMulConstBOnly": True},
         )
     except Exception as e:  # onnxruntime.quantization raises plain Exceptions of many kinds
@@ -72,7 +85,7 @@ def quantize_int8(src: Path, dst: Path) -> Path:
     return dst
 
 
-def quantize_int4(src: Path, dst: Path, block_size: int = INT4_BLOCK) -> Path:
+def quantize_int4(src: Path, dst: Path, block_size: int = INT4_BLOCK, external: bool | None = None) -> Path:
     """4-bit weight-only quantization of MatMul weights into MatMulNBits (symmetric blocks).
 
     The embedding Gather stays fp32 (the quantizer only rewrites MatMuls), so the file can
@@ -94,7 +107,7 @@ def quantize_int4(src: Path, dst: Path, block_size: int = INT4_BLOCK) -> Path:
         )
         quantizer.process()
         out: Any = quantizer.model
-        _save(out.model if hasattr(out, "model") else out, dst)
+        _save(out.model if hasattr(out, "model") else out, dst, _external(src, external))
     except QuantizeError:
         raise
     except Exception as e:
@@ -103,14 +116,15 @@ def quantize_int4(src: Path, dst: Path, block_size: int = INT4_BLOCK) -> Path:
     return dst
 
 
-def externalize(src: Path, dst: Path) -> Path:
-    """Copy an ONNX model to `dst`, weights as external data (`<dst name>_data`)."""
+def externalize(src: Path, dst: Path, external: bool | None = None) -> Path:
+    """Rewrite an ONNX model to `dst`, weights as external data (`<dst name>_data`) when it is
+    large (or `external=True`)."""
     import onnx
 
     src, dst = Path(src), Path(dst)
     _check_paths(src, dst)
     try:
-        _save(onnx.load(str(src)), dst)
+        _save(onnx.load(str(src)), dst, _external(src, external))
     except Exception as e:
         raise QuantizeError(f"cannot rewrite {src} with external data: {_line(e)}") from None
     return dst
@@ -120,7 +134,7 @@ def has_external_data(src: Path) -> bool:
     return any(p != src and p.name.startswith(src.name) for p in src.parent.iterdir())
 
 
-def _save(model: Any, dst: Path) -> None:
+def _save(model: Any, dst: Path, external: bool) -> None:
     import onnx
 
     # write next to the destination first so a failed save leaves no half file behind
@@ -129,8 +143,8 @@ def _save(model: Any, dst: Path) -> None:
         onnx.save_model(
             model,
             str(tmp_path),
-            save_as_external_data=True,
-            location=dst.name + "_data",
+            save_as_external_data=external,
+            location=dst.name + "_data" if external else None,
             size_threshold=1024,
         )
         for produced in Path(tmp).iterdir():

@@ -97,13 +97,14 @@ def run_import(args: argparse.Namespace) -> int:
 
             quantize_int4(source / MODEL_FILE, out / MODEL_FILE)
         else:
-            from controller.quantize import externalize, has_external_data
+            from controller.quantize import EXTERNAL_DATA_MIN_BYTES, externalize, has_external_data
 
-            if has_external_data(source / MODEL_FILE):
+            src_model = source / MODEL_FILE
+            if has_external_data(src_model) or src_model.stat().st_size < EXTERNAL_DATA_MIN_BYTES:
                 for f in _model_files(source):
                     shutil.copy2(source / f, out / f)
-            else:
-                externalize(source / MODEL_FILE, out / MODEL_FILE)
+            else:  # one big protobuf: rewrite with external data (ADR 0013)
+                externalize(src_model, out / MODEL_FILE)
         copied = [f for f in COPIED if (source / f).is_file()]
         for f in copied:
             shutil.copy2(source / f, out / f)

@@ -212,7 +212,7 @@ def test_optimum_folder_with_external_data(tiny_dir: Path, tmp_path: Path) -> No
     for f in tiny_dir.iterdir():
         if f.name != "model.onnx":
             shutil.copy2(f, d / f.name)
-    externalize(tiny_dir / "model.onnx", d / "model.onnx")
+    externalize(tiny_dir / "model.onnx", d / "model.onnx", external=True)
     assert (d / "model.onnx_data").is_file()
     gen = load_model(d, ONE_THREAD)
     ref = load_model(tiny_dir, ONE_THREAD)

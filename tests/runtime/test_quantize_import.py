@@ -13,7 +13,13 @@ from onnx import numpy_helper
 from agent.manifest import load_manifest, verify_files
 from agent.runtime import TextGenerator, load_model
 from controller.cli import main as controller_main
-from controller.quantize import QuantizeError, quantize_int8
+from controller.quantize import (
+    QuantizeError,
+    externalize,
+    model_files,
+    quantize_int4,
+    quantize_int8,
+)
 from tests.runtime.conftest import ONE_THREAD
 
 
@@ -38,10 +44,9 @@ def test_quantized_variants_load_and_generate(
     assert manifest.text.num_layers == 2 and manifest.tokenizer == "tokenizer.json"
     # every weight MatMul is quantized, the untied LM head included (2 layers x 4 + 1)
     assert ops(folder / "model.onnx")[op] == 9
-    # weights live in external data (mapped by ORT at load, ADR 0013)
-    model_bytes = sum(p.stat().st_size for p in folder.glob("model.onnx*"))
-    assert len(list(folder.glob("model.onnx*"))) == 2
-    assert model_bytes < (tiny_dir / "model.onnx").stat().st_size / 2
+    # small models stay one file; big ones get external data (ADR 0013)
+    assert [p.name for p in folder.glob("model.onnx*")] == ["model.onnx"]
+    assert (folder / "model.onnx").stat().st_size < (tiny_dir / "model.onnx").stat().st_size / 2
     gen = load_model(folder, ONE_THREAD)
     assert isinstance(gen, TextGenerator)
     result = gen.generate(gen.request("def f(x):", max_tokens=16, seed=0, ignore_eos=True))
@@ -53,12 +58,8 @@ def test_plain_import_keeps_the_graph(tiny_dir: Path, tmp_path: Path) -> None:
     assert controller_main(["model", "import", str(tiny_dir), "-o", str(out), "--name", "tiny-fp32"]) == 0
     manifest = load_manifest(out)
     assert manifest.name == "tiny-fp32" and manifest.quantization == "fp32"
-    assert {f.path for f in manifest.files} >= {"model.onnx", "model.onnx_data", "tokenizer.json", "config.json"}
-    a, b = onnx.load(str(out / "model.onnx")), onnx.load(str(tiny_dir / "model.onnx"))
-    assert [n.op_type for n in a.graph.node] == [n.op_type for n in b.graph.node]
-    wa = {i.name: numpy_helper.to_array(i) for i in a.graph.initializer}
-    wb = {i.name: numpy_helper.to_array(i) for i in b.graph.initializer}
-    assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
+    assert {f.path for f in manifest.files} >= {"model.onnx", "tokenizer.json", "config.json"}
+    assert (out / "model.onnx").read_bytes() == (tiny_dir / "model.onnx").read_bytes()
 
 
 def test_import_refuses_non_empty_output(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -83,3 +84,17 @@ def test_written_model_files_are_world_readable(tiny_int8_dir: Path, tiny_int4_d
     for folder in (tiny_int8_dir, tiny_int4_dir):
         for p in folder.glob("model.onnx*"):
             assert p.stat().st_mode & 0o777 == 0o644, p
+
+
+@pytest.mark.parametrize("quantize", [quantize_int8, quantize_int4, externalize])
+def test_external_data_when_asked(tiny_dir: Path, tmp_path: Path, quantize: object) -> None:
+    dst = tmp_path / "model.onnx"
+    quantize(tiny_dir / "model.onnx", dst, external=True)  # type: ignore[operator]
+    files = model_files(dst)
+    assert files[0] == "model.onnx" and len(files) == 2 and files[1] in ("model.onnx_data", "model.onnx.data")
+    a, b = onnx.load(str(dst)), onnx.load(str(tiny_dir / "model.onnx"))
+    assert len(a.graph.node) > 0
+    if quantize is externalize:
+        wa = {i.name: numpy_helper.to_array(i) for i in a.graph.initializer}
+        wb = {i.name: numpy_helper.to_array(i) for i in b.graph.initializer}
+        assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
