@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from agent.bundle import VerifiedBundle, verify_bundle
+from agent.fsutil import fsync_dir, replace_symlink
 from agent.manifest import ModelManifest
-from agent.trust.atomic import fsync_dir, replace_symlink
 from agent.trust.errors import BoardMismatchError
 
 log = logging.getLogger(__name__)

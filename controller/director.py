@@ -18,10 +18,10 @@ from pathlib import Path
 
 import msgspec
 
+from agent.fsutil import atomic_write
 from agent.protocol.codec import encode
 from agent.protocol.messages import DesiredState, Details, SignedEnvelope
 from agent.protocol.topics import Channel, device_topic, validate_device_id
-from agent.trust.atomic import write_atomic
 from agent.trust.dsse import DESIRED_PAYLOAD_TYPE, sign_envelope
 from agent.trust.transport import Transport
 from controller.tuf.repository import Repository
@@ -54,7 +54,7 @@ class Director:
                 versions = {}
             version = max(versions.get(device_id, 0) + 1, at_least)
             versions[device_id] = version
-            write_atomic(self._versions_file, msgspec.json.encode(versions))
+            atomic_write(self._versions_file, msgspec.json.encode(versions))
             return version
 
     def sign(self, state: DesiredState) -> SignedEnvelope:
@@ -95,4 +95,4 @@ def publish_desired(transport: Transport, device_id: str, envelope: SignedEnvelo
 
 
 def write_envelope(path: Path, envelope: SignedEnvelope) -> None:
-    write_atomic(path, encode(envelope), 0o644)
+    atomic_write(path, encode(envelope), 0o644)

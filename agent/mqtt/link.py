@@ -17,9 +17,11 @@ import logging
 import queue
 import ssl
 import threading
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import msgspec
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -56,6 +58,9 @@ class LinkDown:
 
 LinkItem = Inbound | LinkUp | LinkDown
 
+# A handler runs on paho's network thread: it only validates and enqueues, never blocks.
+Handler = Callable[[str, bytes], None]
+
 
 @dataclass(frozen=True, slots=True)
 class Will:
@@ -84,7 +89,19 @@ class MqttLink:
         self._thread: threading.Thread | None = None
         self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
         self.dropped_inbound = 0
+        self._handlers: dict[str, Handler] = {}
+        self._handlers_lock = threading.Lock()
+        self._last_publish: paho.MQTTMessageInfo | None = None
         self._client = self._make_client(will)
+
+    @classmethod
+    def open(cls, settings: MqttSettings, client_id: str | None = None, wait: float = 10.0) -> MqttLink:
+        """A started link for a short-lived tool (a CLI, a test): no inbox consumer, handlers only."""
+        # A tool's session ends with it, so it leaves nothing queued on the broker.
+        settings = msgspec.structs.replace(settings, session_expiry=0)
+        link = cls(settings, client_id or f"fleetgen-tool-{uuid.uuid4().hex[:12]}", queue.Queue(maxsize=1000))
+        link.start(wait=wait)
+        return link
 
     # -- setup ---------------------------------------------------------------------
 
@@ -103,7 +120,8 @@ class MqttLink:
                 CallbackAPIVersion.VERSION2,
                 client_id=self.client_id,
                 protocol=paho.MQTTv311,
-                clean_session=False,
+                # 3.1.1 has no expiry: a persistent session unless expiry 0 asks for none.
+                clean_session=s.session_expiry == 0,
             )
         client.max_queued_messages_set(s.max_queued)
         client.max_inflight_messages_set(s.max_inflight)
@@ -139,8 +157,10 @@ class MqttLink:
             return
         self._connected.set()
         self._backoff.reset()
-        if self.subscriptions:
-            client.subscribe(self.subscriptions)
+        with self._handlers_lock:
+            filters = [*self.subscriptions, *((f, 1) for f in self._handlers)]
+        if filters:
+            client.subscribe(filters)
         log.info(
             "connected to %s (MQTT %s, session present: %s)",
             self.broker, self.settings.protocol, flags.session_present,
@@ -155,7 +175,17 @@ class MqttLink:
             self._put(LinkDown(reason=str(reason_code)))
 
     def _on_message(self, client, userdata, message) -> None:
-        self._put(Inbound(message.topic, bytes(message.payload), bool(message.retain), message.qos))
+        with self._handlers_lock:
+            handlers = [h for f, h in self._handlers.items() if paho.topic_matches_sub(f, message.topic)]
+        if not handlers:
+            self._put(Inbound(message.topic, bytes(message.payload), bool(message.retain), message.qos))
+            return
+        for handler in handlers:
+            try:
+                handler(message.topic, bytes(message.payload))
+            except Exception:
+                # A handler bug must not kill paho's network thread.
+                log.exception("handler for %s failed", message.topic)
 
     # -- network loop ---------------------------------------------------------------
 
@@ -197,9 +227,13 @@ class MqttLink:
             log.info("connection to %s lost; reconnecting in %.1fs", self.broker, delay)
             self._stop.wait(delay)
 
-    def start(self) -> None:
+    def start(self, wait: float | None = None) -> None:
+        """Start the network thread; with `wait`, raise LinkError if not connected in time."""
         self._thread = threading.Thread(target=self._run, name=f"mqtt-{self.client_id}", daemon=True)
         self._thread.start()
+        if wait is not None and not self._connected.wait(wait):
+            self.stop()
+            raise LinkError(f"no connection to {self.broker} within {wait:g}s")
 
     def stop(self, timeout: float = 5.0) -> None:
         """Disconnect cleanly (the broker discards the Last Will) and stop the thread."""
@@ -223,8 +257,48 @@ class MqttLink:
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
+    def subscribe(self, topic_filter: str, handler: Handler) -> None:
+        """Deliver messages matching `topic_filter` to `handler` (not the inbox), now and
+        after every reconnect."""
+        with self._handlers_lock:
+            self._handlers[topic_filter] = handler
+        if self._connected.is_set():
+            self._client.subscribe(topic_filter, qos=1)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        with self._handlers_lock:
+            self._handlers.pop(topic_filter, None)
+        if self._connected.is_set():
+            self._client.unsubscribe(topic_filter)
+
+    def wait_subscribed(self, timeout: float = 5.0) -> None:
+        """Round-trip a message through the broker so that earlier SUBSCRIBEs are in force."""
+        topic = f"fleetgen/v1/_sync/{uuid.uuid4().hex}"
+        done = threading.Event()
+        self.subscribe(topic, lambda _t, _p: done.set())
+        try:
+            self.publish(topic, b"", qos=1)
+            if not done.wait(timeout):
+                raise LinkError(f"broker round-trip took more than {timeout:g}s")
+        finally:
+            self.unsubscribe(topic)
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait (bounded) until the broker acknowledged the latest QoS 1 publish."""
+        if self._last_publish is not None:
+            self._wait_ack(self._last_publish, "latest publish", timeout)
+
+    @staticmethod
+    def _wait_ack(info: paho.MQTTMessageInfo, what: str, timeout: float) -> None:
+        try:
+            info.wait_for_publish(timeout=timeout)
+        except (ValueError, RuntimeError) as e:
+            raise LinkError(f"{what} not acknowledged: {e}") from None
+        if not info.is_published():
+            raise LinkError(f"{what} not acknowledged within {timeout:g}s")
+
     def publish(
-        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, *,
         wait: float | None = None,
     ) -> None:
         """Queue a message (paho queues it while disconnected, up to `max_queued`).
@@ -234,10 +308,6 @@ class MqttLink:
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             raise LinkError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
+        self._last_publish = info
         if wait is not None:
-            try:
-                info.wait_for_publish(timeout=wait)
-            except (ValueError, RuntimeError) as e:
-                raise LinkError(f"publish to {topic} not acknowledged: {e}") from None
-            if not info.is_published():
-                raise LinkError(f"publish to {topic} not acknowledged within {wait}s")
+            self._wait_ack(info, f"publish to {topic}", wait)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import msgspec
 
-from agent.trust.atomic import write_atomic
+from agent.fsutil import atomic_write
 from agent.trust.errors import NotProvisionedError, SignatureError
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def provision(paths: TrustPaths, root: bytes, origin: str = "root metadata", *, 
     """Pin `root` as this device's trust anchor (provisioning or first offline install)."""
     version = check_root(root, origin)
     paths.ensure()
-    write_atomic(paths.pinned_root, root)
+    atomic_write(paths.pinned_root, root)
     level = logging.WARNING if warn else logging.INFO
     log.log(level, "pinned root metadata v%d from %s as the trust anchor of %s", version, origin, paths.state_dir)
     return version
@@ -107,4 +107,4 @@ def load_director_version(paths: TrustPaths) -> int:
 def save_director_version(paths: TrustPaths, version: int) -> None:
     """Persist the highest director version (atomically; never lowers it)."""
     if version > load_director_version(paths):
-        write_atomic(paths.director_state, msgspec.json.encode(DirectorRecord(version=version)))
+        atomic_write(paths.director_state, msgspec.json.encode(DirectorRecord(version=version)))

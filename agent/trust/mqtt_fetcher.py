@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from tuf.api.exceptions import DownloadHTTPError
 
-from agent.errors import ProtocolError
+from agent.errors import FleetgenError, ProtocolError
 from agent.protocol.codec import decode_response, encode
 from agent.protocol.messages import Request, ResponseHeader
 from agent.protocol.topics import Channel, device_topic
@@ -83,7 +83,12 @@ class MqttFetcher(BoundedFetcher):
         pending.sent_at = time.monotonic()
         ids[req_id] = pending
         request = Request(id=req_id, op=FETCH_OP, path=path, offset=pending.offset, length=pending.length)
-        self._transport.publish(self._req_topic, encode(request), qos=1)
+        try:
+            self._transport.publish(self._req_topic, encode(request), qos=1)
+        except TransportError:
+            raise
+        except FleetgenError as e:  # the link's own errors (LinkError), in this domain's terms
+            raise TransportError(f"cannot send request for {request.path}: {e}") from None
 
     def _drain_stale(self) -> None:
         while True:

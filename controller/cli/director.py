@@ -62,15 +62,15 @@ def run_set(args: argparse.Namespace) -> int:
 
 def _publish(url: str, device: str, envelope: SignedEnvelope) -> None:
     from agent.errors import UsageError
+    from agent.mqtt.link import MqttLink
+    from agent.mqtt.settings import MqttSettings
     from agent.mqtt.url import BrokerUrl
-    from agent.trust.transport import PahoTransport
     from controller.director import publish_desired
 
     broker = BrokerUrl.parse(url, "--broker")
     if broker.tls:
         raise UsageError("--broker: mqtts needs the controller's TLS settings; use `fleetgen serve`")
-    transport = PahoTransport(broker.host, broker.port)
-    transport.start()
+    transport = MqttLink.open(MqttSettings(url=str(broker), protocol="3.1.1"))
     try:
         publish_desired(transport, device, envelope)
         transport.flush(timeout=10)

@@ -33,9 +33,9 @@ from tuf.api.serialization.json import JSONSerializer
 
 from agent.bundle import BUNDLE_SUFFIX, verify_bundle_file
 from agent.errors import FleetgenError, UsageError
+from agent.fsutil import atomic_write, fsync_dir
 from agent.manifest import ManifestError, check_relative_path
 from agent.protocol.messages import TargetRef
-from agent.trust.atomic import fsync_dir, write_atomic
 from agent.trust.director import ROOT_FIELD
 from agent.trust.errors import TrustError
 from controller.tuf import keystore
@@ -151,7 +151,7 @@ class Repository:
         dirs = KeyDirs.for_repo(path, offline_keys)
         (path / "metadata").mkdir(parents=True, exist_ok=True)
         (path / "targets").mkdir(exist_ok=True)
-        write_atomic(path / "repo.json", msgspec.json.format(msgspec.json.encode(config)), 0o644)
+        atomic_write(path / "repo.json", msgspec.json.format(msgspec.json.encode(config)), 0o644)
         root = Root(expires=_now() + timedelta(seconds=config.root_expiry_s), consistent_snapshot=True)
         signers: dict[str, list[CryptoSigner]] = {}
         for role in TOP_ROLES:
@@ -441,10 +441,10 @@ def _signed(signed: Any, signers: Iterable[CryptoSigner]) -> Metadata[Any]:
 def _write(metadata_dir: Path, role: str, md: Metadata[Any]) -> bytes:
     data = md.to_bytes(JSONSerializer(compact=False))
     if role == "timestamp":
-        write_atomic(metadata_dir / "timestamp.json", data, 0o644)
+        atomic_write(metadata_dir / "timestamp.json", data, 0o644)
         return data
-    write_atomic(metadata_dir / f"{md.signed.version}.{role}.json", data, 0o644)
-    write_atomic(metadata_dir / f"{role}.json", data, 0o644)
+    atomic_write(metadata_dir / f"{md.signed.version}.{role}.json", data, 0o644)
+    atomic_write(metadata_dir / f"{role}.json", data, 0o644)
     return data
 
 

@@ -95,10 +95,11 @@ def test_keys_rotate_revoke_list(released: Path, capsys: pytest.CaptureFixture[s
 def test_director_set_writes_and_publishes(released: Path, capsys: pytest.CaptureFixture[str], mosquitto: Any) -> None:
     import queue
 
+    from agent.mqtt.link import MqttLink
+    from agent.mqtt.settings import MqttSettings
     from agent.protocol.codec import decode_as
     from agent.protocol.messages import DesiredState, SignedEnvelope
     from agent.protocol.topics import Channel, device_topic
-    from agent.trust.transport import PahoTransport
 
     repo = str(released / "repo")
     out = released / "desired.json"
@@ -109,8 +110,7 @@ def test_director_set_writes_and_publishes(released: Path, capsys: pytest.Captur
     url = f"mqtt://127.0.0.1:{mosquitto.port}"
     assert fleetgen(["director", "set", "dev-7", "--repo", repo, "--target", "tiny-1.0.0.fgb", "--broker", url]) == 0
     inbox: queue.Queue[bytes] = queue.Queue()
-    t = PahoTransport("127.0.0.1", mosquitto.port)
-    t.start()
+    t = MqttLink.open(MqttSettings(url=url))
     try:
         t.subscribe(device_topic("dev-7", Channel.DESIRED), lambda _t, p: inbox.put(p))
         retained = decode_as(SignedEnvelope, inbox.get(timeout=10))

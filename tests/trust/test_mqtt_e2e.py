@@ -13,12 +13,13 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from agent.mqtt.link import MqttLink
+from agent.mqtt.settings import MqttSettings
 from agent.protocol.messages import Request
 from agent.protocol.topics import CHANNELS, Channel, device_topic
 from agent.trust.errors import TrustError
 from agent.trust.fetch import DownloadPolicy
 from agent.trust.mqtt_fetcher import MqttFetcher
-from agent.trust.transport import PahoTransport
 from controller.brokers import Mosquitto
 from controller.director import publish_desired
 from controller.responder import RepositoryResponder
@@ -31,16 +32,14 @@ POLICY = DownloadPolicy(chunk_size=128 * KiB, window=4, request_timeout_s=2, gra
 
 @pytest.fixture
 def controller(mosquitto: Mosquitto) -> Iterator[Tap]:
-    t = PahoTransport("127.0.0.1", mosquitto.port, client_id="fleetgen-controller")
-    t.start()
+    t = MqttLink.open(MqttSettings(url=mosquitto.url), client_id="fleetgen-controller")
     yield Tap(t)
     t.stop()
 
 
 @pytest.fixture
-def agent_link(mosquitto: Mosquitto) -> Iterator[PahoTransport]:
-    t = PahoTransport("127.0.0.1", mosquitto.port, client_id=f"agent-{DEVICE}")
-    t.start()
+def agent_link(mosquitto: Mosquitto) -> Iterator[MqttLink]:
+    t = MqttLink.open(MqttSettings(url=mosquitto.url), client_id=f"agent-{DEVICE}")
     yield t
     t.stop()
 
@@ -52,14 +51,14 @@ def _serve(controller: Tap, root: Path) -> RepositoryResponder:
     return responder
 
 
-def _desired(agent_link: PahoTransport) -> queue.Queue[bytes]:
+def _desired(agent_link: MqttLink) -> queue.Queue[bytes]:
     inbox: queue.Queue[bytes] = queue.Queue(maxsize=8)
     agent_link.subscribe(device_topic(DEVICE, Channel.DESIRED), lambda t, p: inbox.put_nowait(p))
     agent_link.wait_subscribed()
     return inbox
 
 
-def test_signed_update_over_mosquitto(world: World, controller: Tap, agent_link: PahoTransport) -> None:
+def test_signed_update_over_mosquitto(world: World, controller: Tap, agent_link: MqttLink) -> None:
     world.publish("1.0.0", size=900 * KiB)  # several chunks, a window of them in flight
     responder = _serve(controller, world.repo.path)
     try:
@@ -76,7 +75,7 @@ def test_signed_update_over_mosquitto(world: World, controller: Tap, agent_link:
 
 
 def test_tampered_repository_behind_the_broker_is_refused(
-    world: World, controller: Tap, agent_link: PahoTransport
+    world: World, controller: Tap, agent_link: MqttLink
 ) -> None:
     world.publish("1.0.0", size=300 * KiB)
     served = world.target_file("1.0.0")
@@ -96,7 +95,7 @@ def test_tampered_repository_behind_the_broker_is_refused(
 
 
 def test_interrupted_download_resumes_from_the_partial_file(
-    world: World, controller: Tap, agent_link: PahoTransport
+    world: World, controller: Tap, agent_link: MqttLink
 ) -> None:
     bundle = world.publish("1.0.0", size=1200 * KiB)
     responder = _serve(controller, world.repo.path)
