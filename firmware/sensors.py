@@ -12,6 +12,7 @@ and `PowerMeter` then answers with the estimate, labelled `estimated=True`.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +26,8 @@ from firmware.sysfs import SysRoot
 
 log = logging.getLogger(__name__)
 
-# A wrapped RAPL delta implying more than this is a counter reset, not a wrap.
+# No board fleetgen runs on draws this much: a larger reading is garbage (and a wrapped
+# RAPL delta implying more is a counter reset, not a wrap).
 MAX_PLAUSIBLE_W = 5000.0
 RAPL_PERMISSION_HINT = (
     "energy_uj is readable by root only (Linux 5.10+, CVE-2020-8694); let the agent's group "
@@ -94,7 +96,12 @@ class RaplSensor:
         energies: list[int] = []
         for z in self.zones:
             e = self.root.read_int(z.path / "energy_uj")
-            if e is None or e < 0:
+            if e is not None and (e < 0 or (z.max_range_uj is not None and e > z.max_range_uj)):
+                self.root.warn_once(z.path, "out-of-range", "RAPL counter %s reads %d, outside "
+                                    "[0, %s]; sample dropped", self.root.rel(z.path), e,
+                                    z.max_range_uj)
+                e = None
+            if e is None:
                 self._last = None
                 return None
             energies.append(e)
@@ -109,7 +116,7 @@ class RaplSensor:
         for z, e0, e1 in zip(self.zones, last[1], energies, strict=True):
             delta = e1 - e0
             if delta < 0:
-                if z.max_range_uj is None or e0 > z.max_range_uj:
+                if z.max_range_uj is None:
                     self.root.warn_once(z.path, "backwards", "RAPL counter %s went backwards "
                                         "(%d -> %d) and its range is unknown; sample dropped",
                                         self.root.rel(z.path), e0, e1)
@@ -137,7 +144,13 @@ def open_rapl(root: SysRoot) -> RaplSensor | None:
             continue
         top = d.name.count(":") == 1
         if (top and (name.startswith("package") or name == "psys")) or name == "dram":
-            zones.append(RaplZone(d, name, root.read_int(d / "max_energy_range_uj")))
+            range_uj = root.read_int(d / "max_energy_range_uj")
+            if range_uj is not None and range_uj <= 0:
+                # Without a range a wrap cannot be told from a reset: such samples are dropped.
+                log.warning("RAPL zone %s has max_energy_range_uj %d; wrap-around not handled",
+                            root.rel(d), range_uj)
+                range_uj = None
+            zones.append(RaplZone(d, name, range_uj))
     if not zones:
         return None
     psys = [z for z in zones if z.name == "psys"]
@@ -340,6 +353,7 @@ class PowerMeter:
         self.clock = clock
         self.primary: PowerSensor | None = self.sensors[0] if self.sensors else None
         self._failures = 0
+        self._implausible_said = False
 
     @property
     def estimated(self) -> bool:
@@ -358,6 +372,14 @@ class PowerMeter:
         now = self.clock()
         if self.primary is not None:
             r = self.primary.read(now)
+            if r is not None and not (math.isfinite(r.watts) and 0 <= r.watts <= MAX_PLAUSIBLE_W):
+                # A value that parses but cannot be a board's draw (a garbage register, a
+                # wrong unit): the governor must not act on it.
+                level = logging.DEBUG if self._implausible_said else logging.WARNING
+                self._implausible_said = True
+                log.log(level, "power sensor %s reads %r W, not a plausible draw; sample dropped",
+                        self.primary.source, r.watts)
+                r = None
             if r is not None:
                 if self._failures >= 3:
                     log.info("power sensor %s answers again", self.primary.source)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,14 +43,27 @@ class SysRoot:
         return sorted(self.root.glob(pattern.lstrip("/")))
 
     def read_bytes(self, path: Path, limit: int = 1 << 20) -> bytes | None:
+        # O_NONBLOCK and the regular-file check: sysfs and procfs attributes are regular
+        # files, and a FIFO or device node in a tree given with --root must not block.
         try:
-            with open(path, "rb") as f:
-                return f.read(limit)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
             return None
         except OSError as e:
             self.warn_once(path, type(e).__name__, "cannot read %s: %s", self.rel(path), e)
             return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                self.warn_once(path, "not-a-file", "cannot read %s: not a regular file",
+                               self.rel(path))
+                return None
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                return f.read(limit)
+        except OSError as e:
+            self.warn_once(path, type(e).__name__, "cannot read %s: %s", self.rel(path), e)
+            return None
+        finally:
+            os.close(fd)
 
     def read_text(self, path: Path, limit: int = 1 << 20) -> str | None:
         data = self.read_bytes(path, limit)

@@ -37,8 +37,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def run(args: argparse.Namespace) -> int:
     root = Path(args.root)
-    if not root.is_dir():
-        raise UsageError(f"--root {args.root}: not a directory")
+    # An empty --root would quietly mean the current directory.
+    if not args.root or not root.is_dir():
+        raise UsageError(f"--root {args.root!r}: not a directory")
     interval = args.interval
     if not (isinstance(interval, float) and math.isfinite(interval) and 0 < interval <= 10):
         raise UsageError(f"--interval must be within (0, 10] seconds, got {interval}")

@@ -4,6 +4,8 @@ from the fixture files (mV x mA / 1e6, µW / 1e6, µJ / s / 1e6)."""
 from __future__ import annotations
 
 import logging
+import os
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -243,13 +245,77 @@ def test_estimate_formula_and_utilisation_deltas(board_root: Callable[[str], Pat
     assert r.estimated and r.watts == pytest.approx(2.7 + 4 * 1.2 * 0.75)
 
 
+def test_rapl_counter_outside_its_range_is_garbage(
+    board_root: Callable[[str], Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    root = board_root("generic-x86_64")
+    sensor = open_rapl(SysRoot(root))
+    assert sensor is not None
+    assert sensor.read(1.0) is None  # priming
+    _set_energy(root, "intel-rapl:0", 262143328850 + 1)  # above max_energy_range_uj
+    with caplog.at_level(logging.WARNING):
+        assert sensor.read(2.0) is None
+    assert "outside [0, 262143328850]" in caplog.text
+    # Counting starts again from the next good value: two reads, 3 J apart in 1 s.
+    _set_energy(root, "intel-rapl:0", 1_000_000)
+    assert sensor.read(3.0) is None
+    _set_energy(root, "intel-rapl:0", 4_000_000)
+    r = sensor.read(4.0)
+    assert r is not None and r.watts == pytest.approx(3.0)
+
+
+def test_rapl_without_a_usable_range_drops_backwards_samples(
+    board_root: Callable[[str], Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    root = board_root("generic-x86_64")
+    (root / "sys/class/powercap/intel-rapl:0/max_energy_range_uj").write_text("0\n")
+    with caplog.at_level(logging.WARNING):
+        sensor = open_rapl(SysRoot(root))
+    assert sensor is not None and sensor.zones[0].max_range_uj is None
+    assert "wrap-around not handled" in caplog.text
+    _set_energy(root, "intel-rapl:0", 5_000_000)
+    sensor.read(1.0)
+    _set_energy(root, "intel-rapl:0", 4_000_000)
+    assert sensor.read(2.0) is None
+
+
+def test_an_implausible_reading_is_dropped_and_estimated(
+    board_root: Callable[[str], Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    root = board_root("kria-kv260")
+    (root / "sys/class/hwmon/hwmon2/power1_input").write_text("99000000000000\n")  # 99 MW
+    m = meter_for(root, FakeClock())
+    with caplog.at_level(logging.WARNING):
+        first, second = m.read(), m.read()
+    assert first.estimated and second.estimated and first.source == "estimate"
+    assert caplog.text.count("not a plausible draw") == 1
+
+
+@pytest.mark.timeout(10)
+def test_a_fifo_in_the_tree_is_not_read_and_never_blocks(
+    board_root: Callable[[str], Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Real sysfs/procfs attributes are regular files; a FIFO (or a device node) in a tree
+    # given with --root must be refused, not block the reader forever.
+    root = board_root("jetson-orin-nano")
+    hw = root / "sys/bus/i2c/drivers/ina3221/1-0040/hwmon/hwmon1"
+    for path in (root / "proc/stat", hw / "curr1_input"):
+        path.unlink()
+        os.mkfifo(path)
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING):
+        r = meter_for(root, FakeClock()).read()
+    assert time.monotonic() - start < 2
+    assert r.estimated and r.watts == pytest.approx(4.8)  # no utilisation known: idle
+    assert "curr1_input: not a regular file" in caplog.text
+
+
 def test_sensor_read_cost_is_under_a_millisecond() -> None:
-    clock = FakeClock()
-    m = meter_for(TESTDATA / "jetson-agx-orin", clock)
-    n = 200
-    start = time.perf_counter()
-    for _ in range(n):
+    m = meter_for(TESTDATA / "jetson-agx-orin", FakeClock())  # the most files per sample
+    times = []
+    for _ in range(200):
+        start = time.perf_counter()
         m.read()
-    per_sample = (time.perf_counter() - start) / n
-    # The bench measures this properly; here a generous bound that a loaded CI passes.
-    assert per_sample < 0.005
+        times.append(time.perf_counter() - start)
+    # The issue's target, on the median (tens of µs here), so a loaded machine passes.
+    assert statistics.median(times) < 0.001
