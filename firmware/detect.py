@@ -51,6 +51,8 @@ ARM_PARTS = {
 _TEGRA_RE = re.compile(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)")
 _NVPMODEL_RE = re.compile(r"<\s*POWER_MODEL\s+ID\s*=\s*(\d+)\s+NAME\s*=\s*([^\s>]+)")
 _PMODE_RE = re.compile(r"pmode:\s*(\d+)")
+# Where nvpmodel records the mode it last set ("pmode:0002 fmode:quiet").
+NVPMODEL_STATUS = "var/lib/nvpmodel/status"
 
 FindSpec = Callable[[str], Any]
 
@@ -150,13 +152,12 @@ def read_facts(root: SysRoot) -> BoardFacts:
     dri = tuple(p.name for p in root.glob("dev/dri/*"))
     conf = root.read_text(root.path("etc/nvpmodel.conf")) or ""
     nv_modes = tuple((int(i), n) for i, n in _NVPMODEL_RE.findall(conf))
-    status = root.read_line(root.path("var/lib/nvpmodel/status"))
+    status = root.read_line(root.path(NVPMODEL_STATUS))
     current = None
     if status:
-        m2 = _PMODE_RE.search(status)
-        current = int(m2.group(1)) if m2 else None
-        if m2 is None:
-            problems.append(f"/var/lib/nvpmodel/status has no pmode: {status[:40]!r}")
+        current = parse_pmode(status)
+        if current is None:
+            problems.append(f"/{NVPMODEL_STATUS} has no pmode: {status[:40]!r}")
     return BoardFacts(
         arch=arch, cpu_model=cpu_model, cores=cores, dt_model=dt_model,
         dt_compatible=dt_compatible, tegra_release=tegra_release, cpuinfo=cpuinfo,
@@ -237,6 +238,12 @@ def detect_runtimes(find_spec: FindSpec | None = None) -> tuple[RuntimeInfo, ...
                     continue
         out.append(RuntimeInfo(module, installed, version))
     return tuple(out)
+
+
+def parse_pmode(status: str) -> int | None:
+    """The mode id in nvpmodel's status file, or None when it has none."""
+    m = _PMODE_RE.search(status)
+    return int(m.group(1)) if m else None
 
 
 def _matches(p: BoardProfile, f: BoardFacts, arch: str | None) -> tuple[bool, list[str], str]:

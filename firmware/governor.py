@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from firmware.errors import SettingsError
@@ -379,18 +379,3 @@ class Governor:
             reason=reason, changed=tuple(changed),
         )
 
-
-def window_averages(samples: Iterable[tuple[float, float]], window_s: float,
-                    dt: float) -> list[tuple[float, float]]:
-    """Rolling averages of evenly spaced samples (t, value), one per full window."""
-    vals = list(samples)
-    n = max(1, round(window_s / dt))
-    out = []
-    acc = 0.0
-    for i, (t, v) in enumerate(vals):
-        acc += v
-        if i >= n:
-            acc -= vals[i - n][1]
-        if i >= n - 1:
-            out.append((t, acc / n))
-    return out

@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from firmware.detect import NVPMODEL_STATUS, parse_pmode
 from firmware.profile import PowerMode
 from firmware.runner import CommandRunner, Outcome
 from firmware.sysfs import SysRoot
@@ -21,7 +22,6 @@ from firmware.sysfs import SysRoot
 log = logging.getLogger(__name__)
 
 _NV_MODE_RE = re.compile(r"NV Power Mode:\s*(\S+)")
-_PMODE_RE = re.compile(r"pmode:\s*(\d+)")
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,8 @@ class Nvpmodel:
             m = _NV_MODE_RE.search(r.stdout)
             ident = next((int(x) for x in lines if x.isdigit()), None)
             return ident, m.group(1) if m else None
-        status = self.root.read_line(self.root.path("var/lib/nvpmodel/status"))
-        m2 = _PMODE_RE.search(status or "")
-        return (int(m2.group(1)) if m2 else None), None
+        status = self.root.read_line(self.root.path(NVPMODEL_STATUS))
+        return parse_pmode(status or ""), None
 
     def set_mode(self, mode_id: int) -> KnobResult:
         r = self.runner.run(["nvpmodel", "-m", str(mode_id)], timeout_s=30.0, privileged=True)
@@ -290,5 +289,5 @@ def parse_listapps(text: str) -> tuple[FpgaApp, ...]:
         if len(cols) < 6 or cols[0] == "Accelerator" or not cols[4].startswith("("):
             continue
         slot = cols[5].rstrip(",")
-        apps.append(FpgaApp(cols[0], cols[1], slot.lstrip("-").isdigit() and not slot.startswith("-")))
+        apps.append(FpgaApp(cols[0], cols[1], slot.isdigit()))
     return tuple(apps)

@@ -8,7 +8,6 @@ an exception: the agent keeps running on a board where it may not change power m
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import subprocess
 import time
@@ -20,9 +19,8 @@ log = logging.getLogger(__name__)
 
 Outcome = Literal["ok", "failed", "missing", "denied", "timeout"]
 
-_DENIED_HINTS = ("permission denied", "must be run as root", "operation not permitted",
-                 "are you root", "requires root", "not permitted", "a password is required",
-                 "not in the sudoers")
+_DENIED_HINTS = ("permission denied", "must be run as root", "not permitted", "are you root",
+                 "requires root", "a password is required", "not in the sudoers")
 
 
 @dataclass(frozen=True)
@@ -57,7 +55,7 @@ class CommandRunner:
         self.privileged_prefix = tuple(privileged_prefix)
 
     def which(self, tool: str) -> str | None:
-        return shutil.which(tool, path=self.path if self.path is not None else os.environ.get("PATH"))
+        return shutil.which(tool, path=self.path)  # None: $PATH
 
     def run(self, argv: Sequence[str], timeout_s: float | None = None,
             privileged: bool = False) -> CommandResult:

@@ -55,6 +55,19 @@ class SimBoardSpec:
     def throughput(self, mode: SimMode, threads: int) -> float:
         return self.tokens_per_s * mode.freq * threads / (1 + self.contention * (threads - 1))
 
+    def best_static(self, budget_w: float) -> tuple[float, str]:
+        """The highest steady tokens/s of any fixed (mode, threads, pacing duty) whose
+        steady draw stays within `budget_w`, searched with the true physics: the reference
+        the governor is measured against. Returns (tokens/s, the setting)."""
+        best, label = 0.0, "none"
+        for mode in self.modes:
+            for threads in range(1, self.cores + 1):
+                duty = min(1.0, max(0.0, (budget_w - self.idle_w) / self.dynamic_w(mode, threads)))
+                tps = duty * self.throughput(mode, threads)
+                if tps > best:
+                    best, label = tps, f"{mode.name}, {threads} threads, duty {duty:.2f}"
+        return best, label
+
     @property
     def peak_w(self) -> float:
         return self.idle_w + self.dynamic_w(self.modes[-1], self.cores)

@@ -36,19 +36,6 @@ FRACTIONS = (0.4, 0.6, 0.8)
 WARMUP_S = 60.0
 
 
-def best_static(spec: SimBoardSpec, budget: float) -> tuple[float, str]:
-    """The highest steady tokens/s of any (mode, threads, duty) whose draw <= budget."""
-    best, label = 0.0, "none"
-    for mode in spec.modes:
-        for threads in range(1, spec.cores + 1):
-            dyn = spec.dynamic_w(mode, threads)
-            duty = min(1.0, max(0.0, (budget - spec.idle_w) / dyn))
-            tps = duty * spec.throughput(mode, threads)
-            if tps > best:
-                best, label = tps, f"{mode.name}, {threads} threads, duty {duty:.2f}"
-    return best, label
-
-
 def governed(spec: SimBoardSpec, budget: float, seed: int, duration: float) -> dict[str, float]:
     board = SimBoard(spec, seed=seed)
     g = Governor.for_board(spec.profile(), spec.cores, PowerSettings(tick_s=0.5))
@@ -98,7 +85,7 @@ def main() -> int:
           f"{'ratio':>6} {'(all)':>6} | {'mean W':>6} {'windows ok':>10}")
     for frac in FRACTIONS:
         budget = frac * spec.peak_w
-        best, label = best_static(spec, budget)
+        best, label = spec.best_static(budget)
         runs = [governed(spec, budget, seed, args.duration) for seed in range(args.seeds)]
         tps = statistics.mean(r["tokens_per_s"] for r in runs)
         tps_all = statistics.mean(r["tokens_per_s_with_warmup"] for r in runs)
