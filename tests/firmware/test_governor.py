@@ -47,13 +47,15 @@ def test_levels_cover_every_mode_and_thread_count() -> None:
 
 
 def test_thread_changes_wait_their_dwell_and_come_before_mode_changes() -> None:
-    one_mode = BoardProfile(**{**PROFILE.__dict__, "modes": MODES[2:]})
-    g = Governor.for_board(one_mode, 8, PowerSettings(budget_w=30.0, tick_s=1.0,
-                                                       thread_dwell_s=5.0))
+    # 8 cores and three modes: after the cut both fewer threads (same mode) and a lower
+    # mode beat the current level, so the order of the two changes is the knob order.
+    g = Governor.for_board(PROFILE, 8, PowerSettings(budget_w=30.0, tick_s=1.0,
+                                                     thread_dwell_s=5.0, mode_dwell_s=15.0))
     t = 0.0
     for _ in range(10):
         t += 1
         g.step(t, plant(g))
+    assert (g.level.mode_id, g.level.threads) == (2, 8)
     g.set_budget(9.0)
     start = t
     changes = []
@@ -61,10 +63,14 @@ def test_thread_changes_wait_their_dwell_and_come_before_mode_changes() -> None:
         t += 1
         d = g.step(t, plant(g))
         if d.changed:
-            changes.append((t, d.changed))
-    assert changes and changes[0][1] == ("threads",)
-    assert changes[0][0] - start >= 5
-    assert g.level.threads < 8
+            changes.append((t - start, d.changed, d.mode_name, d.threads))
+    assert len(changes) >= 2
+    first, second = changes[0], changes[1]
+    assert first[1] == ("threads",) and first[2] == "MAXN" and first[3] < 8
+    assert first[0] >= 5  # the thread dwell
+    assert "mode" in second[1] and second[2] != "MAXN"
+    assert second[0] >= 15  # the mode dwell, counted from when it became better
+    assert d.average_w <= 9.0 * 1.05
 
 
 def test_no_budget_means_full_speed() -> None:
@@ -74,7 +80,7 @@ def test_no_budget_means_full_speed() -> None:
     assert d.reason == "no budget: full speed"
 
 
-def test_budget_drop_moves_pacing_first_then_threads_then_mode() -> None:
+def test_budget_drop_moves_pacing_at_once_and_the_mode_after_its_dwell() -> None:
     g = make(30.0, thread_dwell_s=5.0, mode_dwell_s=15.0)
     t = 0.0
     for _ in range(20):
