@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import Meta
 
 from agent.mqtt.settings import MqttSettings
 from agent.settings import load_settings
@@ -18,8 +19,16 @@ class ControllerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown
     # SQLAlchemy URL; default: a SQLite file in state_dir. PostgreSQL for replicas.
     database_url: str | None = None
     mqtt: MqttSettings = MqttSettings()
-    # MQTT 5 shared subscriptions for telemetry and events, so replicas split the load.
+    # MQTT 5 shared subscriptions for telemetry, events and requests, so replicas split the load.
     shared_subscriptions: bool = True
+    # The TUF image repository (`fleetgen keys init --repo DIR`). When set, `serve` answers the
+    # agents' metadata and bundle requests from it and keeps timestamp/snapshot signed.
+    repository: str | None = None
+    resign_interval_s: Annotated[float, Meta(ge=1, le=86400)] = 300.0
+
+    @property
+    def shared(self) -> bool:
+        return self.shared_subscriptions and self.mqtt.protocol == "5"
 
     @property
     def db_url(self) -> str:

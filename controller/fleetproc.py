@@ -38,6 +38,7 @@ class FleetProcesses:
     sample_interval_s: float = 1.0
     publish_interval_s: float = 2.0
     env: dict[str, str] = field(default_factory=dict)
+    repository: Path | None = None
     controller: subprocess.Popen[bytes] | None = None
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -62,6 +63,7 @@ class FleetProcesses:
         path.write_text("\n".join([
             f"state_dir = {_toml_str(str(self.workdir / 'controller'))}",
             f"database_url = {_toml_str(self.db_url)}",
+            f"repository = {_toml_str(str(self.repository))}" if self.repository else "",
             self._mqtt_section("fleetgen-controller-demo"),
             "",
         ]))

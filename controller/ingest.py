@@ -36,7 +36,7 @@ class Ingestor:
         self.refused = 0
         self.ingested = 0
         self._stop = threading.Event()
-        shared = config.shared_subscriptions and config.mqtt.protocol == "5"
+        shared = config.shared
         subscriptions = [
             (fleet_filter(Channel.STATUS), 1),
             (fleet_filter(Channel.REPORTED), 1),

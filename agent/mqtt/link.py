@@ -62,6 +62,14 @@ LinkItem = Inbound | LinkUp | LinkDown
 Handler = Callable[[str, bytes], None]
 
 
+def _match_filter(topic_filter: str) -> str:
+    """The filter messages are matched against: `$share/GROUP/F` delivers topics matching F."""
+    if topic_filter.startswith("$share/"):
+        parts = topic_filter.split("/", 2)
+        return parts[2] if len(parts) == 3 else topic_filter
+    return topic_filter
+
+
 @dataclass(frozen=True, slots=True)
 class Will:
     topic: str
@@ -176,7 +184,7 @@ class MqttLink:
 
     def _on_message(self, client, userdata, message) -> None:
         with self._handlers_lock:
-            handlers = [h for f, h in self._handlers.items() if paho.topic_matches_sub(f, message.topic)]
+            handlers = [h for f, h in self._handlers.items() if paho.topic_matches_sub(_match_filter(f), message.topic)]
         if not handlers:
             self._put(Inbound(message.topic, bytes(message.payload), bool(message.retain), message.qos))
             return

@@ -8,14 +8,22 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import Protocol
 
 log = logging.getLogger(__name__)
+
+
+class _Service(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("serve", parents=[common], help="run the fleet controller")
     p.add_argument("--broker", metavar="URL", help="broker URL (over the config)")
     p.add_argument("--db", metavar="URL", help="SQLAlchemy database URL (over the config)")
+    p.add_argument("--repo", metavar="DIR", help="TUF image repository to serve (over the config)")
     p.set_defaults(func=run)
 
 
@@ -26,6 +34,7 @@ def load(args: argparse.Namespace):
         Path(args.config) if args.config else None,
         state_dir=args.state_dir,
         database_url=getattr(args, "db", None),
+        repository=getattr(args, "repo", None),
         mqtt={"url": args.broker} if getattr(args, "broker", None) else None,
     )
 
@@ -38,6 +47,21 @@ def run(args: argparse.Namespace) -> int:
     store = Store(config.db_url)
     ingestor = Ingestor(config, store)
     done = threading.Event()
+    services: list[_Service] = []
+    if config.repository is not None:
+        from agent.errors import ConfigError
+        from controller.responder import RepositoryResponder
+        from controller.tuf.repository import Repository, RepositoryError
+        from controller.tuf.schedule import ResignSchedule
+
+        try:
+            repo = Repository(Path(config.repository)).path
+        except RepositoryError as e:
+            raise ConfigError(f"repository: {e}") from None
+        services = [
+            RepositoryResponder(ingestor.link, repo, shared=config.shared),
+            ResignSchedule(repo, config.resign_interval_s),
+        ]
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
@@ -47,7 +71,11 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     log.info("controller serving: broker %s, database %s", config.mqtt.url, store.engine.url)
+    for service in services:
+        service.start()
     ingestor.start()
     ingestor.run()
+    for service in services:
+        service.stop()
     store.close()
     return 0
