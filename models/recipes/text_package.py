@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 VERSION = "1.0.0"
 PROMPT = "Tell me a story about summer"
+NARRATIVE_PROMPT = "It was a fine summer morning, and"
 LICENSE = "MIT (weights, fleetgen); training text public domain (Jane Austen)"
 TEXT_DIR = MODELS_DIR / "text"
 SAMPLE_SEEDS = (1, 2)
@@ -70,7 +71,8 @@ def _evaluate(model: Path, tok: Tokenizer, heldout_ids: np.ndarray, window: int)
     full = ort_check.greedy_full(sess, prompt, 24)
     cached = ort_check.greedy_cached(sess, prompt, 24)
     samples = [
-        tok.decode(ort_check.sample_cached(sess, prompt, MAX_NEW, eos, seed))
+        text + tok.decode(ort_check.sample_cached(sess, tok.encode(text).ids, MAX_NEW, eos, seed))
+        for text in (PROMPT, NARRATIVE_PROMPT)
         for seed in SAMPLE_SEEDS
     ]
     return Quality(
@@ -175,7 +177,8 @@ def model_card(
         f"| {name} | {v.model_bytes / 2**20:.2f} MiB | {v.perplexity:.2f} |"
         for name, v in quality.items()
     )
-    samples = "\n".join(f"- seed {s}: “{PROMPT}{text}”" for s, text in zip(SAMPLE_SEEDS, q.samples, strict=True))
+    seeds = [seed for _ in range(2) for seed in SAMPLE_SEEDS]
+    samples = "\n".join(f"- seed {s}: “{text}”" for s, text in zip(seeds, q.samples, strict=True))
     return f"""# {variant.name}
 
 A small decoder-only transformer (GPT-2 architecture) trained from scratch by fleetgen
@@ -226,11 +229,11 @@ and decode), `tokenizer.json` (Hugging Face `tokenizers`), `config.json` and
   Dynamic int8 quantizes activations per tensor, so a prefill of many tokens and a
   one-token step can round differently: for int8 the two paths may drift apart.
 
-## Samples ({variant.quantization}, prompt “{PROMPT}”)
+## Samples ({variant.quantization})
 
-Greedy: “{PROMPT}{q.greedy}”
+Greedy (small models loop without a repetition penalty): “{PROMPT}{q.greedy}”
 
-Sampled (temperature 0.8, top-k 40, repetition penalty 1.1):
+Sampled (temperature 0.8, top-k 40, repetition penalty 1.1), prompt in the quote:
 {samples}
 
 ## Rebuild
