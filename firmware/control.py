@@ -51,13 +51,15 @@ class PowerController:
         self.busy = busy
         self.meter = meter or open_power_meter(board, clock=clock)
         self.modes = BoardModes(runner or CommandRunner(), SysRoot(board.root))
-        self.governor = Governor.for_board(board.profile, board.cores, settings)
-        top = self.governor.level
-        self.runtime = RuntimeKnobs(top.threads)
-        self._applied_mode: int | None = None
         if change_board_modes is None:
             change_board_modes = board.root == Path("/")
         self._modes_work = settings.allow_mode_changes and change_board_modes
+        # The mode in force (nvpmodel's status) is where the governor starts, already applied.
+        current = board.current_mode if self._modes_work else None
+        self._applied_mode: int | None = None if current is None else current.id
+        self.governor = Governor.for_board(board.profile, board.cores, settings,
+                                           self._applied_mode)
+        self.runtime = RuntimeKnobs(self.governor.level.threads)
         self.last: Decision | None = None
         if not self._modes_work:
             self._drop_modes()

@@ -136,7 +136,11 @@ def build_levels(profile: BoardProfile, cores: int, settings: PowerSettings) -> 
 class Governor:
     """Closed-loop power governor over a ladder of levels. Pure: feed it time and draw."""
 
-    def __init__(self, levels: Sequence[Level], idle_w: float, settings: PowerSettings) -> None:
+    def __init__(self, levels: Sequence[Level], idle_w: float, settings: PowerSettings,
+                 start_mode: int | None = None) -> None:
+        """`start_mode`: the board power mode in force now, if known. The governor starts
+        there (all threads) rather than at the top mode, so taking over a board costs no
+        mode switch up and back down: a higher mode must earn its dwell like any other."""
         if not levels:
             raise SettingsError("the governor needs at least one level")
         self.levels = tuple(levels)
@@ -146,7 +150,8 @@ class Governor:
         self._idle_prior = idle_w
         self._top = max(self.levels, key=lambda lv: (lv.perf, lv.dyn_w))
         self._bottom = min(self.levels, key=lambda lv: (lv.dyn_w, lv.perf))
-        self.level = self._top
+        here = [lv for lv in self.levels if start_mode is not None and lv.mode_id == start_mode]
+        self.level = max(here, key=lambda lv: (lv.perf, lv.dyn_w)) if here else self._top
         self.duty = 1.0
         self.admit = True
         self._integral = 0.0
@@ -161,8 +166,9 @@ class Governor:
         self._samples: dict[int | None, int] = {}
 
     @classmethod
-    def for_board(cls, profile: BoardProfile, cores: int, settings: PowerSettings) -> Governor:
-        return cls(build_levels(profile, cores, settings), profile.idle_w, settings)
+    def for_board(cls, profile: BoardProfile, cores: int, settings: PowerSettings,
+                  start_mode: int | None = None) -> Governor:
+        return cls(build_levels(profile, cores, settings), profile.idle_w, settings, start_mode)
 
     def set_budget(self, budget_w: float | None) -> None:
         if budget_w is not None and not (math.isfinite(budget_w) and budget_w > 0):
