@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import time
 from pathlib import Path
 from typing import Any
 
 from agent.errors import FleetgenError, UsageError
+
+log = logging.getLogger(__name__)
 
 SCHEMA = 1
 
@@ -116,7 +119,8 @@ def describe(root: Path, interval: float) -> dict[str, Any]:
 def _available_providers() -> list[str] | None:
     try:
         import onnxruntime
-    except ImportError:
+    except (ImportError, OSError) as e:  # OSError: a provider's shared library is broken
+        log.warning("cannot import onnxruntime: %s", e)
         return None
     return list(onnxruntime.get_available_providers())
 

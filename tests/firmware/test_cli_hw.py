@@ -107,3 +107,23 @@ def test_hw_firmware_errors_become_fleetgen_errors(
     monkeypatch.setattr("firmware.detect.load_profiles", broken)
     assert main(["hw", "--root", str(TESTDATA / "kria-kv260"), "--interval", "0.01"]) == 1
     assert "error: hw: board profile /x/bad.toml: missing key 'id'" in capsys.readouterr().err
+
+
+def test_hw_survives_an_onnxruntime_that_cannot_load(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def broken(name: str, *args: object, **kwargs: object) -> object:
+        if name == "onnxruntime":
+            raise OSError("libcudart.so.12: cannot open shared object file")
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", broken)
+    assert main(["hw", "--root", str(TESTDATA / "jetson-orin-nano"), "--json",
+                 "--interval", "0.01"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["onnx_providers_available"] is None
+    assert doc["onnx_providers"] == doc["onnx_providers_preferred"]
