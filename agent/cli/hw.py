@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="read /proc, /sys, /etc and /dev under DIR instead of / (a fixture tree "
                         "or a mounted image)")
     p.add_argument("--json", action="store_true", help="print one JSON document (schema 1)")
-    p.add_argument("--interval", type=float, default=0.25, metavar="SECONDS",
+    # Parsed in run(), not by argparse, so a bad value is one error line like --root's.
+    p.add_argument("--interval", default="0.25", metavar="SECONDS",
                    help="time between the two power samples (default 0.25)")
     p.set_defaults(func=run)
 
@@ -43,9 +44,12 @@ def run(args: argparse.Namespace) -> int:
     # An empty --root would quietly mean the current directory.
     if not args.root or not root.is_dir():
         raise UsageError(f"--root {args.root!r}: not a directory")
-    interval = args.interval
-    if not (isinstance(interval, float) and math.isfinite(interval) and 0 < interval <= 10):
-        raise UsageError(f"--interval must be within (0, 10] seconds, got {interval}")
+    try:
+        interval = float(args.interval)
+    except ValueError:
+        interval = math.nan
+    if not (math.isfinite(interval) and 0 < interval <= 10):
+        raise UsageError(f"--interval must be within (0, 10] seconds, got {args.interval!r}")
     doc = describe(root, interval)
     if args.json:
         print(json.dumps(doc, indent=2))

@@ -66,8 +66,9 @@ def test_hw_on_an_unknown_tree_still_answers(tmp_path: Path, capsys: pytest.Capt
         (["hw", "--root", "/nonexistent/x"], "--root '/nonexistent/x': not a directory"),
         (["hw", "--root", ""], "--root '': not a directory"),  # not the current directory
         (["hw", "--root", __file__], f"--root '{__file__}': not a directory"),
-        (["hw", "--interval", "0"], "--interval must be within (0, 10] seconds, got 0.0"),
-        (["hw", "--interval", "nan"], "--interval must be within (0, 10] seconds, got nan"),
+        (["hw", "--interval", "0"], "--interval must be within (0, 10] seconds, got '0'"),
+        (["hw", "--interval", "nan"], "--interval must be within (0, 10] seconds, got 'nan'"),
+        (["hw", "--interval", "abc"], "--interval must be within (0, 10] seconds, got 'abc'"),
     ],
 )
 def test_hw_bad_input_is_one_line_and_exit_2(
