@@ -76,6 +76,9 @@ class TextResult:
     finish_reason: FinishReason
     seed: int
     timings: Timings
+    # wall time between consecutive tokens (decode step + sampling + detokenization): its
+    # median is a decode speed that other processes' bursts on a shared machine barely move
+    step_ms: tuple[float, ...] = ()
 
 
 class Tokenizer:
@@ -199,9 +202,11 @@ class TextGenerator:
         logits = self.decoder.forward(prompt_ids)
         t1 = time.perf_counter()
         generated: list[int] = []
+        token_at: list[float] = []
         finish: FinishReason = "length" if budget == request.max_tokens else "context"
         while True:
             token = sampler(logits)
+            token_at.append(time.perf_counter())
             if token in self.eos_ids and not request.ignore_eos:
                 finish = "eos"
                 break
@@ -235,6 +240,7 @@ class TextGenerator:
             finish_reason=finish,
             seed=sampler.seed,
             timings=timings,
+            step_ms=tuple((b - a) * 1000 for a, b in zip(token_at, token_at[1:], strict=False)),
         )
 
     def reconfigure(self, options: EngineOptions) -> None:

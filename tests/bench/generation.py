@@ -154,6 +154,7 @@ def run_ours(folder: Path) -> dict[str, Any]:
         "load_ms": gen.load_ms,
         "prefill_ms": t.prefill_ms,
         "decode_tok_s": t.decode_tokens_per_s,
+        "median_step_tok_s": 1000 / float(np.median(result.step_ms)),
         "tokens": list(result.token_ids),
         "kv_bytes_per_token": gen.layout.kv_bytes_per_token,
     }
@@ -213,18 +214,22 @@ def run_bare(folder: Path) -> dict[str, Any]:
     token = int(np.argmax(prefill_logits[0, -1]))
     t1 = time.perf_counter()
     tokens = [token]
+    token_at = [t1]
     past, side = PROMPT_TOKENS, 1
     for _ in range(NEW_TOKENS - 1):
         step_ids[0, 0] = token
         step(step_ids, step_logits, past, ptrs[side], ptrs[1 - side])
         token = int(np.argmax(step_logits[0, -1]))
+        token_at.append(time.perf_counter())
         tokens.append(token)
         past, side = past + 1, 1 - side
     t2 = time.perf_counter()
+    step_ms = np.diff(token_at) * 1000
     return {
         "load_ms": load_ms,
         "prefill_ms": (t1 - t0) * 1000,
         "decode_tok_s": (NEW_TOKENS - 1) / (t2 - t1),
+        "median_step_tok_s": 1000 / float(np.median(step_ms)),
         "tokens": tokens,
     }
 
@@ -259,7 +264,7 @@ def measure(mode: str, folder: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------- bandwidth
 
 
-def read_bandwidth(threads: int, size: int = 512 * 2**20, repeats: int = 5) -> float:
+def read_bandwidth(threads: int, size: int = 512 * 2**20, repeats: int = 10) -> float:
     """Bytes/s of summing a large float64 array, split over `threads` threads (numpy
     releases the GIL in reductions). Best of `repeats`."""
     data = np.ones(size // 8, np.float64)
@@ -309,7 +314,10 @@ def bench_model(label: str, variants: dict[str, Path], rounds: int) -> list[dict
     for row in rows.values():
         for mode in ("ours", "bare"):
             runs = row["runs"][mode]
-            row[mode] = {k: float(np.median([x[k] for x in runs])) for k in ("load_ms", "prefill_ms", "decode_tok_s")}
+            row[mode] = {
+                k: float(np.median([x[k] for x in runs]))
+                for k in ("load_ms", "prefill_ms", "decode_tok_s", "median_step_tok_s")
+            }
             row[mode]["peak_rss_bytes"] = max(x["peak_rss_bytes"] for x in runs)
             if mode == "ours":
                 row[mode]["kv_bytes_per_token"] = runs[0]["kv_bytes_per_token"]
@@ -326,6 +334,12 @@ def bench_model(label: str, variants: dict[str, Path], rounds: int) -> list[dict
     return list(rows.values())
 
 
+# Decode speed metrics: "wall" = (tokens - 1) / decode time, as a user sees it; "step" =
+# 1 / median time between consecutive tokens, which bursts of other processes on a shared
+# machine barely move. Targets are reported on both.
+METRICS = {"step": "median_step_tok_s", "wall": "decode_tok_s"}
+
+
 def summarize(rows: list[dict[str, Any]], bandwidth: float) -> None:
     by = {(r["model"], r["variant"]): r for r in rows}
     for r in rows:
@@ -334,49 +348,54 @@ def summarize(rows: list[dict[str, Any]], bandwidth: float) -> None:
         bytes_per_token = r["weight_bytes_read_per_token"] + kv_tok * mean_ctx
         r["bytes_per_token"] = bytes_per_token
         r["roofline_tok_s"] = bandwidth / bytes_per_token
-        r["roofline_fraction"] = r["ours"]["decode_tok_s"] / r["roofline_tok_s"]
-        r["ours_vs_bare"] = r["ours"]["decode_tok_s"] / r["bare"]["decode_tok_s"]
         # two ping-pong buffers, touched up to prompt + new tokens
         kv_resident = 2 * kv_tok * (PROMPT_TOKENS + NEW_TOKENS)
         r["rss_budget_bytes"] = r["file_bytes"] + kv_resident + 150 * 2**20
         r["rss_within_budget"] = r["ours"]["peak_rss_bytes"] <= r["rss_budget_bytes"]
         fp32, int8 = by.get((r["model"], "fp32")), by.get((r["model"], "int8"))
-        if r["variant"] == "int8" and fp32:
-            r["speedup_vs_fp32"] = r["ours"]["decode_tok_s"] / fp32["ours"]["decode_tok_s"]
-        if r["variant"] == "int4" and int8:
-            r["speedup_vs_int8"] = r["ours"]["decode_tok_s"] / int8["ours"]["decode_tok_s"]
+        for name, key in METRICS.items():
+            r[f"roofline_fraction_{name}"] = r["ours"][key] / r["roofline_tok_s"]
+            r[f"ours_vs_bare_{name}"] = r["ours"][key] / r["bare"][key]
+            if r["variant"] == "int8" and fp32:
+                r[f"speedup_vs_fp32_{name}"] = r["ours"][key] / fp32["ours"][key]
+            if r["variant"] == "int4" and int8:
+                r[f"speedup_vs_int8_{name}"] = r["ours"][key] / int8["ours"][key]
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
-        f"{'model':<14}{'var':<6}{'ours tok/s':>11}{'bare tok/s':>11}{'ours/bare':>10}"
-        f"{'prefill ms':>11}{'bare pf ms':>11}{'load ms':>9}{'roofline':>9}"
-        f"{'peak RSS MiB':>13}{'budget MiB':>11}{'file MiB':>9}{'kv=recompute':>13}"
+        f"{'model':<12}{'var':<5}{'ours step':>10}{'bare step':>10}{'ratio':>7}"
+        f"{'ours wall':>10}{'bare wall':>10}{'ratio':>7}"
+        f"{'prefill ms':>11}{'bare pf':>8}{'load ms':>8}{'roofline':>9}"
+        f"{'RSS MiB':>8}{'budget':>7}{'file MiB':>9}{'kv=rc':>6}"
     )
-    lines = [head, "-" * len(head)]
+    lines = ["decode tok/s: 'step' = 1 / median inter-token time, 'wall' = tokens / decode time", head, "-" * len(head)]
     for r in rows:
         o, b = r["ours"], r["bare"]
         lines.append(
-            f"{r['model']:<14}{r['variant']:<6}{o['decode_tok_s']:>11.1f}{b['decode_tok_s']:>11.1f}"
-            f"{r['ours_vs_bare']:>10.3f}{o['prefill_ms']:>11.1f}{b['prefill_ms']:>11.1f}"
-            f"{o['load_ms']:>9.0f}{r['roofline_fraction']:>9.0%}"
-            f"{o['peak_rss_bytes'] / 2**20:>13.0f}{r['rss_budget_bytes'] / 2**20:>11.0f}"
+            f"{r['model']:<12}{r['variant']:<5}"
+            f"{o['median_step_tok_s']:>10.1f}{b['median_step_tok_s']:>10.1f}{r['ours_vs_bare_step']:>7.2f}"
+            f"{o['decode_tok_s']:>10.1f}{b['decode_tok_s']:>10.1f}{r['ours_vs_bare_wall']:>7.2f}"
+            f"{o['prefill_ms']:>11.1f}{b['prefill_ms']:>8.1f}{o['load_ms']:>8.0f}"
+            f"{r['roofline_fraction_step']:>9.0%}"
+            f"{o['peak_rss_bytes'] / 2**20:>8.0f}{r['rss_budget_bytes'] / 2**20:>7.0f}"
             f"{r['file_bytes'] / 2**20:>9.1f}"
-            f"{ {True: 'yes', False: 'NO', None: '-'}[r.get('kv_cache_equals_recompute')]:>13}"
+            f"{ {True: 'yes', False: 'NO', None: '-'}[r.get('kv_cache_equals_recompute')]:>6}"
         )
     return "\n".join(lines)
 
 
-def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The issue's targets, checked on the GPT-2-small-shaped model."""
+def targets(rows: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """The issue's targets on the GPT-2-small-shaped model, for one speed metric."""
     by = {r["variant"]: r for r in rows if r["model"] == "gpt2-small"}
     if not {"fp32", "int8", "int4"} <= set(by):
         return {}
+    m = metric
     return {
-        "ours_within_10pct_of_bare": all(r["ours_vs_bare"] >= 0.9 for r in by.values()),
-        "int8_ge_2x_fp32": by["int8"]["speedup_vs_fp32"] >= 2.0,
-        "int4_ge_1.15x_int8": by["int4"]["speedup_vs_int8"] >= 1.15,
-        "int8_ge_50pct_roofline": by["int8"]["roofline_fraction"] >= 0.5,
+        "ours_within_10pct_of_bare": all(r[f"ours_vs_bare_{m}"] >= 0.9 for r in by.values()),
+        "int8_ge_2x_fp32": by["int8"][f"speedup_vs_fp32_{m}"] >= 2.0,
+        "int4_ge_1.15x_int8": by["int4"][f"speedup_vs_int8_{m}"] >= 1.15,
+        "int8_ge_50pct_roofline": by["int8"][f"roofline_fraction_{m}"] >= 0.5,
         "peak_rss_within_budget": all(r["rss_within_budget"] for r in by.values()),
         "greedy_kv_cache_equals_recompute_fp32_int4": all(
             by[q].get("kv_cache_equals_recompute") for q in ("fp32", "int4")
@@ -412,9 +431,12 @@ def main() -> int:
             rows += bench_model(f"gpt2-{name}", build_variants(name), args.rounds)
     summarize(rows, bandwidth)
     print(table(rows))
-    checks = targets(rows)
-    for k, v in checks.items():
-        print(f"target {k}: {'met' if v else 'NOT met'}")
+    checks = {name: targets(rows, name) for name in METRICS}
+    for k in checks["step"]:
+        print(
+            f"target {k}: step {'met' if checks['step'][k] else 'NOT met'}, "
+            f"wall {'met' if checks['wall'][k] else 'NOT met'}"
+        )
     doc = {
         "schema": 1,
         "rounds": args.rounds,
