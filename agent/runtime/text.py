@@ -6,6 +6,7 @@ request at a time; `agent.runtime.service.GenerationQueue` serialises concurrent
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -240,7 +241,7 @@ class TextGenerator:
             finish_reason=finish,
             seed=sampler.seed,
             timings=timings,
-            step_ms=tuple((b - a) * 1000 for a, b in zip(token_at, token_at[1:], strict=False)),
+            step_ms=tuple((b - a) * 1000 for a, b in itertools.pairwise(token_at)),
         )
 
     def reconfigure(self, options: EngineOptions) -> None:
