@@ -62,6 +62,10 @@ SCALE_ALPHA = 0.1
 LEARN_MIN_DUTY = 0.5
 STALE_SCALE = 1.1
 MIN_SAMPLES = 4
+# A mode's learnt draw is measured above the idle estimate of its time: once that estimate
+# has moved by this share of the profile's idle, the mode counts as unmeasured again (and
+# may be re-tried), or a mode learnt under a wrong idle would look wrongly dear forever.
+IDLE_RELEARN = 0.1
 # How much less than the known modes (relative to the profile) an unmeasured mode must
 # be assumed to draw for it to be worth a trial.
 EXPLORE_OPTIMISM = 0.85
@@ -164,6 +168,7 @@ class Governor:
         self._duty_lag = 1.0
         self._scale: dict[int | None, float] = {}
         self._samples: dict[int | None, int] = {}
+        self._learnt_idle: dict[int | None, float] = {}
 
     @classmethod
     def for_board(cls, profile: BoardProfile, cores: int, settings: PowerSettings,
@@ -291,9 +296,13 @@ class Governor:
         new = old + (SCALE_ALPHA if n >= MIN_SAMPLES else 0.3) * (sample - old)
         self._scale[key] = new
         self._samples[key] = n + 1
+        self._learnt_idle[key] = self.idle_w
 
     def known(self, mode_id: int | None) -> bool:
-        return self._samples.get(mode_id, 0) >= MIN_SAMPLES
+        if self._samples.get(mode_id, 0) < MIN_SAMPLES:
+            return False
+        drift = abs(self._learnt_idle[mode_id] - self.idle_w)
+        return drift <= IDLE_RELEARN * self._idle_prior
 
     def _choose(self, t: float, command: float) -> Level:
         s = self.settings

@@ -110,6 +110,18 @@ def test_budget_below_idle_stops_work_then_resumes() -> None:
     assert sum(r.tokens for r in rows if r.t > 65) > 0
 
 
+def test_after_queueing_it_climbs_back_to_the_best_mode() -> None:
+    # 10 W, then 4 W (below idle: work queued, the real idle draw learnt), then 10 W again.
+    # Modes measured under the old idle estimate are re-tried, not written off as too dear
+    # (before: stuck in 7W at 0.79 of the best static setting's tokens/s).
+    best, _ = SPEC.best_static(10.0)
+    for seed in range(3):
+        rows = run_closed_loop(SimBoard(SPEC, seed=seed), governor(), 220,
+                               lambda t: 10.0 if t < 40 else 4.0 if t < 100 else 10.0)
+        assert sum(r.tokens for r in rows if r.t > 140) / 80 >= 0.9 * best
+        assert check_windows([r for r in rows if r.t > 100], 10, 0.05).fraction >= 0.95
+
+
 def test_no_work_does_not_wind_up_then_work_arrives() -> None:
     board = SimBoard(SPEC, seed=2)
     board.busy = False
