@@ -93,6 +93,7 @@ def describe(root: Path, interval: float) -> dict[str, Any]:
                          for a in board.accelerators],
         "fpga_managers": [{"device": m.device, "name": m.name, "state": m.state}
                           for m in f.fpga_managers],
+        "dri_nodes": list(f.dri_nodes),
         "runtimes": [{"name": r.name, "installed": r.installed, "version": r.version}
                      for r in board.runtimes],
         "onnx_providers_preferred": list(board.onnx_providers()),
@@ -144,6 +145,8 @@ def render(doc: dict[str, Any]) -> str:
                   if accs else "none"))
     for m in doc["fpga_managers"]:
         lines.append(("fpga", f"{m['device']}: {m['name']}, {m['state']}"))
+    if doc["dri_nodes"]:
+        lines.append(("/dev/dri", " ".join(doc["dri_nodes"])))
     rts = [f"{r['name']} {r['version'] or ''}".strip() for r in doc["runtimes"] if r["installed"]]
     lines.append(("runtimes", ", ".join(rts) or "none installed"))
     lines.append(("onnx providers", ", ".join(doc["onnx_providers_preferred"]) + " (board)"))

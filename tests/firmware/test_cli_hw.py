@@ -48,6 +48,10 @@ def test_hw_text_labels_estimates(capsys: pytest.CaptureFixture[str]) -> None:
     assert "VDD_IN: 7.38 W (5.072 V x 1.456 A)" in out
     assert "2 MAXN_SUPER (nvpmodel, uncapped)  <- current" in out
     assert "TensorrtExecutionProvider, CUDAExecutionProvider, CPUExecutionProvider (board)" in out
+    assert main(["hw", "--root", str(TESTDATA / "kria-kv260"), "--interval", "0.01"]) == 0
+    out = capsys.readouterr().out
+    assert "fpga0: Xilinx ZynqMP FPGA Manager, operating" in out
+    assert "/dev/dri        renderD128" in out
 
 
 def test_hw_on_an_unknown_tree_still_answers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
