@@ -43,6 +43,12 @@ class GPT2Shape:
     n_embd: int
     vocab_size: int
     n_positions: int
+    # fewer KV heads than query heads = grouped-query attention (Llama-style); None = MHA
+    n_kv_head: int | None = None
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
 
     @property
     def head_dim(self) -> int:
@@ -57,7 +63,8 @@ class GPT2Shape:
 
 TINY = GPT2Shape(n_layer=2, n_head=4, n_embd=64, vocab_size=512, n_positions=128)
 SMALL = GPT2Shape(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, n_positions=1024)
-SHAPES = {"tiny": TINY, "small": SMALL}
+TINY_GQA = GPT2Shape(n_layer=2, n_head=4, n_embd=64, vocab_size=512, n_positions=128, n_kv_head=2)
+SHAPES = {"tiny": TINY, "small": SMALL, "tiny-gqa": TINY_GQA}
 
 
 class _Graph:
@@ -131,7 +138,7 @@ def build_graph(shape: GPT2Shape, seed: int = 0, init_scale: float = 1.0) -> onn
     (e.g. 20) so greedy output depends on the context and cache bugs show.
     """
     g = _Graph(np.random.default_rng(seed), init_scale)
-    e, h, d = shape.n_embd, shape.n_head, shape.head_dim
+    e, h, d, hkv = shape.n_embd, shape.n_head, shape.head_dim, shape.kv_heads
     b, s, p, t = "batch_size", "sequence_length", "past_sequence_length", "past_sequence_length + 1"
     inputs = [
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, [b, s]),
@@ -141,8 +148,10 @@ def build_graph(shape: GPT2Shape, seed: int = 0, init_scale: float = 1.0) -> onn
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [b, s, shape.vocab_size])]
     for i in range(shape.n_layer):
         for kind in ("key", "value"):
-            inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", TensorProto.FLOAT, [b, h, p, d]))
-            outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", TensorProto.FLOAT, [b, h, t, d]))
+            inputs.append(
+                helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", TensorProto.FLOAT, [b, hkv, p, d])
+            )
+            outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", TensorProto.FLOAT, [b, hkv, t, d]))
 
     wte = g.weight("wte", (shape.vocab_size, e))
     wte_value = numpy_helper.to_array(g.inits[-1])
@@ -152,8 +161,14 @@ def build_graph(shape: GPT2Shape, seed: int = 0, init_scale: float = 1.0) -> onn
         [g.op("Gather", [wte, "input_ids"], "tok"), g.op("Gather", [wpe, "position_ids"], "pos")],
         "embed",
     )
-    split = g.const("qkv_split", np.array([e, e, e], np.int64))
+    kv_width = hkv * d
+    split = g.const("qkv_split", np.array([e, kv_width, kv_width], np.int64))
     heads_shape = g.const("heads_shape", np.array([0, 0, h, d], np.int64))
+    kv_heads_shape = g.const("kv_heads_shape", np.array([0, 0, hkv, d], np.int64))
+    groups_shape = g.const("groups_shape", np.array([0, hkv, h // hkv, -1, d], np.int64))
+    ungroup_shape = g.const("ungroup_shape", np.array([0, h, -1, d], np.int64))
+    axis2 = g.const("axis2", np.array([2], np.int64))
+    axis1 = g.const("axis1", np.array([1], np.int64))
     merged_shape = g.const("merged_shape", np.array([0, 0, e], np.int64))
     scale = g.const("scale", np.array(1 / math.sqrt(d), np.float32))
     neg = g.const("neg", np.array(-1e9, np.float32))
@@ -164,14 +179,15 @@ def build_graph(shape: GPT2Shape, seed: int = 0, init_scale: float = 1.0) -> onn
         qkv = g.op(
             "Add",
             [
-                g.op("MatMul", [a, g.weight(f"c_attn_w_{i}", (e, 3 * e))]),
-                g.const(f"c_attn_b_{i}", np.zeros(3 * e, np.float32)),
+                g.op("MatMul", [a, g.weight(f"c_attn_w_{i}", (e, e + 2 * kv_width))]),
+                g.const(f"c_attn_b_{i}", np.zeros(e + 2 * kv_width, np.float32)),
             ],
             f"qkv_{i}",
         )
         q, k, v = (g.name(f"{n}_{i}") for n in "qkv")
         g.nodes.append(helper.make_node("Split", [qkv, split], [q, k, v], name=f"split_{i}", axis=2))
-        q, k, v = (g.op("Transpose", [g.op("Reshape", [y, heads_shape])], perm=[0, 2, 1, 3]) for y in (q, k, v))
+        q = g.op("Transpose", [g.op("Reshape", [q, heads_shape])], perm=[0, 2, 1, 3])
+        k, v = (g.op("Transpose", [g.op("Reshape", [y, kv_heads_shape])], perm=[0, 2, 1, 3]) for y in (k, v))
         present_k, present_v = f"present.{i}.key", f"present.{i}.value"
         g.nodes.append(
             helper.make_node("Concat", [f"past_key_values.{i}.key", k], [present_k], name=f"cat_k_{i}", axis=2)
@@ -181,15 +197,19 @@ def build_graph(shape: GPT2Shape, seed: int = 0, init_scale: float = 1.0) -> onn
         )
         if not mask:
             mask = _attention_mask(g, "attention_mask", present_k, "input_ids")
-        scores = g.op("Mul", [g.op("MatMul", [q, g.op("Transpose", [present_k], perm=[0, 1, 3, 2])]), scale])
-        probs = g.op("Softmax", [g.op("Where", [mask, scores, neg])], axis=-1)
-        ctx = g.op(
-            "Reshape",
-            [
-                g.op("Transpose", [g.op("MatMul", [probs, present_v])], perm=[0, 2, 1, 3]),
-                merged_shape,
-            ],
-        )
+        if hkv == h:
+            scores = g.op("Mul", [g.op("MatMul", [q, g.op("Transpose", [present_k], perm=[0, 1, 3, 2])]), scale])
+            probs = g.op("Softmax", [g.op("Where", [mask, scores, neg])], axis=-1)
+            heads = g.op("MatMul", [probs, present_v])
+        else:  # grouped-query attention: [b, hkv, group, s, d] against [b, hkv, 1, t, d]
+            q5 = g.op("Reshape", [q, groups_shape])
+            k5 = g.op("Transpose", [g.op("Unsqueeze", [present_k, axis2])], perm=[0, 1, 2, 4, 3])
+            scores = g.op("Mul", [g.op("MatMul", [q5, k5]), scale])
+            mask5 = g.op("Unsqueeze", [mask, axis1])
+            probs = g.op("Softmax", [g.op("Where", [mask5, scores, neg])], axis=-1)
+            ctx5 = g.op("MatMul", [probs, g.op("Unsqueeze", [present_v, axis2])])
+            heads = g.op("Reshape", [ctx5, ungroup_shape])
+        ctx = g.op("Reshape", [g.op("Transpose", [heads], perm=[0, 2, 1, 3]), merged_shape])
         attn = g.op(
             "Add",
             [
@@ -262,7 +282,7 @@ def write_optimum_folder(out_dir: Path, shape: GPT2Shape = TINY, seed: int = 0, 
     tok = build_tokenizer(shape.vocab_size)
     tok.save(str(out_dir / "tokenizer.json"))  # type: ignore[attr-defined]
     eos = 0
-    config = {
+    config: dict[str, object] = {
         "model_type": "gpt2",
         "architectures": ["GPT2LMHeadModel"],
         "n_layer": shape.n_layer,
@@ -278,6 +298,23 @@ def write_optimum_folder(out_dir: Path, shape: GPT2Shape = TINY, seed: int = 0, 
         "tie_word_embeddings": False,
         "use_cache": True,
     }
+    if shape.n_kv_head is not None:
+        # grouped KV heads only exist in Llama-style configs: write those keys instead, as
+        # Optimum copies them from the model (the graph stays GPT-2-like; the runtime only
+        # reads sizes, never the architecture)
+        config = {
+            "model_type": "llama",
+            "num_hidden_layers": shape.n_layer,
+            "num_attention_heads": shape.n_head,
+            "num_key_value_heads": shape.n_kv_head,
+            "hidden_size": shape.n_embd,
+            "max_position_embeddings": shape.n_positions,
+            "vocab_size": shape.vocab_size,
+            "bos_token_id": eos,
+            "eos_token_id": eos,
+            "tie_word_embeddings": False,
+            "use_cache": True,
+        }
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     gen = {"bos_token_id": eos, "eos_token_id": eos, "do_sample": False}
     (out_dir / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")

@@ -204,3 +204,15 @@ def test_queue_follows_the_governor_knobs(tiny_dir: Path) -> None:
         assert held.result(timeout=30).token_ids == first.token_ids
     finally:
         q.close()
+
+
+def test_grouped_kv_heads_llama_style_config(tmp_path: Path) -> None:
+    from models.gpt2_onnx import TINY_GQA, write_optimum_folder
+
+    folder = write_optimum_folder(tmp_path / "gqa", TINY_GQA, seed=1, init_scale=20)
+    gen = load_model(folder, ONE_THREAD)
+    assert isinstance(gen, TextGenerator)
+    assert (gen.spec.num_heads, gen.spec.num_kv_heads, gen.layout.kv_heads) == (4, 2, 2)
+    result = gen.generate(gen.request(PROMPT, max_tokens=32, greedy=True, ignore_eos=True))
+    assert list(result.token_ids) == greedy_no_cache(gen, gen.encode_prompt(PROMPT), 32)
+    assert len(set(result.token_ids)) > 5
