@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,19 @@ def test_held_text_released_when_no_stop_follows() -> None:
 def test_earliest_stop_wins() -> None:
     m = StopMatcher(["bb", "a"])
     assert m.feed("xxbbya") == "xx"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.text(alphabet="ab\n<>/", max_size=40),
+    stops=st.lists(st.text(alphabet="ab\n<>/", min_size=1, max_size=4), max_size=3),
+    cuts=st.lists(st.integers(min_value=0, max_value=40), max_size=10),
+)
+def test_stop_matcher_equals_cutting_the_whole_text(text: str, stops: list[str], cuts: list[int]) -> None:
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    expected = text[: min(hits)] if hits else text
+    bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
+    m = StopMatcher(stops)
+    out = "".join(m.feed(text[a:b]) for a, b in itertools.pairwise(bounds)) + m.flush()
+    assert out == expected
+    assert m.stopped == bool(hits)
