@@ -14,12 +14,20 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from agent import __version__
 from agent.errors import FleetgenError
 
 # Subcommand modules under agent.cli, in the order `--help` lists them.
 COMMANDS = ("run", "generate", "hw", "install_bundle")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (exit 2) instead of the whole usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def common_parser() -> argparse.ArgumentParser:
@@ -35,7 +43,7 @@ def common_parser() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fleetgen-agent", description="fleetgen on-device agent")
+    parser = Parser(prog="fleetgen-agent", description="fleetgen on-device agent")
     parser.add_argument("--version", action="version", version=f"fleetgen-agent {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = common_parser()

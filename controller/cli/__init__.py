@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from agent import __version__
-from agent.cli import run_cli
+from agent.cli import Parser, run_cli
 
 COMMANDS = ("serve", "fleet", "keys", "bundle", "director", "model", "demo")
 
@@ -29,7 +29,7 @@ def common_parser() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fleetgen", description="fleetgen fleet controller")
+    parser = Parser(prog="fleetgen", description="fleetgen fleet controller")
     parser.add_argument("--version", action="version", version=f"fleetgen {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = common_parser()

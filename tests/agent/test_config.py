@@ -97,3 +97,11 @@ def test_cli_bad_board_settings_exit_2(tmp_path: Path, board: str, message: str)
     out = subprocess.run([sys.executable, "-m", "agent", "run", "--config", str(path)],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("argv", [["agent", "hw", "--bogus"], ["controller", "fleet", "ls", "--nope"],
+                                  ["controller", "bundle"], ["agent", "generate", "--max-tokens", "x", "hi"]])
+def test_usage_errors_are_one_line_exit_2(argv: list[str]) -> None:
+    out = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
