@@ -192,18 +192,23 @@ def run_bare(folder: Path) -> dict[str, Any]:
     prefill_logits = np.empty((1, PROMPT_TOKENS, vocab), np.float32)
     prompt = np.array([ids], np.int64)
     io = sess.io_binding()
+    # the same binding calls as our decoder (pybind methods, device built once)
+    from onnxruntime.capi.onnxruntime_inference_collection import OrtDevice
+
+    bind_in, bind_out = io._iobinding.bind_input, io._iobinding.bind_output
+    dev = OrtDevice.make("cpu", 0)._get_c_device()
     kv_names = [(f"past_key_values.{i}.{k}", f"present.{i}.{k}") for i in range(layers) for k in ("key", "value")]
 
     def step(x: np.ndarray, logits: np.ndarray, past: int, src: list[int], dst: list[int]) -> None:
         n, total = x.shape[1], past + x.shape[1]
-        io.bind_input("input_ids", "cpu", 0, np.int64, [1, n], x.ctypes.data)
-        io.bind_input("attention_mask", "cpu", 0, np.int64, [1, total], mask.ctypes.data)
+        bind_in("input_ids", dev, np.int64, [1, n], x.ctypes.data)
+        bind_in("attention_mask", dev, np.int64, [1, total], mask.ctypes.data)
         if "position_ids" in names:
-            io.bind_input("position_ids", "cpu", 0, np.int64, [1, n], pos.ctypes.data + 8 * past)
-        io.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
+            bind_in("position_ids", dev, np.int64, [1, n], pos.ctypes.data + 8 * past)
+        bind_out("logits", dev, np.float32, list(logits.shape), logits.ctypes.data)
         for j, (pin, pout) in enumerate(kv_names):
-            io.bind_input(pin, "cpu", 0, np.float32, [1, heads, past, dim], src[j])
-            io.bind_output(pout, "cpu", 0, np.float32, [1, heads, total, dim], dst[j])
+            bind_in(pin, dev, np.float32, [1, heads, past, dim], src[j])
+            bind_out(pout, dev, np.float32, [1, heads, total, dim], dst[j])
         sess.run_with_iobinding(io)
 
     # warm-up, as load_model does
