@@ -99,6 +99,12 @@ def open_folder(root: Path, options: EngineOptions) -> tuple[ModelInfo, Engine]:
     if (root / MANIFEST_NAME).exists():
         info = _from_manifest(root, load_manifest(root))
         return info, open_engine(info.engine, info.model_path, options)
+    if not (root / OPTIMUM_MODEL).is_file() and (root / "decoder_model_merged.onnx").is_file():
+        raise ModelLoadError(
+            f"{root}: decoder_model_merged.onnx is the older Optimum layout (two "
+            "branches); export again with a current optimum-cli to get one "
+            "model.onnx with past key values"
+        )
     if not (root / OPTIMUM_MODEL).is_file():
         raise ModelLoadError(
             f"{root}: neither a fleetgen model folder ({MANIFEST_NAME}) nor an "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -139,6 +140,7 @@ class TextGenerator:
         self.eos_ids: frozenset[int] = frozenset(int(e) for e in eos if e is not None)
         self.load_ms = load_ms
         self.options = EngineOptions()  # what the session was built with (load_model sets it)
+        self._lock = threading.Lock()
         # the power governor's pacing (firmware.knobs.RuntimeKnobs fits); None: full speed
         self.pacer: Pacer | None = None
 
@@ -182,8 +184,14 @@ class TextGenerator:
     def generate(self, request: TextRequest, on_text: Callable[[str], None] | None = None) -> TextResult:
         """Run one request; `on_text` receives the text as it becomes stable (streaming).
 
-        The concatenation of what `on_text` receives is exactly `result.text`.
+        The concatenation of what `on_text` receives is exactly `result.text`. Concurrent
+        callers are served one at a time (one KV cache); GenerationQueue adds ordering,
+        streaming to other threads and the governor's knobs.
         """
+        with self._lock:
+            return self._generate(request, on_text)
+
+    def _generate(self, request: TextRequest, on_text: Callable[[str], None] | None) -> TextResult:
         prompt_ids = self.encode_prompt(request.prompt)
         budget = min(request.max_tokens, self.spec.context_length - len(prompt_ids))
         sampler = Sampler(request.sampling, self.spec.vocab_size)
@@ -251,6 +259,10 @@ class TextGenerator:
         turning the thread count costs one reload (about the load time of the model). The
         new session is checked before the old one is dropped; on failure the old one stays.
         """
+        with self._lock:
+            self._reconfigure(options)
+
+    def _reconfigure(self, options: EngineOptions) -> None:
         engine = open_engine(self.info.engine, self.info.model_path, options)
         session = getattr(engine, "session", None)
         if session is None:

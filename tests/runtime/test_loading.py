@@ -219,3 +219,10 @@ def test_optimum_folder_with_external_data(tiny_dir: Path, tmp_path: Path) -> No
     assert isinstance(gen, TextGenerator) and isinstance(ref, TextGenerator)
     req = gen.request("abc", max_tokens=8, greedy=True, ignore_eos=True)
     assert gen.generate(req).token_ids == ref.generate(req).token_ids
+
+
+def test_old_merged_optimum_layout_is_named(tmp_path: Path) -> None:
+    (tmp_path / "decoder_model_merged.onnx").write_bytes(b"x")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match=r"decoder_model_merged\.onnx is the older Optimum layout"):
+        load_model(tmp_path)

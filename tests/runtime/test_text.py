@@ -216,3 +216,19 @@ def test_grouped_kv_heads_llama_style_config(tmp_path: Path) -> None:
     result = gen.generate(gen.request(PROMPT, max_tokens=32, greedy=True, ignore_eos=True))
     assert list(result.token_ids) == greedy_no_cache(gen, gen.encode_prompt(PROMPT), 32)
     assert len(set(result.token_ids)) > 5
+
+
+def test_direct_concurrent_calls_are_serialised(tiny: TextGenerator) -> None:
+    req = tiny.request(PROMPT, max_tokens=24, seed=5, temperature=1.0, ignore_eos=True)
+    expected = tiny.generate(req).token_ids
+    out: list[tuple[int, ...]] = []
+
+    def call() -> None:
+        out.append(tiny.generate(req).token_ids)
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert out == [expected] * 4
