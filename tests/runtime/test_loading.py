@@ -226,3 +226,25 @@ def test_old_merged_optimum_layout_is_named(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ModelLoadError, match=r"decoder_model_merged\.onnx is the older Optimum layout"):
         load_model(tmp_path)
+
+
+def test_text_model_on_tflite_is_refused(tiny_dir: Path, image_dirs: dict[str, Path], tmp_path: Path) -> None:
+    d = tmp_path / "m"
+    d.mkdir()
+    shutil.copy2(image_dirs["tflite"] / "generator.tflite", d / "model.tflite")
+    shutil.copy2(tiny_dir / "tokenizer.json", d / "tokenizer.json")
+    write_manifest(
+        d,
+        ModelManifest(
+            name="t",
+            version="1",
+            task="text-generation",
+            engine="tflite",
+            model="model.tflite",
+            files=file_entries(d, ["model.tflite", "tokenizer.json"]),
+            tokenizer="tokenizer.json",
+            text=TextSpec(num_layers=2, num_heads=4, head_dim=16, vocab_size=512, context_length=128),
+        ),
+    )
+    with pytest.raises(ModelLoadError, match="text generation needs engine onnxruntime, manifest says tflite"):
+        load_model(d, ONE_THREAD)
