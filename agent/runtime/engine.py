@@ -30,10 +30,13 @@ class TensorInfo:
 @dataclass(frozen=True)
 class EngineOptions:
     """How to run a model. `threads` is what the power governor turns (None: library default);
-    `providers` is the board profile's preference, short or full names."""
+    `providers` is the board profile's ONNX Runtime preference, short or full names;
+    `tflite_delegates` the board's TFLite delegate libraries."""
 
     threads: int | None = None
     providers: tuple[str, ...] = field(default_factory=tuple)
+    # TFLite delegate libraries to try, best first (firmware TfliteDelegate.library)
+    tflite_delegates: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         if self.threads is not None and not 1 <= self.threads <= 256:

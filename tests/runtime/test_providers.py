@@ -45,3 +45,18 @@ def test_engine_falls_back_to_cpu(tiny_dir: Path, caplog: pytest.LogCaptureFixtu
 def test_thread_count_is_validated() -> None:
     with pytest.raises(RequestError, match=r"threads must be in 1\.\.256, got 0"):
         EngineOptions(threads=0)
+
+
+# ai_edge_litert's Delegate.__del__ trips over its own failed __init__ (no `_library`)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_tflite_delegate_missing_falls_back_to_cpu(
+    image_dirs: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    from agent.runtime import ImageGenerator, ImageRequest
+
+    caplog.set_level(logging.INFO)
+    gen = load_model(image_dirs["tflite"], EngineOptions(threads=1, tflite_delegates=("/nonexistent/libdelegate.so",)))
+    assert isinstance(gen, ImageGenerator)
+    assert "TFLite delegate /nonexistent/libdelegate.so not loadable" in caplog.text
+    assert "falling back to CPU kernels" in caplog.text
+    assert gen.generate(ImageRequest(class_id=1, seed=0)).png

@@ -7,6 +7,7 @@ scale and zero point, so callers always feed and receive float arrays.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -112,13 +113,42 @@ class TFLiteEngine:
         self.interpreter = None
 
 
+def _delegates(interpreter_cls: Any, libraries: tuple[str, ...]) -> list[Any]:
+    """Load the board's TFLite delegates; one that cannot load is logged and skipped."""
+    if not libraries:
+        return []
+    module = sys.modules[interpreter_cls.__module__]
+    out = []
+    for library in libraries:
+        try:
+            out.append(module.load_delegate(library))
+            log.info("TFLite delegate %s loaded", library)
+        except (ValueError, RuntimeError, OSError) as e:
+            log.warning(
+                "TFLite delegate %s not loadable (%s); falling back to CPU kernels",
+                library,
+                str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
+            )
+    return out
+
+
 def load(path: Path, options: EngineOptions) -> TFLiteEngine:
     interpreter_cls = interpreter_class()
     if not path.is_file():
         raise ModelLoadError(f"model file {path} does not exist")
+    delegates = _delegates(interpreter_cls, options.tflite_delegates)
     try:
-        interpreter = interpreter_cls(model_path=str(path), num_threads=options.threads)
-        interpreter.allocate_tensors()
+        try:
+            interpreter = interpreter_cls(
+                model_path=str(path), num_threads=options.threads, experimental_delegates=delegates or None
+            )
+            interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            if not delegates:
+                raise
+            log.warning("TFLite delegates refused %s (%s); falling back to CPU kernels", path.name, e)
+            interpreter = interpreter_cls(model_path=str(path), num_threads=options.threads)
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         raise ModelLoadError(f"cannot load {path}: {str(e).strip().splitlines()[0]}") from None
     if options.providers:
