@@ -139,3 +139,17 @@ def test_bundle_is_verified_unpacked_and_run(
     code, _, err = run(capsys, "--bundle", str(bad), "abc")
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "sha256" in err
+
+
+def test_shipped_model_prefers_int8_then_int4_then_fp32(tmp_path: Path) -> None:
+    from agent.cli.generate import shipped_model
+    from agent.errors import UsageError
+
+    with pytest.raises(UsageError, match="no shipped text model"):
+        shipped_model("text", tmp_path)
+    for name, q in (("a-fp32", "fp32"), ("b-int4", "int4"), ("c-int8", "int8")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(json.dumps({"quantization": q, "engine": "onnxruntime"}))
+    assert shipped_model("text", tmp_path).name == "c-int8"
+    (tmp_path / "c-int8" / "manifest.json").unlink()
+    assert shipped_model("text", tmp_path).name == "b-int4"
