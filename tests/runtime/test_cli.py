@@ -153,3 +153,27 @@ def test_shipped_model_prefers_int8_then_int4_then_fp32(tmp_path: Path) -> None:
     assert shipped_model("text", tmp_path).name == "c-int8"
     (tmp_path / "c-int8" / "manifest.json").unlink()
     assert shipped_model("text", tmp_path).name == "b-int4"
+
+
+def test_layout_mismatch_and_missing_tokenizer_exit_2(
+    tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    import onnx
+
+    bad = tmp_path / "layout"
+    shutil.copytree(tiny_dir, bad)
+    model = onnx.load(str(bad / "model.onnx"))
+    model.graph.output[1].name = "present_0_key"  # not the Optimum name
+    for node in model.graph.node:
+        node.output[:] = ["present_0_key" if o == "present.0.key" else o for o in node.output]
+        node.input[:] = ["present_0_key" if i == "present.0.key" else i for i in node.input]
+    onnx.save(model, str(bad / "model.onnx"))
+    code, _, err = run(capsys, "--model", str(bad), "hi")
+    assert code == 2 and "graph lacks present.0.key" in err and len(err.strip().splitlines()) == 1
+    notok = tmp_path / "notok"
+    shutil.copytree(tiny_dir, notok)
+    (notok / "tokenizer.json").unlink()
+    code, _, err = run(capsys, "--model", str(notok), "hi")
+    assert code == 2 and "tokenizer.json does not exist" in err and len(err.strip().splitlines()) == 1
