@@ -50,24 +50,40 @@ class StopMatcher:
         self.stopped = False
 
     def feed(self, text: str) -> str:
-        """Text that is safe to emit now; sets `stopped` when a stop string appears."""
+        """Text that is safe to emit now; sets `stopped` when a stop string appears.
+
+        A complete stop string ends the text only if no other stop string could start
+        before it and still complete with text to come; otherwise everything from that
+        earlier possible start is held until the next feed (or `flush`) decides.
+        """
         if self.stopped:
             return ""
         if not self.stops:
             return text
         buf = self._pending + text
-        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            self.stopped = True
-            self._pending = ""
-            return buf[: min(hits)]
-        hold = self._held_suffix(buf)
-        self._pending = buf[len(buf) - hold :] if hold else ""
-        return buf[: len(buf) - hold]
+        hit = self._first_hit(buf)
+        safe = len(buf) - self._held_suffix(buf)  # a stop could still start at `safe`
+        if hit is not None and hit <= safe:
+            return self._stop(buf, hit)
+        self._pending = buf[safe:]
+        return buf[:safe]
 
     def flush(self) -> str:
-        out, self._pending = ("" if self.stopped else self._pending), ""
-        return out
+        """At the end of generation: what was held, cut at a stop string it holds."""
+        if self.stopped:
+            return ""
+        buf, self._pending = self._pending, ""
+        hit = self._first_hit(buf)
+        return buf if hit is None else self._stop(buf, hit)
+
+    def _stop(self, buf: str, hit: int) -> str:
+        self.stopped = True
+        self._pending = ""
+        return buf[:hit]
+
+    def _first_hit(self, buf: str) -> int | None:
+        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
+        return min(hits) if hits else None
 
     def _held_suffix(self, buf: str) -> int:
         """Length of the longest suffix of `buf` that is a proper prefix of a stop string."""

@@ -131,7 +131,7 @@ def open_folder(root: Path, options: EngineOptions) -> tuple[ModelInfo, Engine]:
         origin="optimum",
         tokenizer_path=tokenizer,
         text=spec,
-        generation=optimum.generation_defaults(generation),
+        generation=optimum.generation_defaults(generation, str(root / "generation_config.json")),
         extra_eos_ids=tuple(eos[1:]),
     )
     log.info(

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from agent.manifest import GenerationDefaults, TextSpec
 from agent.runtime.engine import TensorInfo
 from agent.runtime.errors import LayoutError, ModelLoadError
@@ -125,24 +127,27 @@ def text_spec(
     )
 
 
-def generation_defaults(generation: Mapping[str, Any]) -> GenerationDefaults:
-    """HF generation_config → our defaults; `do_sample: false` (or absent) means greedy."""
-    base = GenerationDefaults()
-    if not generation.get("do_sample", False):
-        return GenerationDefaults(
-            max_tokens=base.max_tokens,
-            temperature=0.0,
-            top_k=0,
-            top_p=1.0,
-            repetition_penalty=_float(generation, "repetition_penalty", 1.0),
+def generation_defaults(generation: Mapping[str, Any], origin: str = "generation_config.json") -> GenerationDefaults:
+    """HF generation_config → our defaults; `do_sample: false` (or absent) means greedy.
+
+    Values outside what a request accepts are refused here, naming the key, rather than
+    failing every request later.
+    """
+    doc: dict[str, Any] = {"repetition_penalty": generation.get("repetition_penalty", 1.0)}
+    if isinstance(generation.get("max_new_tokens"), int):
+        doc["max_tokens"] = generation["max_new_tokens"]
+    if generation.get("do_sample", False):
+        doc.update(
+            temperature=generation.get("temperature", 1.0),
+            top_k=generation.get("top_k", 50),
+            top_p=generation.get("top_p", 1.0),
         )
-    return GenerationDefaults(
-        max_tokens=base.max_tokens,
-        temperature=_float(generation, "temperature", 1.0),
-        top_k=int(generation.get("top_k", 50) or 0),
-        top_p=_float(generation, "top_p", 1.0),
-        repetition_penalty=_float(generation, "repetition_penalty", 1.0),
-    )
+    else:
+        doc.update(temperature=0.0, top_k=0, top_p=1.0)
+    try:
+        return msgspec.convert(doc, GenerationDefaults)
+    except msgspec.ValidationError as e:
+        raise ModelLoadError(f"{origin}: {e}") from None
 
 
 def _float(data: Mapping[str, Any], key: str, default: float) -> float:

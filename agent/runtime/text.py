@@ -236,6 +236,8 @@ class TextGenerator:
         if not stops.stopped:
             emit(stops.feed(detok.flush()))
             emit(stops.flush())
+            if stops.stopped:  # a stop string completed by the held-back tail
+                finish = "stop"
         timings = Timings(
             load_ms=self.load_ms,
             prefill_ms=(t1 - t0) * 1000,

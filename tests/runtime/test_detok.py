@@ -6,7 +6,7 @@ import itertools
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from agent.runtime.detok import IncrementalDetokenizer, StopMatcher
@@ -82,7 +82,8 @@ def test_earliest_stop_wins() -> None:
     assert m.feed("xxbbya") == "xx"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=1000, deadline=None)
+@example(text="><<", stops=["<", "><<"], cuts=[2])  # a longer stop starting earlier wins
 @given(
     text=st.text(alphabet="ab\n<>/", max_size=40),
     stops=st.lists(st.text(alphabet="ab\n<>/", min_size=1, max_size=4), max_size=3),

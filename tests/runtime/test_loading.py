@@ -90,8 +90,13 @@ def test_missing_context_length_is_named() -> None:
 
 def test_generation_config_do_sample() -> None:
     assert generation_defaults({}).temperature == 0.0
-    d = generation_defaults({"do_sample": True, "temperature": 0.7, "top_k": 20, "top_p": 0.9})
-    assert (d.temperature, d.top_k, d.top_p) == (0.7, 20, 0.9)
+    d = generation_defaults({"do_sample": True, "temperature": 0.7, "top_k": 20, "top_p": 0.9, "max_new_tokens": 64})
+    assert (d.temperature, d.top_k, d.top_p, d.max_tokens) == (0.7, 20, 0.9, 64)
+
+
+def test_generation_config_out_of_range_is_named() -> None:
+    with pytest.raises(ModelLoadError, match=r"top_p"):
+        generation_defaults({"do_sample": True, "top_p": 0})
 
 
 def copy_folder(src: Path, dst: Path) -> Path:
