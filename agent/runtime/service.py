@@ -47,7 +47,17 @@ class Job:
         self.request = request
         self._chunks: queue.Queue[object] = queue.Queue()
         self._done = threading.Event()
+        self._cancel = threading.Event()
         self._outcome = _Outcome()
+
+    def cancel(self) -> None:
+        """Stop this request (queued: it is skipped; running: it ends before its next step,
+        finish_reason "cancelled"). Safe from any thread, idempotent."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
 
     def __iter__(self) -> Iterator[str]:
         while (item := self._chunks.get()) is not _DONE:
@@ -141,9 +151,12 @@ class GenerationQueue:
                     job.error = e
                 job.done.set()
                 continue
+            if job.cancelled:
+                job._finish(_Outcome(error=RequestError("request cancelled before it started")))
+                continue
             try:
                 self._apply_knobs()
-                result = self.generator.generate(job.request, on_text=job._chunks.put)
+                result = self.generator.generate(job.request, on_text=job._chunks.put, cancelled=job._cancel.is_set)
                 job._finish(_Outcome(result=result))
             except FleetgenError as e:
                 log.warning("request failed: %s", e)

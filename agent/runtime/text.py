@@ -25,7 +25,7 @@ from agent.runtime.sampling import Sampler, SamplingParams
 
 log = logging.getLogger(__name__)
 
-FinishReason = Literal["eos", "stop", "length", "context"]
+FinishReason = Literal["eos", "stop", "length", "context", "cancelled"]
 MAX_PROMPT_CHARS = 1_000_000
 
 
@@ -181,17 +181,29 @@ class TextGenerator:
             )
         return ids
 
-    def generate(self, request: TextRequest, on_text: Callable[[str], None] | None = None) -> TextResult:
+    def generate(
+        self,
+        request: TextRequest,
+        on_text: Callable[[str], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> TextResult:
         """Run one request; `on_text` receives the text as it becomes stable (streaming).
 
-        The concatenation of what `on_text` receives is exactly `result.text`. Concurrent
-        callers are served one at a time (one KV cache); GenerationQueue adds ordering,
-        streaming to other threads and the governor's knobs.
+        The concatenation of what `on_text` receives is exactly `result.text`. `cancelled`
+        is polled before each decode step (a client went away): generation then ends with
+        finish_reason "cancelled" and the text so far. Concurrent callers are served one at
+        a time (one KV cache); GenerationQueue adds ordering, streaming to other threads and
+        the governor's knobs.
         """
         with self._lock:
-            return self._generate(request, on_text)
+            return self._generate(request, on_text, cancelled)
 
-    def _generate(self, request: TextRequest, on_text: Callable[[str], None] | None) -> TextResult:
+    def _generate(
+        self,
+        request: TextRequest,
+        on_text: Callable[[str], None] | None,
+        cancelled: Callable[[], bool] | None,
+    ) -> TextResult:
         prompt_ids = self.encode_prompt(request.prompt)
         budget = min(request.max_tokens, self.spec.context_length - len(prompt_ids))
         sampler = Sampler(request.sampling, self.spec.vocab_size)
@@ -225,6 +237,9 @@ class TextGenerator:
                 finish = "stop"
                 break
             if len(generated) >= budget:
+                break
+            if cancelled is not None and cancelled():
+                finish = "cancelled"
                 break
             step_start = time.perf_counter()
             logits = self.decoder.forward([token])

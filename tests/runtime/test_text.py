@@ -232,3 +232,28 @@ def test_direct_concurrent_calls_are_serialised(tiny: TextGenerator) -> None:
     for t in threads:
         t.join(30)
     assert out == [expected] * 4
+
+
+class SlowKnobs(FakeKnobs):
+    def pace_delay(self, step_s: float) -> float:
+        return 0.01  # 100 steps take >= 1 s: time to cancel
+
+
+def test_cancel_running_and_queued_jobs(tiny_dir: Path) -> None:
+    tiny = load_model(tiny_dir, ONE_THREAD)
+    assert isinstance(tiny, TextGenerator)
+    q = GenerationQueue(tiny, knobs=SlowKnobs())
+    try:
+        running = q.submit(tiny.request(PROMPT, max_tokens=100, greedy=True, ignore_eos=True))
+        queued = q.submit(tiny.request(PROMPT, max_tokens=5, greedy=True))
+        queued.cancel()
+        first = next(iter(running))  # it is generating
+        running.cancel()
+        result = running.result(timeout=30)
+        assert first and result.finish_reason == "cancelled"
+        assert result.timings.generated_tokens < 100
+        with pytest.raises(RequestError, match="cancelled before it started"):
+            queued.result(timeout=30)
+        assert q.submit(tiny.request(PROMPT, max_tokens=3, greedy=True)).result(timeout=30).text
+    finally:
+        q.close()
