@@ -7,7 +7,10 @@
 
 `--model DIR` takes a fleetgen model folder or an Optimum ONNX decoder export;
 `--bundle FILE` a `.fgb` bundle (verified and unpacked into a temporary folder).
-Without either, the model fleetgen ships (found as data next to the agent package).
+Without either: the bundle installed as current in the state dir (`--state-dir`, else the
+agent config's, else /var/lib/fleetgen) when its task fits, else the model fleetgen ships
+(found as data next to the agent package). Execution providers and TFLite delegates come
+from `--providers`, else from the detected (or configured) board profile.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import FleetgenError, UsageError
+
+log = logging.getLogger(__name__)
 
 SCHEMA = 1
 
@@ -90,13 +96,28 @@ def shipped_model(kind: str, root: Path | None = None) -> Path:
     return min(candidates, key=rank)
 
 
+def installed_model(state_dir: Path, task: str) -> Path | None:
+    """The current bundle of the agent's bundle store, if there is one for `task`."""
+    from agent.manifest import MANIFEST_NAME, load_manifest
+    from agent.store import BundleStore
+
+    current = BundleStore(state_dir).current()
+    if current is None or not (current / MANIFEST_NAME).is_file():
+        return None
+    manifest = load_manifest(current)
+    if manifest.task != task:
+        log.info("installed bundle %s is %s, not %s; using the shipped model", current.name, manifest.task, task)
+        return None
+    log.info("using the installed bundle %s", current)
+    return current
+
+
 @contextlib.contextmanager
-def model_folder(args: argparse.Namespace) -> Iterator[Path]:
+def model_folder(args: argparse.Namespace, state_dir: Path) -> Iterator[Path]:
     if args.model is not None:
         yield args.model
     elif args.bundle is not None:
         from agent.bundle import verify_bundle_file
-        from agent.manifest import write_manifest
         from agent.runtime.errors import ModelLoadError
 
         if not args.bundle.is_file():
@@ -105,25 +126,47 @@ def model_folder(args: argparse.Namespace) -> Iterator[Path]:
             dest = Path(tmp) / "model"
             dest.mkdir()
             try:
-                verified = verify_bundle_file(args.bundle, dest=dest)
+                verify_bundle_file(args.bundle, dest=dest)  # writes manifest.json there too
             except FleetgenError as e:
                 # a bundle the user handed us that fails verification is bad input (exit 2)
                 raise ModelLoadError(str(e)) from None
-            write_manifest(dest, verified.manifest)
             yield dest
     else:
-        yield shipped_model("image" if args.image else "text")
+        kind = "image" if args.image else "text"
+        yield installed_model(state_dir, f"{kind}-generation") or shipped_model(kind)
+
+
+def board_preferences(profile: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(ONNX Runtime providers, TFLite delegate libraries) the board prefers, best first.
+
+    `profile` forces a board profile (the agent config's); None detects. Detection is best
+    effort: if it fails, the CPU (always appended by the engine) is what runs.
+    """
+    try:
+        from firmware.detect import detect_board
+        from firmware.profile import load_profiles
+
+        forced = [p for p in load_profiles() if p.id == profile] if profile else None
+        board = detect_board(profiles=forced or None)
+    except Exception as e:  # firmware reads many files; none of its failures should stop generation
+        log.warning("board detection failed (%s); running on the CPU", e)
+        return (), ()
+    return tuple(board.onnx_providers()), tuple(d.library for d in board.tflite_delegates())
 
 
 def run(args: argparse.Namespace) -> int:
+    from agent.cli.install_bundle import _settings as agent_settings
     from agent.runtime import EngineOptions, ImageGenerator, TextGenerator, load_model
 
     _check_sampling_flags(args)
-    providers = tuple(p for p in (args.providers or "").split(",") if p.strip())
-    options = EngineOptions(threads=args.threads, providers=providers)
     if not args.image and args.prompt is None:
         raise UsageError("give a prompt (or --image)")
-    with model_folder(args) as folder:
+    state_dir, profile = agent_settings(args)  # the same flag/config/default rules as install-bundle
+    providers, delegates = board_preferences(profile)
+    if args.providers:
+        providers = tuple(p for p in args.providers.split(",") if p.strip())
+    options = EngineOptions(threads=args.threads, providers=providers, tflite_delegates=delegates)
+    with model_folder(args, state_dir) as folder:
         generator = load_model(folder, options)
         try:
             if args.image:
@@ -155,7 +198,8 @@ def _check_sampling_flags(args: argparse.Namespace) -> None:
     }
     SamplingParams(**given)
     if args.max_tokens is not None or args.stop:
-        TextRequest(prompt="", max_tokens=args.max_tokens or 1, stop=tuple(args.stop or ()))
+        max_tokens = args.max_tokens if args.max_tokens is not None else 1
+        TextRequest(prompt="", max_tokens=max_tokens, stop=tuple(args.stop or ()))
 
 
 def _text(generator: Any, args: argparse.Namespace) -> int:

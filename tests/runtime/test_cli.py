@@ -177,3 +177,30 @@ def test_layout_mismatch_and_missing_tokenizer_exit_2(
     (notok / "tokenizer.json").unlink()
     code, _, err = run(capsys, "--model", str(notok), "hi")
     assert code == 2 and "tokenizer.json does not exist" in err and len(err.strip().splitlines()) == 1
+
+
+def test_installed_bundle_is_preferred_over_the_shipped_model(
+    tiny_int8_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import hashlib
+
+    from agent.bundle import build_bundle
+    from agent.manifest import load_manifest
+    from agent.store import BundleStore
+
+    state = tmp_path / "state"
+    args = ("--json", "--greedy", "--max-tokens", "3", "--ignore-eos", "abc")
+    code, out, _ = run(capsys, "--state-dir", str(state), *args)
+    shipped_name = json.loads(out)["model"]
+    assert code == 0 and shipped_name != load_manifest(tiny_int8_dir).name  # nothing installed yet
+    fgb = tmp_path / "tiny.fgb"
+    build_bundle(tiny_int8_dir, fgb)
+    data = fgb.read_bytes()
+    with fgb.open("rb") as f:
+        BundleStore(state).install(
+            f, origin=str(fgb), expected_length=len(data), expected_sha256=hashlib.sha256(data).hexdigest(), board=None
+        )
+    code, out, _ = run(capsys, "--state-dir", str(state), *args)
+    assert code == 0 and json.loads(out)["model"] == load_manifest(tiny_int8_dir).name
+    code, out, _ = run(capsys, "--state-dir", str(state), "--image", "--json", "-o", str(tmp_path / "i.png"))
+    assert code == 0 and json.loads(out)["width"] > 0  # a text bundle does not serve --image
