@@ -30,10 +30,10 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def common_parser() -> argparse.ArgumentParser:
+def common_parser(config_default: str) -> argparse.ArgumentParser:
     """Options every subcommand takes (so several agents can run side by side)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="FILE", help="agent config (default /etc/fleetgen/agent.toml)")
+    common.add_argument("--config", metavar="FILE", help=f"config file (default {config_default})")
     common.add_argument("--state-dir", metavar="DIR", help="state directory (over the config)")
     common.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -42,15 +42,21 @@ def common_parser() -> argparse.ArgumentParser:
     return common
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="fleetgen-agent", description="fleetgen on-device agent")
-    parser.add_argument("--version", action="version", version=f"fleetgen-agent {__version__}")
+def dispatcher(prog: str, description: str, package: str, commands: Sequence[str],
+               config_default: str) -> argparse.ArgumentParser:
+    """The top-level parser with one subcommand per module `package.NAME` in `commands`."""
+    parser = Parser(prog=prog, description=description)
+    parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    common = common_parser()
-    for name in COMMANDS:
-        module = importlib.import_module(f"agent.cli.{name}")
-        module.register(sub, common)
+    common = common_parser(config_default)
+    for name in commands:
+        importlib.import_module(f"{package}.{name}").register(sub, common)
     return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return dispatcher("fleetgen-agent", "fleetgen on-device agent", "agent.cli", COMMANDS,
+                      "/etc/fleetgen/agent.toml")
 
 
 def configure_logging(level: str) -> None:

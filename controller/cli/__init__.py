@@ -7,35 +7,17 @@ Same conventions as `fleetgen-agent` (see agent.cli): one module per verb with
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
-from agent import __version__
-from agent.cli import Parser, run_cli
+from agent.cli import dispatcher, run_cli
 
 COMMANDS = ("serve", "fleet", "keys", "bundle", "director", "model", "demo")
 
 
-def common_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="FILE", help="controller config (default /etc/fleetgen/controller.toml)")
-    common.add_argument("--state-dir", metavar="DIR", help="controller state directory (over the config)")
-    common.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log verbosity (default INFO)",
-    )
-    return common
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="fleetgen", description="fleetgen fleet controller")
-    parser.add_argument("--version", action="version", version=f"fleetgen {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    common = common_parser()
-    for name in COMMANDS:
-        importlib.import_module(f"controller.cli.{name}").register(sub, common)
-    return parser
+    return dispatcher("fleetgen", "fleetgen fleet controller", "controller.cli", COMMANDS,
+                      "/etc/fleetgen/controller.toml")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
