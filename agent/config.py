@@ -31,6 +31,7 @@ from agent.protocol.messages import DeviceId
 from agent.settings import load_settings
 
 DEFAULT_CONFIG = Path("/etc/fleetgen/agent.toml")
+DEFAULT_STATE_DIR = "/var/lib/fleetgen"
 
 
 class TelemetrySettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -47,7 +48,7 @@ class BoardSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
 
 class AgentConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     device_id: DeviceId
-    state_dir: str = "/var/lib/fleetgen"
+    state_dir: str = DEFAULT_STATE_DIR
     mqtt: MqttSettings = MqttSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     board: BoardSettings = BoardSettings()
@@ -73,3 +74,14 @@ def load_config(
         raise
     config.mqtt.check()
     return config
+
+
+def state_dir_for(config_path: str | None, state_dir: str | None) -> Path:
+    """The state directory a one-shot command acts on: `--state-dir`, else the config's
+    (the given file, or /etc/fleetgen/agent.toml when it exists), else the default."""
+    if state_dir:
+        return Path(state_dir)
+    if config_path is None and not DEFAULT_CONFIG.is_file():
+        return Path(DEFAULT_STATE_DIR)
+    # The device id does not matter here; a placeholder lets a partial config load.
+    return load_config(Path(config_path) if config_path else None, device_id="provisioning").state_path

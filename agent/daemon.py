@@ -40,6 +40,7 @@ from agent.protocol import (
 from agent.protocol.messages import Details
 from agent.sequence import SequenceCounter
 from agent.telemetry import Sampler
+from agent.updates import UpdateOutcome, UpdateWorker, active_bundle
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class Agent:
         self.state = state or DeviceState()
         self.stats = AgentStats()
         self.state_dir = ensure_private_dir(config.state_path)
-        self.inbox: queue.Queue[LinkItem] = queue.Queue(maxsize=10_000)
+        self.inbox: queue.Queue[LinkItem | UpdateOutcome] = queue.Queue(maxsize=10_000)
         self._event_seq = SequenceCounter(self.state_dir / "events.seq")
         self._telemetry_seq = SequenceCounter(self.state_dir / "telemetry.seq")
         self._sampler = sampler or Sampler(clock=clock)
@@ -119,6 +120,10 @@ class Agent:
             ],
             will=Will(self.topic(Channel.STATUS), self._status("offline")),
         )
+        current = active_bundle(self.state_dir)
+        if current is not None:
+            self.state.active_bundle = current.label
+        self.updates = UpdateWorker(self.state_dir, self.link, self.device_id, self.state.board, self._post)
 
     # -- outbound --------------------------------------------------------------------
 
@@ -172,8 +177,14 @@ class Agent:
         else:
             self.stats.refusal_events_suppressed += 1
 
-    def handle(self, item: LinkItem) -> None:
-        if isinstance(item, LinkUp):
+    def _post(self, item: UpdateOutcome) -> None:
+        """From the update worker's thread: hand the outcome to this loop."""
+        self.inbox.put(item)
+
+    def handle(self, item: LinkItem | UpdateOutcome) -> None:
+        if isinstance(item, UpdateOutcome):
+            self._on_update(item)
+        elif isinstance(item, LinkUp):
             self._on_link_up(item)
         elif isinstance(item, LinkDown):
             log.info("link down (%s); samples keep accumulating", item.reason)
@@ -218,6 +229,28 @@ class Agent:
         self.latest_desired = document
         log.info("desired state received (%d bytes, retained=%s)", len(document.payload), msg.retained)
         self.emit("desired.received", details={"retained": msg.retained, "bytes": len(document.payload)})
+        self.updates.submit(document)
+
+    def _on_update(self, outcome: UpdateOutcome) -> None:
+        from agent.trust.errors import TrustError
+        from agent.trust.events import installed_event, refusal_event
+
+        if outcome.active is not None:
+            self.state.active_bundle = outcome.active.label
+        if outcome.error is not None:
+            if isinstance(outcome.error, TrustError):
+                self._publish(Channel.EVENTS, refusal_event(self.device_id, self._event_seq.next(), outcome.error))
+            else:
+                self.emit("update.failed", str(outcome.error), level="error")
+        else:
+            if outcome.director_version is not None:
+                self.state.desired_version = outcome.director_version
+            if outcome.installed_sha256 is not None and outcome.active is not None:
+                log.info("now running %s", outcome.active.label)
+                self._publish(Channel.EVENTS, installed_event(
+                    self.device_id, self._event_seq.next(), outcome.active.name, outcome.active.version,
+                    outcome.installed_sha256))
+        self.publish_reported()
 
     # -- telemetry -------------------------------------------------------------------
 
@@ -233,6 +266,7 @@ class Agent:
 
     def start(self) -> None:
         log.info("agent %s starting (fleetgen %s, broker %s)", self.device_id, __version__, self.link.broker)
+        self.updates.start()
         self.link.start()
 
     def stop(self) -> None:
@@ -266,5 +300,6 @@ class Agent:
                 self.link.publish(self.topic(Channel.STATUS), self._status("offline"), qos=1, retain=True, wait=2.0)
             except FleetgenError as e:
                 log.warning("could not say goodbye: %s", e)
+        self.updates.stop()
         self.link.stop()
         log.info("agent %s stopped", self.device_id)

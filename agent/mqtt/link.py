@@ -20,6 +20,7 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import msgspec
 import paho.mqtt.client as paho
@@ -58,6 +59,12 @@ class LinkDown:
 
 LinkItem = Inbound | LinkUp | LinkDown
 
+class Inbox(Protocol):
+    """Where the link puts what it receives (a `queue.Queue` of the owner's items)."""
+
+    def put_nowait(self, item: LinkItem) -> None: ...
+
+
 # A handler runs on paho's network thread: it only validates and enqueues, never blocks.
 Handler = Callable[[str, bytes], None]
 
@@ -83,7 +90,7 @@ class MqttLink:
         self,
         settings: MqttSettings,
         client_id: str,
-        inbox: queue.Queue[LinkItem],
+        inbox: Inbox,
         subscriptions: Sequence[tuple[str, int]] = (),
         will: Will | None = None,
     ) -> None:

@@ -70,6 +70,7 @@ def check_root(data: bytes, origin: str) -> int:
     """Parse root metadata and check it is signed by its own threshold; return its version."""
     from tuf.api.exceptions import UnsignedMetadataError
     from tuf.api.metadata import Metadata, Root
+    from tuf.api.serialization import DeserializationError
 
     try:
         md = Metadata[Root].from_bytes(data)
@@ -78,7 +79,7 @@ def check_root(data: bytes, origin: str) -> int:
         md.signed.verify_delegate(Root.type, md.signed_bytes, md.signatures)
     except UnsignedMetadataError as e:
         raise SignatureError(f"{origin}: {e}") from None
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, DeserializationError) as e:
         raise SignatureError(f"{origin}: not valid root metadata ({e})") from None
     return md.signed.version
 
