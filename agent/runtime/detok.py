@@ -16,12 +16,21 @@ REPLACEMENT = "\ufffd"
 Decode = Callable[[Sequence[int]], str]
 
 
+# prompt tokens decoded before the first new one: enough for a decoder to know the new
+# token is not at the start of the text (TGI keeps 5 as well)
+CONTEXT_TOKENS = 5
+
+
 class IncrementalDetokenizer:
-    def __init__(self, decode: Decode) -> None:
+    """`context`: the prompt's ids. A SentencePiece (Metaspace) decoder drops the leading
+    space of the first token of a text, so "▁there" alone decodes to "there"; decoded after
+    the prompt's last ids it adds " there", which is what follows the prompt."""
+
+    def __init__(self, decode: Decode, context: Sequence[int] = ()) -> None:
         self._decode = decode
-        self.ids: list[int] = []
+        self.ids: list[int] = list(context[-CONTEXT_TOKENS:]) if context else []
         self._prefix = 0
-        self._read = 0
+        self._read = len(self.ids)
 
     def add(self, token_id: int) -> str:
         """Append one id; return the newly stable text (possibly empty)."""

@@ -208,7 +208,7 @@ class TextGenerator:
         budget = min(request.max_tokens, self.spec.context_length - len(prompt_ids))
         sampler = Sampler(request.sampling, self.spec.vocab_size)
         sampler.observe(prompt_ids)
-        detok = IncrementalDetokenizer(self.tokenizer.decode)
+        detok = IncrementalDetokenizer(self.tokenizer.decode, prompt_ids)
         stops = StopMatcher(request.stop)
         pieces: list[str] = []
 

@@ -97,3 +97,21 @@ def test_stop_matcher_equals_cutting_the_whole_text(text: str, stops: list[str],
     out = "".join(m.feed(text[a:b]) for a, b in itertools.pairwise(bounds)) + m.flush()
     assert out == expected
     assert m.stopped == bool(hits)
+
+
+def test_sentencepiece_first_token_keeps_its_space_after_the_prompt(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+
+    words = ["▁Once", "▁upon", "▁a", "▁time", "▁there", "▁was", "[UNK]"]
+    hf = HFTokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    hf.pre_tokenizer = pre_tokenizers.Metaspace()
+    hf.decoder = decoders.Metaspace()
+    hf.save(str(tmp_path / "tokenizer.json"))
+    tok = Tokenizer(tmp_path / "tokenizer.json")
+    prompt, new = tok.encode("Once upon a time"), tok.encode("there was")
+    assert tok.decode(new[:1]) == "there"  # alone, the decoder drops the space
+    d = IncrementalDetokenizer(tok.decode, prompt)
+    streamed = "".join(d.add(i) for i in new) + d.flush()
+    assert streamed == " there was"
+    assert tok.decode(prompt) + streamed == tok.decode(prompt + new)

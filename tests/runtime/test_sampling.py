@@ -55,6 +55,15 @@ def test_repetition_penalty_demotes_seen_tokens() -> None:
     assert s(LOGITS) == 4  # 3.0 / 2 = 1.5 < 2.9
 
 
+def test_repetition_penalty_multiplies_negative_logits() -> None:
+    # Hugging Face: a seen token's logit is divided by the penalty when positive and
+    # multiplied by it when negative, so both move down
+    logits = np.array([-1.0, -1.5, -3.0], dtype=np.float32)
+    s = Sampler(SamplingParams(greedy=True, repetition_penalty=2.0), 3)
+    s.observe([0])
+    assert s(logits) == 1  # -1.0 * 2 = -2.0 < -1.5 (dividing would have raised it to -0.5)
+
+
 def test_same_seed_same_draws() -> None:
     p = SamplingParams(temperature=1.5, top_k=0, top_p=1.0, seed=42)
     a, b = Sampler(p, 5), Sampler(p, 5)
