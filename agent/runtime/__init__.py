@@ -48,12 +48,7 @@ def load_model(model_dir: Path, options: EngineOptions | None = None) -> TextGen
             generator.decoder.forward([start])
         else:
             generator = ImageGenerator(info, engine)
-            generator.engine.run(
-                generator.feeds(
-                    ImageRequest(class_id=None if not info.image or not info.image.num_classes else 0),
-                    0,
-                )
-            )
+            generator.engine.run(generator.feeds(ImageRequest(), 0))
     except ModelLoadError:
         engine.close()
         raise

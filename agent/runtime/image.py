@@ -80,16 +80,22 @@ class ImageGenerator:
                 raise LayoutError(f"{origin}: input {t.name} has last dimension {last}, declared {want}")
         self._output = engine.outputs[0].name
 
+    def class_of(self, request: ImageRequest) -> int | None:
+        """The class the image will show: the request's, checked; 0 when none is asked for."""
+        class_id, n = request.class_id, self.spec.num_classes
+        if n == 0:
+            if class_id is not None:
+                raise RequestError(f"{self.info.name} is not class-conditional; drop --class")
+            return None
+        if class_id is None:
+            return 0
+        if isinstance(class_id, bool) or not isinstance(class_id, int) or not 0 <= class_id < n:
+            raise RequestError(f"class must be in 0..{n - 1}, got {class_id!r}")
+        return class_id
+
     def feeds(self, request: ImageRequest, seed: int) -> dict[str, np.ndarray]:
         spec = self.spec
-        class_id = request.class_id
-        if spec.num_classes > 0:
-            if class_id is None:
-                class_id = 0
-            if isinstance(class_id, bool) or not isinstance(class_id, int) or not 0 <= class_id < spec.num_classes:
-                raise RequestError(f"class must be in 0..{spec.num_classes - 1}, got {class_id!r}")
-        elif class_id is not None:
-            raise RequestError(f"{self.info.name} is not class-conditional; drop --class")
+        class_id = self.class_of(request)
         rng = np.random.default_rng(seed)
         out: dict[str, np.ndarray] = {}
         for t in self.engine.inputs:
@@ -119,7 +125,7 @@ class ImageGenerator:
             png=encode_png(pixels),
             pixels=pixels,
             values=values,
-            class_id=request.class_id if self.spec.num_classes else None,
+            class_id=self.class_of(request),
             seed=seed,
             load_ms=self.load_ms,
             run_ms=run_ms,

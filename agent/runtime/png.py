@@ -31,24 +31,3 @@ def encode_png(pixels: np.ndarray) -> bytes:
         + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 9))
         + _chunk(b"IEND", b"")
     )
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    """Read back what `encode_png` writes (filter type 0 only): for tests and self-checks."""
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
-        raise ValueError("not a PNG")
-    pos, idat, header = 8, b"", b""
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        if kind == b"IHDR":
-            header = body
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + length
-    width, height, _depth, color = struct.unpack(">IIBB", header[:10])
-    channels = {v: k for k, v in _COLOR_TYPE.items()}[color]
-    raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(height, 1 + width * channels)
-    if raw[:, 0].any():
-        raise ValueError("only filter type 0 is supported")
-    return raw[:, 1:].reshape(height, width, channels)

@@ -13,7 +13,7 @@ import pytest
 from agent.runtime import ImageGenerator, ImageRequest, load_model
 from agent.runtime.errors import RequestError
 from agent.runtime.image import to_uint8
-from agent.runtime.png import decode_png, encode_png
+from agent.runtime.png import encode_png
 from tests.runtime.conftest import ONE_THREAD, shipped
 from tests.runtime.image_models import HEIGHT, WIDTH
 
@@ -25,6 +25,29 @@ def load(folder: Path) -> ImageGenerator:
     gen = load_model(folder, ONE_THREAD)
     assert isinstance(gen, ImageGenerator)
     return gen
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """Read back what `encode_png` writes (8-bit, filter type 0 only), checking each CRC."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    pos, idat, header = 8, b"", b""
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
+        assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF, kind
+        if kind == b"IHDR":
+            header = body
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    width, height, _depth, color = struct.unpack(">IIBB", header[:10])
+    channels = {0: 1, 2: 3, 6: 4}[color]
+    raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(height, 1 + width * channels)
+    if raw[:, 0].any():
+        raise ValueError("only filter type 0 is supported")
+    return raw[:, 1:].reshape(height, width, channels)
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -55,6 +78,13 @@ def test_seed_and_class_determine_the_image(image_dirs: dict[str, Path]) -> None
     one = gen.generate(ImageRequest(class_id=2, seed=5)).png
     assert gen.generate(ImageRequest(class_id=2, seed=5)).png == one
     assert gen.generate(ImageRequest(class_id=3, seed=5)).png != one
+
+
+def test_default_class_is_zero_and_reported(image_dirs: dict[str, Path]) -> None:
+    gen = load(image_dirs["onnxruntime"])
+    default = gen.generate(ImageRequest(seed=4))
+    assert default.class_id == 0
+    assert default.png == gen.generate(ImageRequest(class_id=0, seed=4)).png
 
 
 @pytest.mark.parametrize("cls", [-1, 10, 99])
