@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import FleetgenError
+from agent.manifest import Quantization
 
 log = logging.getLogger(__name__)
 
 INT4_BLOCK = 32
-INT4_ACCURACY_LEVEL = 4
-EXTERNAL_DATA_MIN_BYTES = 32 * 2**20  # int8 activations in the MatMulNBits kernel: the fast path on CPU
+INT4_ACCURACY_LEVEL = 4  # int8 activations in the MatMulNBits kernel: the fast path on CPU
+EXTERNAL_DATA_MIN_BYTES = 32 * 2**20
 
 
 class QuantizeError(FleetgenError):
@@ -52,10 +53,14 @@ def _external(src: Path, external: bool | None) -> bool:
     return external if external is not None else _source_bytes(src) >= EXTERNAL_DATA_MIN_BYTES
 
 
-def model_files(dst: Path) -> list[str]:
-    """Names of the graph file and its external data files, for the manifest."""
+def model_files(graph: Path) -> list[str]:
+    """Names of the graph file and its external data files (`model.onnx_data`,
+    `model.onnx.data`, ...) next to it, for the manifest."""
+    name = graph.name
     return sorted(
-        p.name for p in dst.parent.iterdir() if p.name == dst.name or p.name in (dst.name + "_data", dst.name + ".data")
+        p.name
+        for p in graph.parent.iterdir()
+        if p.is_file() and (p.name == name or p.name.startswith((name + "_", name + ".")))
     )
 
 
@@ -130,8 +135,30 @@ def externalize(src: Path, dst: Path, external: bool | None = None) -> Path:
     return dst
 
 
+_INT8_OPS = {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearMatMul", "DynamicQuantizeLinear"}
+
+
+def graph_quantization(src: Path) -> Quantization:
+    """What the graph itself says about its weights: `int4` (4-bit MatMulNBits), `int8`
+    (integer MatMuls), `fp16` (half-precision float initializers), else `fp32`."""
+    import onnx
+
+    try:
+        model = onnx.load(str(src), load_external_data=False)
+    except Exception as e:  # DecodeError and OSError alike: the graph is unreadable
+        raise QuantizeError(f"cannot read {src}: {_line(e)}") from None
+    ops = {n.op_type for n in model.graph.node}
+    if "MatMulNBits" in ops:
+        return "int4"
+    if ops & _INT8_OPS:
+        return "int8"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
 def has_external_data(src: Path) -> bool:
-    return any(p != src and p.name.startswith(src.name) for p in src.parent.iterdir())
+    return len(model_files(src)) > 1
 
 
 def _save(model: Any, dst: Path, external: bool) -> None:

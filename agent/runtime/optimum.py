@@ -148,8 +148,3 @@ def generation_defaults(generation: Mapping[str, Any], origin: str = "generation
         return msgspec.convert(doc, GenerationDefaults)
     except msgspec.ValidationError as e:
         raise ModelLoadError(f"{origin}: {e}") from None
-
-
-def _float(data: Mapping[str, Any], key: str, default: float) -> float:
-    value = data.get(key, default)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default

@@ -62,19 +62,10 @@ def _prepare_output(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _model_files(folder: Path) -> list[str]:
-    """model.onnx and its external data files (any `model.onnx*` / `model.onnx_data`)."""
-    return sorted(
-        p.name
-        for p in folder.iterdir()
-        if p.is_file()
-        and (p.name == MODEL_FILE or p.name.startswith(MODEL_FILE + "_") or p.name.startswith(MODEL_FILE + "."))
-    )
-
-
 def run_import(args: argparse.Namespace) -> int:
     from agent.runtime import EngineOptions, TextGenerator, load_model
     from agent.runtime.loader import is_optimum_folder
+    from controller.quantize import graph_quantization, model_files
 
     source: Path = args.source
     if not source.is_dir() or not is_optimum_folder(source):
@@ -101,15 +92,15 @@ def run_import(args: argparse.Namespace) -> int:
 
             src_model = source / MODEL_FILE
             if has_external_data(src_model) or src_model.stat().st_size < EXTERNAL_DATA_MIN_BYTES:
-                for f in _model_files(source):
+                for f in model_files(src_model):
                     shutil.copy2(source / f, out / f)
             else:  # one big protobuf: rewrite with external data (ADR 0013)
                 externalize(src_model, out / MODEL_FILE)
         copied = [f for f in COPIED if (source / f).is_file()]
         for f in copied:
             shutil.copy2(source / f, out / f)
-        files = _model_files(out) + copied
-        weights = sum((out / f).stat().st_size for f in _model_files(out))
+        files = model_files(out / MODEL_FILE) + copied
+        weights = sum((out / f).stat().st_size for f in model_files(out / MODEL_FILE))
         kv = layout.kv_bytes_per_token * spec.context_length
         manifest = ModelManifest(
             name=name,
@@ -118,7 +109,7 @@ def run_import(args: argparse.Namespace) -> int:
             engine="onnxruntime",
             model=MODEL_FILE,
             files=file_entries(out, files),
-            quantization=args.quantize or info.quantization,
+            quantization=args.quantize or graph_quantization(out / MODEL_FILE),
             tokenizer="tokenizer.json",
             min_ram_mb=(weights + kv) // 2**20 + OVERHEAD_MB,
             generation=info.generation,

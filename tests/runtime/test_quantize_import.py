@@ -62,6 +62,22 @@ def test_plain_import_keeps_the_graph(tiny_dir: Path, tmp_path: Path) -> None:
     assert (out / "model.onnx").read_bytes() == (tiny_dir / "model.onnx").read_bytes()
 
 
+def test_plain_import_records_the_graphs_quantization_not_the_folder_name(
+    tiny_dir: Path, tiny_int4_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    named_int8 = tmp_path / "tiny-int8-export"  # an fp32 export whose name says int8
+    shutil.copytree(tiny_dir, named_int8)
+    assert controller_main(["model", "import", str(named_int8), "-o", str(tmp_path / "a"), "--name", "a"]) == 0
+    assert load_manifest(tmp_path / "a").quantization == "fp32"
+    int4_export = tmp_path / "export"  # an already 4-bit graph in an Optimum folder
+    shutil.copytree(tiny_int4_dir, int4_export)
+    (int4_export / "manifest.json").unlink()
+    assert controller_main(["model", "import", str(int4_export), "-o", str(tmp_path / "b"), "--name", "b"]) == 0
+    assert load_manifest(tmp_path / "b").quantization == "int4"
+
+
 def test_import_refuses_non_empty_output(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "keep").write_text("mine")
