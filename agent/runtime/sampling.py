@@ -34,7 +34,7 @@ class SamplingParams:
         _check("repetition_penalty", self.repetition_penalty, 0.0, 10.0, low_open=True)
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise RequestError(f"top_k must be an integer >= 0, got {self.top_k!r}")
-        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             raise RequestError(f"seed must be an integer >= 0, got {self.seed!r}")
 
     @property

@@ -104,9 +104,9 @@ class Tokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return str(self._tok.decode(list(ids), skip_special_tokens=True))
 
-    def token_id(self, token: str) -> int | None:
-        value = self._tok.token_to_id(token)
-        return int(value) if value is not None else None
+    @property
+    def vocab_size(self) -> int:
+        return int(self._tok.get_vocab_size(with_added_tokens=True))
 
 
 class Pacer(Protocol):
@@ -126,6 +126,12 @@ class TextGenerator:
         self.spec: TextSpec = info.text
         self.engine = engine
         self.tokenizer = Tokenizer(info.tokenizer_path)
+        if self.tokenizer.vocab_size > self.spec.vocab_size:
+            # ids past the embedding would fail inside the graph at the first such token
+            raise ModelLoadError(
+                f"{info.tokenizer_path}: tokenizer has {self.tokenizer.vocab_size} tokens, "
+                f"the model's vocab is {self.spec.vocab_size} (not this model's tokenizer?)"
+            )
         self.layout: DecoderLayout = check_layout(
             engine.inputs,
             engine.outputs,

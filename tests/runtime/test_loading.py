@@ -134,6 +134,15 @@ def test_corrupt_tokenizer(tiny_dir: Path, tmp_path: Path) -> None:
         load_model(d, ONE_THREAD)
 
 
+def test_tokenizer_larger_than_the_models_vocab(tiny_dir: Path, tmp_path: Path) -> None:
+    from models.gpt2_onnx import build_tokenizer
+
+    d = copy_folder(tiny_dir, tmp_path / "m")
+    build_tokenizer(2048).save(str(d / "tokenizer.json"))  # type: ignore[attr-defined]
+    with pytest.raises(ModelLoadError, match=r"tokenizer has \d+ tokens, the model's vocab is 512"):
+        load_model(d, ONE_THREAD)
+
+
 def test_corrupt_model_file(tiny_dir: Path, tmp_path: Path) -> None:
     d = copy_folder(tiny_dir, tmp_path / "m")
     data = (d / "model.onnx").read_bytes()

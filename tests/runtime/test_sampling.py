@@ -89,6 +89,7 @@ def test_unseeded_sampler_reports_its_seed() -> None:
         {"repetition_penalty": 0.0},
         {"repetition_penalty": -1.0},
         {"seed": -1},
+        {"seed": True},
     ],
 )
 def test_invalid_values_name_the_parameter(kwargs: dict[str, object]) -> None:
