@@ -87,6 +87,7 @@ def test_image_writes_png(image_dirs: dict[str, Path], tmp_path: Path, capsys: p
         (["--model", "{tiny}", "--top-p", "0", "hi"], r"top_p must be in \(0, 1\], got 0.0"),
         (["--model", "{tiny}", "--temperature", "-1", "hi"], "temperature must be in"),
         (["--model", "{tiny}", "--threads", "0", "hi"], "threads must be in"),
+        (["--model", "{tmp}/missing", "--max-tokens", "0", "hi"], "max_tokens must be in"),  # before loading
         (["--model", "{tiny}", "hello world " * 100], r"prompt is \d+ tokens, context is 128"),
         (["--model", "{tiny}", "--image"], "is a text model; drop --image"),
         (["--model", "{tiny}"], "give a prompt"),
