@@ -30,7 +30,7 @@ MODELS_DIR = Path(__file__).resolve().parents[1]
 BUILD_DIR = MODELS_DIR / "build" / "text" / NAME
 VOCAB_SIZE = 3072
 MODEL_CONFIG = GPTConfig(vocab_size=VOCAB_SIZE, n_positions=256, n_embd=192, n_layer=5, n_head=4)
-TRAIN_CONFIG = TrainConfig()
+TRAIN_CONFIG = TrainConfig(max_steps=2400)
 
 
 def prepare_data(build: Path = BUILD_DIR) -> tuple[Path, np.ndarray, np.ndarray, list[str]]:

@@ -210,7 +210,8 @@ and decode), `tokenizer.json` (Hugging Face `tokenizers`), `config.json` and
 - Training: {result.steps} steps of {train_cfg["batch_size"]} x {cfg.n_positions} tokens
   ({result.tokens_seen / 1e6:.1f} M tokens, about {result.tokens_seen / train_tokens:.1f}
   passes over the training split), AdamW, cosine schedule, seed {train_cfg["seed"]},
-  PyTorch on 2 CPU threads, {result.elapsed_s / 60:.1f} min wall (stopped by
+  PyTorch on 2 CPU threads{' with bf16 autocast' if result.bf16 else ''},
+  {result.elapsed_s / 60:.1f} min wall (stopped by
   {result.stopped_by}). Final training loss {result.train_loss:.3f}, held-out loss
   {result.heldout_loss:.3f} nats/token (PyTorch).
 
@@ -241,6 +242,6 @@ Sampled (temperature 0.8, top-k 40, repetition penalty 1.1), prompt in the quote
 `make models` (installs the `recipes` extra: torch 2.13.0 CPU, onnx, scikit-learn,
 tflite), or `python -m models.build`. Training reuses `models/build/text/{NAME}/checkpoint.pt`
 when its configs match; `python -m models.recipes.text_model train --force` retrains
-(about 25 minutes on 2 cores). The schedule is step-based and seeded, so a machine that
-reaches all steps inside the time budget reproduces the same weights.
+(about 25 minutes on 2 cores). The schedule is step-based and seeded, so a machine of the same
+kind that reaches all steps inside the time budget reproduces the same weights.
 """
