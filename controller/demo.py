@@ -1,23 +1,39 @@
-"""The demo story: a broker, the controller and three devices on different boards.
+"""The demo story: a broker, the controller and three devices on different boards; a model
+signed, published and pushed to every device over MQTT; then the broker goes away and a
+device generates text offline from the model it installed.
 
-Later capabilities extend the story (a signed model pushed, offline generation, the
-dashboard); each step reports through `say` so the CLI shows progress.
+Each step runs the same commands a person would type (`fleetgen …`, `fleetgen-agent …`),
+as child processes, and reports through `say` so the CLI shows progress.
 """
 
 from __future__ import annotations
 
+import os
+import shlex
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.errors import FleetgenError
+from agent.manifest import load_manifest
 from controller.brokers import start_broker
 from controller.cli.fleet import format_table
 from controller.fleetproc import DeviceSpec, FleetProcesses
 
 _REPO = Path(__file__).resolve().parent.parent
 _FIXTURES = _REPO / "firmware" / "testdata"
+DEMO_MODEL = _REPO / "models" / "text" / "austen-3m-int8"
+DEMO_PROMPT = "Tell me a story about summer"
+# Embedded default for the demo only: real offline keys get a passphrase you keep elsewhere.
+DEMO_PASSPHRASE = "fleetgen-demo"
+
+
+class DemoError(FleetgenError):
+    """A step of the demo failed; the message names the step and its output."""
 
 
 def demo_devices() -> list[DeviceSpec]:
@@ -36,33 +52,82 @@ class DemoOptions:
     broker: str = "auto"
     once: bool = False
     timeout: float = 60.0
+    model: Path = DEMO_MODEL
+
+
+class _Steps:
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
+        self.env = {**os.environ, "FLEETGEN_PASSPHRASE": DEMO_PASSPHRASE}
+
+    def run(self, tool: str, *args: str, stream: bool = False) -> str:
+        module = "controller" if tool == "fleetgen" else "agent"
+        self.say(f"$ {tool} {shlex.join(args)}")
+        proc = subprocess.run([sys.executable, "-m", module, *args],
+                              stdout=None if stream else subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=self.env, timeout=300, check=False)
+        if proc.returncode != 0:
+            raise DemoError(f"`{tool} {' '.join(args)}` failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+        return proc.stdout or ""
 
 
 def run_demo(opts: DemoOptions, say: Callable[[str], None], wait_forever: Callable[[], None]) -> int:
     if opts.workdir.exists():
         shutil.rmtree(opts.workdir)
     opts.workdir.mkdir(parents=True)
-    say(f"starting broker ({opts.broker})...")
+    steps = _Steps(say)
+    repo = opts.workdir / "repo"
+    devices = demo_devices()
+
+    say("1. signing keys, image repository and a signed model bundle")
+    steps.run("fleetgen", "keys", "init", "--repo", str(repo))
+    manifest = load_manifest(opts.model)
+    label = f"{manifest.name}-{manifest.version}"
+    bundle = opts.workdir / f"{label}.fgb"
+    steps.run("fleetgen", "bundle", "build", str(opts.model), "-o", str(bundle))
+    say("  " + steps.run("fleetgen", "bundle", "inspect", str(bundle)).splitlines()[0])
+    steps.run("fleetgen", "bundle", "publish", str(bundle), "--repo", str(repo))
+
+    say(f"\n2. broker ({opts.broker})")
     broker = start_broker(opts.broker, opts.workdir / "broker")
     say(f"  {type(broker).__name__} on {broker.url} (MQTT {broker.protocol})")
-    fleet = FleetProcesses(opts.workdir, broker.url, protocol=broker.protocol)
-    devices = demo_devices()
+    fleet = FleetProcesses(opts.workdir, broker.url, protocol=broker.protocol, repository=repo)
     try:
-        say("starting controller...")
+        say("\n3. controller and three devices, each provisioned with the repository's root")
         fleet.start_controller()
         for spec in devices:
-            say(f"starting agent {spec.device_id} (board root {spec.board_root})...")
+            steps.run("fleetgen-agent", "provision", "--root", str(repo / "metadata" / "1.root.json"),
+                      "--state-dir", str(fleet.workdir / "agents" / spec.device_id))
             fleet.start_agent(spec)
-        say(f"waiting for {len(devices)} devices to come online...")
         start = time.monotonic()
         online = fleet.wait_for(lambda ds: sum(d.online for d in ds) >= len(devices), opts.timeout)
         say(f"  all online after {time.monotonic() - start:.1f}s\n")
         say(format_table(online, time.time()))
-        if not opts.once:
-            say("\nfleet running; Ctrl-C to stop (logs in %s)" % (opts.workdir / "logs"))
-            wait_forever()
-        return 0
+
+        say("\n4. push the signed model: the director names it for each device")
+        for spec in devices:
+            steps.run("fleetgen", "director", "set", spec.device_id, "--repo", str(repo),
+                      "--target", bundle.name, "--broker", broker.url)
+        start = time.monotonic()
+        done = fleet.wait_for(lambda ds: sum(d.active_bundle == label for d in ds) >= len(devices), opts.timeout)
+        say(f"  verified (TUF + director), downloaded over MQTT and installed on all devices "
+            f"in {time.monotonic() - start:.1f}s\n")
+        say(format_table(done, time.time()))
     finally:
-        say("stopping...")
-        fleet.stop()
-        broker.stop()
+        if opts.once:
+            fleet.stop()
+
+    if not opts.once:
+        say(f"\nfleet running (logs in {opts.workdir / 'logs'}); Ctrl-C to stop")
+        try:
+            wait_forever()
+        finally:
+            fleet.stop()
+
+    say("\n5. the broker goes away; a device generates offline from its installed model")
+    broker.stop()
+    state = fleet.workdir / "agents" / devices[0].device_id
+    steps.run("fleetgen-agent", "generate", "--model", str(state / "current"), "--seed", "7",
+              "--max-tokens", "48", DEMO_PROMPT, stream=True)
+    say("\ndone.")
+    return 0

@@ -141,10 +141,18 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         if create:
+            self._create_schema()
+
+    def _create_schema(self) -> None:
+        # Two processes opening a new database at once can both see "no table" and race on
+        # CREATE; the loser's second pass then finds the tables and does nothing.
+        for attempt in range(2):
             try:
                 Base.metadata.create_all(self.engine)
+                return
             except OperationalError as e:
-                raise StoreError(f"cannot open database {self.engine.url!r}: {e.orig}") from None
+                if attempt == 1 or "already exists" not in str(e.orig):
+                    raise StoreError(f"cannot open database {self.engine.url!r}: {e.orig}") from None
 
     def close(self) -> None:
         self.engine.dispose()

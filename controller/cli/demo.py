@@ -9,7 +9,8 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("demo", parents=[common], help="run a broker, the controller and three devices")
+    p = sub.add_parser("demo", parents=[common],
+                       help="a broker, the controller, three devices, a signed model pushed and used offline")
     p.add_argument("--once", action="store_true", help="run the story once and exit")
     p.add_argument("--broker", choices=["auto", "mosquitto", "embedded"], default="auto",
                    help="broker to start (auto: Mosquitto when installed, else embedded amqtt)")
@@ -30,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
     opts = DemoOptions(Path(args.workdir).resolve(), broker=args.broker, once=args.once, timeout=args.timeout)
     try:
         return run_demo(opts, say, wait_forever)
+    except KeyboardInterrupt:
+        return 130
     except TimeoutError as e:
         print(f"fleetgen: demo failed: {e}", file=sys.stderr)
         return 1
