@@ -152,6 +152,6 @@ def load(path: Path, options: EngineOptions) -> TFLiteEngine:
     except (ValueError, RuntimeError) as e:
         raise ModelLoadError(f"cannot load {path}: {str(e).strip().splitlines()[0]}") from None
     if options.providers:
-        log.info("tflite ignores execution providers %s (CPU kernels)", ", ".join(options.providers))
+        log.info("tflite does not use ONNX Runtime execution providers (%s)", ", ".join(options.providers))
     log.info("loaded %s with TFLite (threads %s)", path.name, options.threads or "default")
     return TFLiteEngine(interpreter, path)
