@@ -10,6 +10,7 @@ them into paragraphs.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -61,9 +62,12 @@ def locate_package(cache_dir: Path) -> Path:
         raise CorpusError(f"need apt-get and dpkg-deb to fetch the Debian package {DEB_PACKAGE}")
     cache_dir.mkdir(parents=True, exist_ok=True)
     log.info("fetching Debian package %s", DEB_PACKAGE)
-    run = subprocess.run(
-        ["apt-get", "download", DEB_PACKAGE], cwd=cache_dir, capture_output=True, text=True
-    )
+    run = _apt_download(cache_dir)
+    if run.returncode != 0 and os.geteuid() == 0:
+        # A fresh machine often has no package lists yet; as root we can fetch them.
+        log.info("apt-get download failed; running apt-get update once and retrying")
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True)
+        run = _apt_download(cache_dir)
     debs = sorted(cache_dir.glob(f"{DEB_PACKAGE}_*.deb"))
     if not debs:
         raise CorpusError(
@@ -72,6 +76,12 @@ def locate_package(cache_dir: Path) -> Path:
         )
     subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(unpacked)], check=True)
     return unpacked / _DATA_SUBDIR
+
+
+def _apt_download(cache_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["apt-get", "download", DEB_PACKAGE], cwd=cache_dir, capture_output=True, text=True
+    )
 
 
 def paragraphs(lines: list[str]) -> list[str]:
