@@ -27,47 +27,15 @@ def test_text_streams_to_stdout(tiny_dir: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_json_has_text_and_timings(tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(
-        capsys,
-        "--model",
-        str(tiny_dir),
-        "--json",
-        "--seed",
-        "4",
-        "--temperature",
-        "0.9",
-        "--top-k",
-        "20",
-        "--top-p",
-        "0.9",
-        "--max-tokens",
-        "10",
-        "--ignore-eos",
-        "hello",
-    )
+    args = ["--model", str(tiny_dir), "--json", "--seed", "4", "--temperature", "0.9", "--top-k", "20"]
+    args += ["--top-p", "0.9", "--max-tokens", "10", "--ignore-eos", "hello"]
+    code, out, _ = run(capsys, *args)
     assert code == 0
     doc = json.loads(out)
     assert doc["schema"] == 1 and doc["seed"] == 4 and doc["generated_tokens"] == 10
     assert set(doc["timings"]) >= {"load_ms", "prefill_ms", "decode_tokens_per_s"}
-    code, again, _ = run(
-        capsys,
-        "--model",
-        str(tiny_dir),
-        "--json",
-        "--seed",
-        "4",
-        "--temperature",
-        "0.9",
-        "--top-k",
-        "20",
-        "--top-p",
-        "0.9",
-        "--max-tokens",
-        "10",
-        "--ignore-eos",
-        "hello",
-    )
-    assert json.loads(again)["text"] == doc["text"]
+    code, again, _ = run(capsys, *args)
+    assert code == 0 and json.loads(again)["text"] == doc["text"]
 
 
 def test_image_writes_png(image_dirs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
