@@ -32,10 +32,11 @@ def test_greedy_kv_equals_recompute_int4(tiny_int4_dir: Path) -> None:
     assert list(result.token_ids) == greedy_no_cache(gen, gen.encode_prompt(PROMPT), 32)
 
 
-@pytest.mark.parametrize("folder", shipped_text("fp32") or [None], ids=lambda p: p and p.name)
+# int8 is not exact by construction (one activation scale per step, ADR 0012)
+@pytest.mark.parametrize("folder", shipped_text("fp32") + shipped_text("int4") or [None], ids=lambda p: p and p.name)
 def test_shipped_model_greedy_kv_equals_recompute(folder: Path | None) -> None:
     if folder is None:
-        pytest.skip("no shipped fp32 text model under models/text yet")
+        pytest.fail("no shipped fp32/int4 text model under models/text (they are committed artifacts)")
     gen = load_model(folder, ONE_THREAD)
     assert isinstance(gen, TextGenerator)
     prompt = "Once upon a time"
@@ -46,7 +47,7 @@ def test_shipped_model_greedy_kv_equals_recompute(folder: Path | None) -> None:
 @pytest.mark.parametrize("folder", shipped_text() or [None], ids=lambda p: p and p.name)
 def test_shipped_model_variants_write_text(folder: Path | None) -> None:
     if folder is None:
-        pytest.skip("no shipped text model under models/text yet")
+        pytest.fail("no shipped text model under models/text (they are committed artifacts)")
     gen = load_model(folder, ONE_THREAD)
     assert isinstance(gen, TextGenerator)
     result = gen.generate(gen.request("The house was", max_tokens=16, seed=1))
