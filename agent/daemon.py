@@ -22,7 +22,7 @@ from agent import __version__
 from agent.config import AgentConfig
 from agent.errors import FleetgenError, ProtocolError
 from agent.fsutil import ensure_private_dir
-from agent.mqtt.link import Inbound, LinkDown, LinkItem, LinkUp, MqttLink, Will
+from agent.mqtt.link import Inbound, LinkDown, LinkError, LinkItem, LinkUp, MqttLink, Will
 from agent.protocol import (
     CHANNELS,
     Channel,
@@ -58,6 +58,7 @@ class AgentStats:
     refused: int = 0
     handler_errors: int = 0
     refusal_events_suppressed: int = 0
+    dropped_outbound: int = 0
 
 
 @dataclass
@@ -133,9 +134,18 @@ class Agent:
     def _status(self, state: str) -> bytes:
         return encode(Status(state=state, ts=self.clock(), agent_version=__version__))  # type: ignore[arg-type]
 
-    def _publish(self, channel: Channel, message: msgspec.Struct, wait: float | None = None) -> None:
+    def _publish(self, channel: Channel, message: msgspec.Struct) -> None:
+        """Queue a document; when even paho's bounded queue is full (a long outage), drop it
+        with a warning rather than stop the loop."""
         spec = CHANNELS[channel]
-        self.link.publish(self.topic(channel), encode(message), qos=spec.qos, retain=spec.retained, wait=wait)
+        self._send(self.topic(channel), encode(message), spec.retained)
+
+    def _send(self, topic: str, payload: bytes, retain: bool) -> None:
+        try:
+            self.link.publish(topic, payload, qos=1, retain=retain)
+        except LinkError as e:
+            self.stats.dropped_outbound += 1
+            log.warning("dropped message for %s: %s", topic, e)
 
     def reported(self) -> Reported:
         s = self.state
@@ -196,7 +206,7 @@ class Agent:
             # The broker lost (or never had) our session: subscriptions were just renewed and
             # the retained desired state will be re-delivered, so nothing else to re-sync.
             log.info("no session on the broker; retained state will be re-delivered")
-        self.link.publish(self.topic(Channel.STATUS), self._status("online"), qos=1, retain=True)
+        self._send(self.topic(Channel.STATUS), self._status("online"), retain=True)
         self.publish_reported()
 
     def _on_inbound(self, msg: Inbound) -> None:
