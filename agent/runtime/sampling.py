@@ -80,19 +80,35 @@ class Sampler:
 
     def _sample(self, logits: np.ndarray) -> int:
         p = self.params
+        candidates: np.ndarray | None = None  # None: every token
         if 0 < p.top_k < logits.size:
             candidates = np.argpartition(logits, -p.top_k)[-p.top_k :]
-        else:
-            candidates = np.arange(logits.size)
-        scaled = logits[candidates].astype(np.float64) / p.temperature
-        order = np.argsort(-scaled, kind="stable")
-        candidates, scaled = candidates[order], scaled[order]
-        probs = np.exp(scaled - scaled[0])
-        probs /= probs.sum()
+            logits = logits[candidates]
+        # exp in float32 vectorises (~15x faster than float64 on 50k logits); sums are float64
+        weights = np.exp((logits - logits.max()) / np.float32(p.temperature))
         if p.top_p < 1.0:
-            # smallest prefix whose mass reaches top_p (always at least one token)
-            keep = int(np.searchsorted(np.cumsum(probs), p.top_p)) + 1
-            candidates, probs = candidates[:keep], probs[:keep] / probs[:keep].sum()
-        cdf = np.cumsum(probs)
-        index = int(np.searchsorted(cdf, self._rng.random() * cdf[-1], side="right"))
-        return int(candidates[min(index, candidates.size - 1)])
+            keep = nucleus(weights, p.top_p)
+            candidates = keep if candidates is None else candidates[keep]
+            weights = weights[keep]
+        cdf = np.cumsum(weights, dtype=np.float64)
+        index = min(int(np.searchsorted(cdf, self._rng.random() * cdf[-1], side="right")), cdf.size - 1)
+        return index if candidates is None else int(candidates[index])
+
+
+def nucleus(weights: np.ndarray, top_p: float) -> np.ndarray:
+    """Indices of the smallest set of most likely entries whose mass reaches `top_p` (at
+    least one), most likely first; `weights` are unnormalised probabilities.
+
+    Sorting a 50k vocabulary costs ~4 ms a token, as much as a decode step, while a nucleus
+    is usually a few dozen tokens: sort only the k heaviest, growing k until they hold the
+    mass (the total comes from one pass over all weights).
+    """
+    n, total = weights.size, float(weights.sum(dtype=np.float64))
+    k = min(64, n)
+    while True:
+        top = np.argpartition(weights, -k)[-k:] if k < n else np.arange(n)
+        top = top[np.argsort(-weights[top], kind="stable")]
+        mass = np.cumsum(weights[top], dtype=np.float64) / total
+        if mass[-1] >= top_p or k == n:
+            return top[: min(int(np.searchsorted(mass, top_p)) + 1, k)]
+        k = min(4 * k, n)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from agent.runtime.errors import RequestError
-from agent.runtime.sampling import Sampler, SamplingParams
+from agent.runtime.sampling import Sampler, SamplingParams, nucleus
 
 LOGITS = np.array([1.0, 3.0, 2.0, 0.5, 2.9], dtype=np.float32)
 
@@ -40,6 +40,20 @@ def test_top_p_keeps_smallest_nucleus() -> None:
     # softmax(LOGITS): p1 ≈ .39, p4 ≈ .35 → top_p 0.5 keeps exactly tokens 1 and 4
     counts = draws(SamplingParams(temperature=1.0, top_k=0, top_p=0.5, repetition_penalty=1.0, seed=0))
     assert set(np.flatnonzero(counts)) == {1, 4}
+
+
+@pytest.mark.parametrize("sharpness", [0.5, 2.0, 8.0])
+@pytest.mark.parametrize("top_p", [0.1, 0.5, 0.9, 0.999])
+def test_nucleus_equals_sorting_the_whole_vocabulary(sharpness: float, top_p: float) -> None:
+    # Hugging Face's top-p: sort everything, keep the shortest head whose mass reaches top_p
+    w = np.exp(np.random.default_rng(int(sharpness * 10)).standard_normal(50257) * sharpness).astype(np.float32)
+    order = np.argsort(-w, kind="stable")
+    mass = np.cumsum(w[order], dtype=np.float64) / w.sum(dtype=np.float64)
+    expected = order[: int(np.searchsorted(mass, top_p)) + 1]
+    got = nucleus(w, top_p)
+    # equal weights may come in either order (float32 ties): compare what is kept by weight
+    assert np.array_equal(np.sort(w[got]), np.sort(w[expected]))
+    assert np.all(np.diff(w[got]) <= 0)  # most likely first
 
 
 def test_sampling_follows_the_distribution() -> None:
