@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from agent.runtime.errors import UnknownEngineError
+from agent.runtime.errors import RequestError, UnknownEngineError
 
 Dim = int | str | None
 
@@ -40,8 +40,6 @@ class EngineOptions:
 
     def __post_init__(self) -> None:
         if self.threads is not None and not 1 <= self.threads <= 256:
-            from agent.runtime.errors import RequestError
-
             raise RequestError(f"threads must be in 1..256, got {self.threads}")
 
 
