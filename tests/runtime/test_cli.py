@@ -171,5 +171,9 @@ def test_installed_bundle_is_preferred_over_the_shipped_model(
         )
     code, out, _ = run(capsys, "--state-dir", str(state), *args)
     assert code == 0 and json.loads(out)["model"] == load_manifest(tiny_int8_dir).name
+    config = tmp_path / "agent.toml"
+    config.write_text(f'device_id = "dev-1"\nstate_dir = "{state}"\n')
+    code, out, _ = run(capsys, "--config", str(config), *args)  # the config's state dir
+    assert code == 0 and json.loads(out)["model"] == load_manifest(tiny_int8_dir).name
     code, out, _ = run(capsys, "--state-dir", str(state), "--image", "--json", "-o", str(tmp_path / "i.png"))
     assert code == 0 and json.loads(out)["width"] > 0  # a text bundle does not serve --image
