@@ -48,6 +48,10 @@ from agent.trust.errors import (
 BUNDLE_SUFFIX = ".fgb"
 _BLOCK = 1024 * 1024
 GiB = 1024**3
+# A pax record for a member name of at most 255 characters fits in 1 KiB. tarfile reads an
+# extended header whole into memory and (CPython < 3.11.10, CVE-2024-6232) parses it with a
+# regex quadratic in its size: a 64 KiB header costs seconds, a 1 MiB one hours.
+_MAX_EXTENDED_HEADER = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +132,40 @@ class _HashingReader:
             pass
 
 
+class _RefusedHeader(tarfile.HeaderError):
+    """A tar header we refuse before tarfile acts on it (propagates as a TarError)."""
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+    """tarfile's header parsing minus what a bundle never needs and an attacker could use
+    to make the parser read or allocate without bound before any member is checked: GNU
+    long names and sparse maps (read whole, sized by the header), global pax headers, and
+    extended headers over `_MAX_EXTENDED_HEADER` bytes."""
+
+    def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _REFUSED_HEADER_TYPES:
+            raise _RefusedHeader(f"header type {self.type!r} is not allowed in a bundle")
+        if self.type == tarfile.XHDTYPE and self.size > _MAX_EXTENDED_HEADER:
+            raise _RefusedHeader(f"extended header of {self.size} bytes (limit {_MAX_EXTENDED_HEADER})")
+        member: tarfile.TarInfo = super()._proc_member(archive)  # type: ignore[misc]
+        return member
+
+    def _refuse_sparse(self, *args: object) -> None:
+        raise _RefusedHeader("sparse members are not allowed in a bundle")
+
+    # Called from inside pax processing, which would read the sparse map whole.
+    _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _refuse_sparse
+
+
+_REFUSED_HEADER_TYPES = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.GNUTYPE_SPARSE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+)
+
+
 def _member_name(info: tarfile.TarInfo, origin: str) -> str:
     if not info.isreg() or info.issparse():
         raise BundleFormatError(
@@ -144,11 +182,15 @@ def _member_name(info: tarfile.TarInfo, origin: str) -> str:
 
 def _open_new(dest: Path, rel: str) -> int:
     path = dest / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.parent.resolve().is_relative_to(dest.resolve()):
-        raise BundleFormatError(f"member {rel!r} escapes {dest}")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    return os.open(path, flags, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.resolve().is_relative_to(dest.resolve()):
+            raise BundleFormatError(f"member {rel!r} escapes {dest}")
+        return os.open(path, flags, 0o644)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError):
+        # A manifest may list both `a` and `a/b`: one of them cannot be a file.
+        raise BundleFormatError(f"member {rel!r} collides with another member") from None
 
 
 def _copy_member(stream: BinaryIO, size: int, rel: str, dest: Path | None, origin: str) -> str:
@@ -208,7 +250,9 @@ def _read_manifest_member(
 def _open_stream(reader: _HashingReader, origin: str) -> tarfile.TarFile:
     """A forward-only tar reader over `reader` (never seeks, reads 1 MiB at a time)."""
     try:
-        return tarfile.open(fileobj=reader, mode="r|", bufsize=_BLOCK)  # type: ignore[call-overload]
+        return tarfile.open(  # type: ignore[call-overload]
+            fileobj=reader, mode="r|", bufsize=_BLOCK, tarinfo=_StrictTarInfo
+        )
     except tarfile.TarError as e:
         raise BundleFormatError(f"{origin}: not a valid bundle tar ({e})") from None
 

@@ -7,7 +7,8 @@
 An install unpacks into `bundles/.incoming-*` while verifying (one pass), fsyncs every
 file and directory, renames it into place, then flips `current` with a new link renamed
 over the old one. A power cut at any instant leaves `current` on the old bundle or the
-new one; leftovers of an interrupted install are removed by the next install or `recover()`.
+new one; `recover()` (at start, and before each install) removes what an interrupted
+install left.
 """
 
 from __future__ import annotations
@@ -79,11 +80,17 @@ class BundleStore:
         return self.current_sha_prefix() == sha256[:16]
 
     def recover(self) -> None:
-        """Remove leftovers of an interrupted install (never `current` or `previous`)."""
+        """Finish or undo an interrupted install (call at start): remove `.incoming-*`
+        directories, half-made links, and bundles that neither `current` nor `previous`
+        names (one renamed into place just before a crash)."""
+        for link in (self.current_link, self.previous_link):
+            for stale in self.root.glob(f".{link.name}.new*"):  # fsutil.replace_symlink's temp
+                stale.unlink(missing_ok=True)
         if not self.bundles.is_dir():
             return
+        keep = {p.name for p in (self.current(), self._target(self.previous_link)) if p}
         for entry in self.bundles.iterdir():
-            if entry.name.startswith(_INCOMING):
+            if entry.name not in keep:
                 shutil.rmtree(entry, ignore_errors=True)
 
     def install(
@@ -121,23 +128,22 @@ class BundleStore:
         if self.is_current(verified.sha256):
             shutil.rmtree(incoming, ignore_errors=True)
             return InstalledBundle(path=final, bundle=verified, changed=False)
-        if final.exists():
-            shutil.rmtree(final)
+        if final.exists():  # `previous` (an operator going back) or a crash's leftover
+            aside = self.bundles / f"{_INCOMING}replaced-{name}"
+            shutil.rmtree(aside, ignore_errors=True)
+            os.rename(final, aside)  # atomic: never a half-deleted bundle under its name
+            shutil.rmtree(aside, ignore_errors=True)
         os.rename(incoming, final)
         fsync_dir(self.bundles)
+        # `previous` first: a crash between the two flips leaves both on the old bundle,
+        # and recover() removes the new one (undo); after the second flip it is done.
         previous = self.current()
-        replace_symlink(self.current_link, f"bundles/{name}")
         if previous is not None and previous.name != name:
             replace_symlink(self.previous_link, f"bundles/{previous.name}")
-        self._prune()
+        replace_symlink(self.current_link, f"bundles/{name}")
+        self.recover()
         log.info("installed %s (sha256 %s) as current", name, verified.sha256)
         return InstalledBundle(path=final, bundle=verified, changed=True)
-
-    def _prune(self) -> None:
-        keep = {p.name for p in (self.current(), self._target(self.previous_link)) if p}
-        for entry in self.bundles.iterdir():
-            if entry.name not in keep and not entry.name.startswith(_INCOMING):
-                shutil.rmtree(entry, ignore_errors=True)
 
 
 def _fsync_tree(top: Path) -> None:

@@ -82,8 +82,7 @@ def run(args: argparse.Namespace) -> int:
         result = install_offline(
             state_dir, bundle, metadata, board=_board(args.board or configured_board), trust_root=args.trust_root
         )
-    except TrustError as e:
-        log.error("install refused (check: %s): %s", e.check, e)
+    except TrustError as e:  # already logged where it was refused; main() prints it once
         refusal = type(e)(f"refused ({e.check}): {e}")
         raise refusal from None
     if fresh:

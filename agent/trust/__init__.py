@@ -10,15 +10,15 @@ Modules, pure verification split from I/O as python-tuf does:
               local-directory fetcher (air-gapped installs).
 - `mqtt_fetcher` / `https_fetcher`  fetchers over `dev/{id}/req`/`resp` and over HTTPS.
 - `transport` the tiny publish/subscribe interface the MQTT fetcher (and the controller's
-              responder) use, plus a plain paho-mqtt adapter.
+              responder) use; `agent.mqtt.link.MqttLink` implements it.
 - `updater`   the update flow: TUF refresh (python-tuf ngclient), director check,
               resumable download, one-pass verify + unpack into the bundle store
               (`agent.store`); `install_offline` for air-gapped installs.
 - `tuf_errors` python-tuf's exceptions mapped onto the refusal family, in one place.
 - `events`    `update.refused` / `update.installed` events for `dev/{id}/events`.
-- `atomic`    crash-safe writes (temp, fsync, rename, fsync dir) and symlink flips.
 
-The bundle format itself is `agent.bundle`; the store of unpacked bundles `agent.store`.
+The bundle format itself is `agent.bundle`; the store of unpacked bundles `agent.store`;
+crash-safe writes and symlink flips `agent.fsutil`.
 
 Nothing here is imported by `import agent`; python-tuf and cryptography load on use.
 """

@@ -20,7 +20,7 @@ from pathlib import Path
 import msgspec
 
 from agent.fsutil import atomic_write
-from agent.trust.errors import NotProvisionedError, SignatureError
+from agent.trust.errors import MetadataError, NotProvisionedError, SignatureError
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,16 @@ class DirectorRecord(msgspec.Struct, frozen=True):
 
 
 def load_director_version(paths: TrustPaths) -> int:
+    """The highest director version accepted so far (0 before the first).
+
+    An unreadable record is refused rather than read as 0, which would accept replays.
+    """
     try:
         return msgspec.json.decode(paths.director_state.read_bytes(), type=DirectorRecord).version
     except FileNotFoundError:
         return 0
+    except (msgspec.DecodeError, OSError) as e:
+        raise MetadataError(f"{paths.director_state}: unreadable director record ({e})") from None
 
 
 def save_director_version(paths: TrustPaths, version: int) -> None:

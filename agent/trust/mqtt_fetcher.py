@@ -142,7 +142,10 @@ class MqttFetcher(BoundedFetcher):
                 continue
             p = ids.pop(header.id, None)
             if p is None or pending.get(p.offset) is not p:
-                continue  # a late duplicate of an answered request
+                # A late duplicate of an answered request. Checked here too: a stream of
+                # such frames must not keep a download alive past its floor or deadline.
+                deadline.check()
+                continue
             if not header.ok:
                 if header.error.startswith(NOT_FOUND):
                     raise DownloadHTTPError(f"{url}: {header.error}", 404)

@@ -39,6 +39,7 @@ from agent.trust.director import (
 from agent.trust.errors import (
     BundleFormatError,
     LengthExceededError,
+    NotProvisionedError,
     RollbackError,
     TransportError,
     TrustError,
@@ -222,6 +223,9 @@ class TrustedUpdater:
         """
         sha256 = info.hashes["sha256"]
         part = self.paths.downloads_dir / f"{sha256}.part"
+        for other in self.paths.downloads_dir.glob("*.part"):  # targets no longer wanted
+            if other != part:
+                other.unlink(missing_ok=True)
         have = part.stat().st_size if part.exists() else 0
         if have > info.length:
             part.unlink()
@@ -287,7 +291,10 @@ def install_offline(
     paths = TrustPaths(Path(state_dir))
     if not paths.provisioned:
         if not trust_root:
-            paths.root_bytes()  # raises NotProvisionedError naming the path
+            raise NotProvisionedError(
+                f"{paths.state_dir}: not provisioned (no pinned root metadata); give "
+                f"--trust-root to trust the root metadata in {metadata_dir}"
+            )
         first = metadata_dir / "1.root.json"
         source = first if first.is_file() else metadata_dir / "root.json"
         try:

@@ -3,8 +3,11 @@ check, keeps its active bundle, and leaves no partial download behind."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import shutil
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -23,16 +26,26 @@ from controller.tuf.repository import RepoConfig, Repository
 from tests.trust.conftest import DEVICE, World
 
 
-def refused(device: TrustedUpdater, action: Callable[[], Any], check: str | set[str]) -> TrustError:
-    """Run `action`, expect a TrustError with `check`; the active bundle must not change."""
+def _tree(top: Path | None) -> dict[str, bytes] | None:
+    """Every file under `top` with its content (the active bundle, byte for byte)."""
+    if top is None:
+        return None
+    return {str(f.relative_to(top)): f.read_bytes() for f in sorted(top.rglob("*")) if f.is_file()}
+
+
+def refused(device: TrustedUpdater, action: Callable[[], Any], check: str) -> TrustError:
+    """Run `action`, expect a TrustError naming `check`; the active bundle must be the same
+    directory with the same bytes, and nothing of the attempt may be left on disk."""
     before = device.store.current()
+    content = _tree(before)
     with pytest.raises(TrustError) as info:
         action()
-    checks = {check} if isinstance(check, str) else check
-    assert info.value.check in checks, f"{info.value.check}: {info.value}"
+    assert info.value.check == check, f"{info.value.check}: {info.value}"
     assert device.store.current() == before
+    assert _tree(device.store.current()) == content
     downloads = device.paths.downloads_dir
-    assert not downloads.exists() or not [p for p in downloads.iterdir() if info.value.check != "transport"]
+    if check != "transport":  # only a transport failure keeps the partial file to resume
+        assert not downloads.exists() or not list(downloads.iterdir())
     incoming = device.store.bundles
     assert not incoming.exists() or not [p for p in incoming.iterdir() if p.name.startswith(".incoming")]
     return info.value
@@ -102,7 +115,7 @@ def test_one_byte_flipped_offline(world: World, tmp_path: Path) -> None:
     data = bytearray(world.bundles["1.0.0"].read_bytes())
     data[700] ^= 0x80  # inside the first member's data
     flipped.write_bytes(bytes(data))
-    refused(device, lambda: device.install_file(flipped), {"hash", "format"})
+    refused(device, lambda: device.install_file(flipped), "hash")
 
 
 class _Endless(LocalFetcher):
@@ -196,7 +209,8 @@ def test_mix_and_match(installed: TrustedUpdater, world: World) -> None:
     shutil.copyfile(
         release_b / "metadata" / "targets.json", world.mirror / "metadata" / f"{targets_v}.targets.json"
     )
-    refused(installed, lambda: installed.apply_desired(world.desired("3.0.0")), {"hash", "rollback"})
+    # Snapshot pins the targets file's hash: the swapped file is refused on it.
+    refused(installed, lambda: installed.apply_desired(world.desired("3.0.0")), "hash")
 
 
 def test_target_missing_from_the_repository(installed: TrustedUpdater, world: World) -> None:
@@ -225,6 +239,15 @@ def test_replayed_older_director_document(world: World) -> None:
     assert "tiny-2.0.0" in device.store.current().name  # type: ignore[union-attr]
 
 
+def test_an_unreadable_director_record_is_not_read_as_zero(installed: TrustedUpdater, world: World) -> None:
+    # Read as "no version seen yet", a damaged record would let any old document replay.
+    old = world.desired("1.0.0")
+    world.publish("2.0.0")
+    installed.apply_desired(world.desired("2.0.0"))
+    installed.paths.director_state.write_bytes(b"\x00garbage")
+    refused(installed, lambda: installed.apply_desired(old), "metadata")
+
+
 def test_expired_director_document(installed: TrustedUpdater, world: World) -> None:
     world.publish("2.0.0")
     envelope = world.desired("2.0.0", now=time.time() - 7200, expires_in_s=3600)
@@ -232,9 +255,11 @@ def test_expired_director_document(installed: TrustedUpdater, world: World) -> N
 
 
 def test_director_naming_a_target_not_in_signed_targets(installed: TrustedUpdater, world: World) -> None:
+    # A stolen director key names a bundle the attacker serves, with its true length and hash.
     evil = world.build("6.6.6")
     shutil.copy(evil, world.mirror / "targets" / evil.name)
-    ref = TargetRef(path=evil.name, length=evil.stat().st_size, hashes={"sha256": "0" * 64})
+    sha = hashlib.sha256(evil.read_bytes()).hexdigest()
+    ref = TargetRef(path=evil.name, length=evil.stat().st_size, hashes={"sha256": sha})
     state = DesiredState(device_id=DEVICE, version=50, expires=time.time() + 3600, target=ref)
     refused(installed, lambda: installed.apply_desired(world.director.sign(state)), "unknown-target")
 
@@ -353,10 +378,36 @@ def test_bundle_for_another_board_is_refused(world: World) -> None:
     refused(device, lambda: device.install_file(world.bundles["1.0.0"]), "board")
 
 
-def test_trusted_metadata_is_out_of_reach_of_bundle_contents(installed: TrustedUpdater) -> None:
-    bundles = installed.store.bundles.resolve()
-    trust = installed.paths.trust_dir.resolve()
-    assert not trust.is_relative_to(bundles) and not bundles.is_relative_to(trust)
+def _signed_hostile_bundle(world: World, member: str) -> Path:
+    """A bundle whose second member is `member`, published with the real targets key (a
+    careless or malicious release engineer): signatures alone must not let it write there."""
+    good = world.bundles.get("1.0.0") or world.build("1.0.0")
+    evil = world.tmp / "hostile" / "tiny-6.6.6.fgb"
+    evil.parent.mkdir(exist_ok=True)
+    with tarfile.open(good) as src, tarfile.open(evil, "w", format=tarfile.PAX_FORMAT) as out:
+        manifest = src.getmember("manifest.json")
+        out.addfile(manifest, src.extractfile(manifest))
+        payload = b'{"signed": "by the attacker"}'
+        info = tarfile.TarInfo(member)
+        info.size = len(payload)
+        out.addfile(info, io.BytesIO(payload))
+    shutil.copy(evil, world.mirror / "targets" / evil.name)
+    md = world.repo.load("targets")
+    md.signed.version += 1
+    md.signed.targets[evil.name] = TargetFile.from_file(evil.name, str(evil), ["sha256"])
+    world.forge_targets(md, world.repo.signers("targets"))
+    return evil
+
+
+@pytest.mark.parametrize("member", ["../../trust/root.pinned.json", "../../trust/metadata/root.json"])
+def test_signed_bundle_cannot_overwrite_trusted_metadata(installed: TrustedUpdater, world: World, member: str) -> None:
+    trust = installed.paths.trust_dir
+    pinned = installed.paths.pinned_root.read_bytes()
+    evil = _signed_hostile_bundle(world, member)
+    refused(installed, lambda: installed.install_file(evil), "format")
+    assert installed.paths.pinned_root.read_bytes() == pinned
+    state_files = [f for f in installed.paths.state_dir.rglob("*") if f.is_file()]
+    assert not [f for f in state_files if b"by the attacker" in f.read_bytes()]
     assert os.stat(trust).st_mode & 0o077 == 0
 
 

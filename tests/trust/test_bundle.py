@@ -155,3 +155,63 @@ def test_a_refused_install_leaves_current_untouched(model: Path, tmp_path: Path)
         )
     assert store.current() == before
     assert [p.name for p in store.bundles.iterdir()] == [before.name]  # type: ignore[union-attr]
+
+
+def _header(name: str, kind: bytes, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.size = size
+    return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+class _Endless(io.RawIOBase):
+    """`head`, then digits for ever: what a hostile header claims to be followed by."""
+
+    def __init__(self, head: bytes) -> None:
+        self.head, self.sent = head, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        size = 1 << 20 if size is None or size < 0 else size
+        data = self.head[self.sent : self.sent + size] or b"1" * size
+        self.sent += len(data)
+        return data
+
+
+@pytest.mark.parametrize(
+    "kind", [tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK]
+)
+def test_a_huge_extended_header_is_refused_before_it_is_read(kind: bytes) -> None:
+    # tarfile reads such a header whole, and parses a pax one with a regex quadratic in its
+    # size (CVE-2024-6232): 200 MB of it would take memory and hours of CPU.
+    source = _Endless(_header("././@LongHeader", kind, 200 * 1024 * 1024))
+    with pytest.raises(BundleFormatError, match="header"):
+        verify_bundle(source)  # type: ignore[arg-type]
+    assert source.sent <= 2 << 20  # refused on the header, not after reading what it announced
+
+
+def test_a_sparse_member_announced_in_a_pax_header_is_refused(model: Path) -> None:
+    members = _members(model)
+    info = members[1][0]
+    info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": info.name}
+    with pytest.raises(BundleFormatError, match="sparse"):
+        _verify(_tar(members))
+
+
+def test_members_that_collide_as_file_and_folder_are_refused(model: Path, tmp_path: Path) -> None:
+    # A manifest may list both `extra` and `extra/defaults.json`; only one can be a file.
+    import hashlib
+
+    import msgspec
+
+    from agent.manifest import FileEntry, encode_manifest
+
+    m = load_manifest(model)
+    blob = b"a file where a folder must be"
+    clash = FileEntry(path="extra", length=len(blob), sha256=hashlib.sha256(blob).hexdigest())
+    manifest = encode_manifest(msgspec.structs.replace(m, files=[*m.files, clash]))
+    members = [(_reg("manifest.json"), manifest), *_members(model)[1:], (_reg("extra"), blob)]
+    with pytest.raises(BundleFormatError, match="collides"):
+        _verify(_tar(members), tmp_path / "out")

@@ -57,7 +57,8 @@ def test_air_gapped_install(released: Path, capsys: pytest.CaptureFixture[str]) 
     usb, state = released / "usb", released / "state"
     args = ["install-bundle", str(usb / "tiny-1.0.0.fgb"), "--metadata", str(usb), "--state-dir", str(state)]
     assert agent_main([*args, "--board", "generic"]) == 2  # fresh state dir, no --trust-root
-    assert "not provisioned" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not provisioned" in err[0] and "--trust-root" in err[0]
     assert agent_main([*args, "--board", "generic", "--trust-root"]) == 0
     captured = capsys.readouterr()
     assert "installed tiny 1.0.0" in captured.out and "--trust-root" in captured.err
@@ -79,9 +80,15 @@ def test_air_gapped_install_refusal_names_the_check(released: Path, capsys: pyte
     assert not (state / "current").exists()
 
 
-def test_keys_rotate_revoke_list(released: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_keys_rotate_revoke_list(
+    released: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     repo, pp = str(released / "repo"), str(released / "pp")
-    assert fleetgen(["keys", "rotate", "targets", "--repo", repo, "--passphrase-file", pp]) == 0
+    monkeypatch.setenv("FLEETGEN_PASSPHRASE", "s3cret")  # as if typed at the prompt
+    assert fleetgen(["keys", "rotate", "targets", "--repo", repo]) == 0
+    new_keys = list((released / "repo" / "keys" / "offline").glob("targets-*.pem"))
+    assert len(new_keys) == 1 and b"ENCRYPTED" in new_keys[0].read_bytes()  # never in the clear
+    monkeypatch.delenv("FLEETGEN_PASSPHRASE")
     assert fleetgen(["keys", "list", "--repo", repo, "--json"]) == 0
     out = capsys.readouterr().out
     doc = json.loads(out[out.index("{") :])
@@ -107,6 +114,9 @@ def test_director_set_writes_and_publishes(released: Path, capsys: pytest.Captur
     first = decode_as(SignedEnvelope, out.read_bytes())
     assert decode_as(DesiredState, first.payload).version == 1
     assert fleetgen(["director", "set", "dev-7", "--repo", repo, "--target", "nope.fgb"]) == 1
+    capsys.readouterr()
+    assert fleetgen(["director", "set", "Dev 7", "--repo", repo, "--target", "tiny-1.0.0.fgb"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
     url = f"mqtt://127.0.0.1:{mosquitto.port}"
     assert fleetgen(["director", "set", "dev-7", "--repo", repo, "--target", "tiny-1.0.0.fgb", "--broker", url]) == 0
     inbox: queue.Queue[bytes] = queue.Queue()

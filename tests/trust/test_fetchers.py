@@ -345,3 +345,29 @@ def test_mqtt_slow_responder_under_the_floor_is_aborted(world: World) -> None:
     with pytest.raises(SlowRetrievalError, match="floor"):
         b"".join(fetcher.fetch_range(f"{TARGETS_URL}{sha}.{bundle.name}", 0, bundle.stat().st_size))
     assert time.monotonic() - start < 3
+
+
+def test_mqtt_stream_of_stale_answers_does_not_outlive_the_floor(world: World) -> None:
+    """Whoever can publish on `resp` keeps the inbox full of frames answering nothing we
+    wait for: the floor must still end the download (it is checked on every frame, not
+    only when the inbox runs dry)."""
+    import queue
+
+    from agent.protocol.messages import ResponseHeader
+
+    fetcher = MqttFetcher(Bus().client(), "dev-1", DownloadPolicy(request_timeout_s=30, grace_s=0.3))
+    stale = ResponseHeader(id=f"{fetcher._prefix}-999999", ok=True, offset=0, total=1)
+
+    class NeverEmpty:
+        def get(self, timeout: float | None = None) -> tuple[ResponseHeader, bytes]:
+            time.sleep(0.0001)
+            return stale, b"x"
+
+        def get_nowait(self) -> None:
+            raise queue.Empty
+
+    fetcher._inbox = NeverEmpty()  # type: ignore[assignment]
+    start = time.monotonic()
+    with pytest.raises(SlowRetrievalError):
+        b"".join(fetcher.fetch(f"{METADATA_URL}timestamp.json"))
+    assert time.monotonic() - start < 3
