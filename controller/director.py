@@ -45,14 +45,14 @@ class Director:
         self._versions_file = repo.path / "director" / "versions.json"
         self._lock = threading.Lock()
 
-    def _next_version(self, device_id: str, at_least: int = 0) -> int:
+    def _next_version(self, device_id: str) -> int:
         with self._lock:
             self._versions_file.parent.mkdir(mode=0o700, exist_ok=True)
             try:
                 versions = msgspec.json.decode(self._versions_file.read_bytes(), type=dict[str, int])
             except FileNotFoundError:
                 versions = {}
-            version = max(versions.get(device_id, 0) + 1, at_least)
+            version = versions.get(device_id, 0) + 1
             versions[device_id] = version
             atomic_write(self._versions_file, msgspec.json.encode(versions))
             return version
@@ -69,7 +69,6 @@ class Director:
         config: Details | None = None,
         power_budget_w: float | None = None,
         expires_in_s: float = DEFAULT_EXPIRY_S,
-        version: int | None = None,
         now: float | None = None,
     ) -> SignedEnvelope:
         """A signed desired state for `device_id` naming published target `target`."""
@@ -78,7 +77,7 @@ class Director:
         now = time.time() if now is None else now
         state = DesiredState(
             device_id=device_id,
-            version=version if version is not None else self._next_version(device_id),
+            version=self._next_version(device_id),
             expires=now + expires_in_s,
             issued=now,
             target=ref,

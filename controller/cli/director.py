@@ -40,9 +40,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run_set(args: argparse.Namespace) -> int:
+    from agent.errors import ProtocolError, UsageError
     from agent.protocol.codec import encode
+    from agent.protocol.topics import validate_device_id
     from controller.director import Director, write_envelope
 
+    try:
+        validate_device_id(args.device)
+    except ProtocolError as e:
+        raise UsageError(str(e)) from None
     director = Director(open_repo(args))
     envelope = director.desired(
         args.device,

@@ -73,7 +73,7 @@ def write_key(dirs: KeyDirs, role: str, signer: CryptoSigner, passphrase: bytes 
     return path
 
 
-def _is_encrypted(pem: bytes) -> bool:
+def is_encrypted(pem: bytes) -> bool:
     return b"ENCRYPTED" in pem.split(b"\n", 1)[0]
 
 
@@ -82,8 +82,8 @@ def load_signer(path: Path, public: SSlibKey, passphrase: PassphraseSource) -> C
         pem = path.read_bytes()
     except FileNotFoundError:
         raise KeyFileError(f"key file {path} not found") from None
-    secret = passphrase(path) if _is_encrypted(pem) else None
-    if _is_encrypted(pem) and not secret:
+    secret = passphrase(path) if is_encrypted(pem) else None
+    if is_encrypted(pem) and not secret:
         raise KeyFileError(f"{path} is encrypted: give --passphrase-file (or FLEETGEN_PASSPHRASE)")
     try:
         private = serialization.load_pem_private_key(pem, secret)

@@ -220,11 +220,6 @@ class Repository:
     def _write_role(self, role: str, signed: Any, signers: Iterable[CryptoSigner]) -> bytes:
         return _write(self.metadata_dir, role, _signed(signed, signers))
 
-    @_exclusive
-    def write_signed(self, role: str, md: Metadata[Any]) -> bytes:
-        """Write metadata signed elsewhere (e.g. targets signed on an offline machine)."""
-        return _write(self.metadata_dir, role, md)
-
     def _update_snapshot(
         self,
         snapshot_signers: list[CryptoSigner] | None = None,
@@ -345,6 +340,8 @@ class Repository:
         old_root_signers = self.signers("root", root=root)
         old_keys = self.role_keys(role, root)
         new = [keystore.generate() for _ in old_keys]
+        if passphrase is None and role in keystore.OFFLINE_ROLES:
+            passphrase = self._new_key_passphrase(role, old_keys)
         if role == "director":
             root.unrecognized_fields[ROOT_FIELD] = _director_field([s.public_key for s in new])
         else:
@@ -366,11 +363,12 @@ class Repository:
     def revoke(self, keyid: str) -> str:
         """Remove one key (any role) through root; the role must keep its threshold."""
         root = self.root()
-        matches = [r for r in keystore.ROLES if any(k.keyid.startswith(keyid) for k in self.role_keys(r, root))]
+        matches = [(r, k) for r in keystore.ROLES for k in self.role_keys(r, root) if k.keyid.startswith(keyid)]
         if len(keyid) < 8 or not matches:
             raise UsageError(f"no key {keyid!r} in root (give at least 8 hex digits of its id)")
-        role = matches[0]
-        key = next(k for k in self.role_keys(role, root) if k.keyid.startswith(keyid))
+        if len(matches) > 1:
+            raise UsageError(f"key id {keyid!r} matches {len(matches)} keys: give more digits")
+        role, key = matches[0]
         remaining = len(self.role_keys(role, root)) - 1
         threshold = 1 if role == "director" else root.roles[role].threshold
         if remaining < threshold:
@@ -390,6 +388,25 @@ class Repository:
         log.info("revoked %s key %s", role, key.keyid[:12])
         return role
 
+    def _new_key_passphrase(self, role: str, old_keys: list[SSlibKey]) -> bytes | None:
+        """The passphrase for a new offline key when none was given: asked for (prompt) if
+        the keys it replaces are encrypted, so a rotation never leaves a key in the clear."""
+        encrypted = [
+            path
+            for key in old_keys
+            if (path := keystore.key_file(self.keys, role, key.keyid)).is_file()
+            and keystore.is_encrypted(path.read_bytes())
+        ]
+        if not encrypted:
+            return None
+        secret = self._passphrase(encrypted[0])
+        if not secret:
+            raise KeyFileError(
+                f"{encrypted[0]} is encrypted, and so must the new {role} key be: give "
+                "--passphrase-file (or FLEETGEN_PASSPHRASE)"
+            )
+        return secret
+
     def _retire_key_file(self, role: str, keyid: str) -> None:
         src = keystore.key_file(self.keys, role, keyid)
         if src.exists():
@@ -404,6 +421,7 @@ class Repository:
 
     # -- export ----------------------------------------------------------------------------
 
+    @_exclusive  # a publish in between would export targets and snapshot of two releases
     def export(self, to: Path, *, bundles: bool = False) -> list[Path]:
         """Copy what an air-gapped device needs: every root, the current targets, snapshot
         and timestamp (and, with `bundles`, the bundle files under their plain names)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 from agent.errors import FleetgenError
@@ -25,7 +24,6 @@ class ResignSchedule:
         self._interval = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="tuf-resign", daemon=True)
-        self.on_error: Callable[[Exception], None] | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -48,7 +46,5 @@ class ResignSchedule:
                 self.tick()
             except (FleetgenError, OSError) as e:  # keep trying; the next tick may succeed
                 log.error("re-signing the online roles failed: %s", e)
-                if self.on_error is not None:
-                    self.on_error(e)
             if self._stop.wait(self._interval):
                 return
