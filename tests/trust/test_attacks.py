@@ -420,3 +420,7 @@ def test_passphrase_protected_offline_keys(tmp_path: Path) -> None:
         locked.signers("targets")
     online = next((repo.keys.online).glob("timestamp-*.pem")).read_bytes()
     assert b"ENCRYPTED" not in online
+    for key in (tmp_path / "r" / "keys").rglob("*.pem"):
+        assert key.stat().st_mode & 0o777 == 0o600, key
+    for folder in (repo.keys.offline, repo.keys.online):
+        assert folder.stat().st_mode & 0o077 == 0, folder
