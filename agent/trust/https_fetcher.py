@@ -2,7 +2,8 @@
 
 `HttpsFetcher(base_url)` maps `fleetgen://repository/metadata/X` to `{base_url}metadata/X`
 (the layout `fleetgen bundle export` writes and any static web server can serve).
-Resuming uses a `Range` request. Reads return as soon as any bytes arrive (`read1`), so
+Resuming uses a `Range` request (a server that ignores it costs the bytes already had,
+which are skipped). Reads return as soon as any bytes arrive (`read1`), so
 `BoundedFetcher`'s throughput floor sees a drip for what it is.
 """
 
@@ -58,11 +59,12 @@ class HttpsFetcher(BoundedFetcher):
         try:
             if resp.status >= 400:
                 raise DownloadHTTPError(f"{target}: HTTP {resp.status}", resp.status)
-            if offset and resp.status != 206:
-                raise TransportError(f"{target}: server ignored the Range request")
+            # A server without Range support sends the whole file (200): skip what we have,
+            # or a partial download could never be resumed nor finished.
+            skip = offset if resp.status == 200 else 0
             left = None if limit is None else limit + 1 - offset
             while left is None or left > 0:
-                size = self.policy.chunk_size if left is None else min(left, self.policy.chunk_size)
+                size = self.policy.chunk_size if left is None else min(left + skip, self.policy.chunk_size)
                 try:
                     data = resp.read1(size)
                 except urllib3.exceptions.HTTPError as e:
@@ -70,6 +72,13 @@ class HttpsFetcher(BoundedFetcher):
                     raise TransportError(f"{target}: {e}") from None
                 if not data:
                     return
+                if skip:
+                    dropped = min(skip, len(data))
+                    skip -= dropped
+                    data = data[dropped:]
+                    if not data:
+                        deadline.check()
+                        continue
                 if left is not None:
                     left -= len(data)
                 yield data

@@ -232,6 +232,8 @@ class TrustedUpdater:
             have = 0
         if have:
             log.info("resuming %s at byte %d of %d", info.path, have, info.length)
+        if have == info.length:  # complete before an interruption; HTTPS would answer 416
+            return part
         url = self._target_url(info)
         try:
             with open(part, "ab") as f:

@@ -371,3 +371,26 @@ def test_mqtt_stream_of_stale_answers_does_not_outlive_the_floor(world: World) -
     with pytest.raises(SlowRetrievalError):
         b"".join(fetcher.fetch(f"{METADATA_URL}timestamp.json"))
     assert time.monotonic() - start < 3
+
+
+def test_a_complete_partial_download_is_installed_without_asking_again(world: World, http_server: _Server) -> None:
+    """Interrupted after the last byte but before the install: resuming over HTTPS would ask
+    for `bytes=LENGTH-`, which a server answers 416; nothing is asked, the file is verified."""
+    world.publish("1.0.0", size=64 * KiB)
+    device = world.device(fetcher=HttpsFetcher(http_server.url))
+    device.paths.ensure()
+    sha = world.repo.targets().targets["tiny-1.0.0.fgb"].hashes["sha256"]
+    (device.paths.downloads_dir / f"{sha}.part").write_bytes(world.target_file("1.0.0").read_bytes())
+    assert device.apply_desired(world.desired("1.0.0")).changed
+
+
+def test_resuming_from_a_server_that_ignores_range(world: World, http_server: _Server) -> None:
+    """http.server answers a Range request with the whole file (200): the bytes already
+    had are skipped, and the download finishes instead of failing on every retry."""
+    world.publish("1.0.0", size=200 * KiB)
+    device = world.device(fetcher=HttpsFetcher(http_server.url))
+    device.paths.ensure()
+    sha = world.repo.targets().targets["tiny-1.0.0.fgb"].hashes["sha256"]
+    data = world.target_file("1.0.0").read_bytes()
+    (device.paths.downloads_dir / f"{sha}.part").write_bytes(data[: len(data) // 2])
+    assert device.apply_desired(world.desired("1.0.0")).changed
