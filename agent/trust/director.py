@@ -63,24 +63,14 @@ def peek_desired(envelope: SignedEnvelope) -> DesiredState:
         raise BundleFormatError(f"director document: {e}") from None
 
 
-def verify_desired(
-    envelope: SignedEnvelope,
-    keys: DirectorKeys,
-    *,
-    device_id: str,
-    now: float,
-    highest_version: int,
-) -> DesiredState:
-    """Check signature, device, expiry and version; return the trusted desired state.
+def check_claims(state: DesiredState, *, device_id: str, now: float, highest_version: int) -> None:
+    """Device, version and expiry of a desired state.
 
-    A version equal to `highest_version` is accepted (the retained document delivered
-    again); an older one is a replay and refused.
+    Run on the unverified payload first (`peek_desired`: refusing costs nothing, and a stale,
+    misrouted or expired document then causes no repository traffic), and again by
+    `verify_desired` on the signed one. A version equal to `highest_version` is accepted
+    (the retained document delivered again); an older one is a replay and refused.
     """
-    payload = verify_envelope(envelope, keys.keys, keys.threshold, payload_type=DESIRED_PAYLOAD_TYPE)
-    try:
-        state = decode_as(DesiredState, payload, MAX_PAYLOAD)
-    except ProtocolError as e:
-        raise BundleFormatError(f"director document: {e}") from None
     if state.device_id != device_id:
         raise WrongDeviceError(
             f"director document is for device {state.device_id!r}, this is {device_id!r}"
@@ -92,6 +82,23 @@ def verify_desired(
         )
     if state.expires <= now:
         raise ExpiredError(f"director document v{state.version} expired at {state.expires:.0f}")
+
+
+def verify_desired(
+    envelope: SignedEnvelope,
+    keys: DirectorKeys,
+    *,
+    device_id: str,
+    now: float,
+    highest_version: int,
+) -> DesiredState:
+    """Check signature, then device, version and expiry; return the trusted desired state."""
+    payload = verify_envelope(envelope, keys.keys, keys.threshold, payload_type=DESIRED_PAYLOAD_TYPE)
+    try:
+        state = decode_as(DesiredState, payload, MAX_PAYLOAD)
+    except ProtocolError as e:
+        raise BundleFormatError(f"director document: {e}") from None
+    check_claims(state, device_id=device_id, now=now, highest_version=highest_version)
     return state
 
 

@@ -31,6 +31,7 @@ from agent.protocol.codec import decode_as
 from agent.protocol.messages import SignedEnvelope, TargetRef
 from agent.store import BundleStore, InstalledBundle
 from agent.trust.director import (
+    check_claims,
     check_target_matches,
     director_keys_from_root,
     peek_desired,
@@ -40,7 +41,6 @@ from agent.trust.errors import (
     BundleFormatError,
     LengthExceededError,
     NotProvisionedError,
-    RollbackError,
     TransportError,
     TrustError,
     UnknownTargetError,
@@ -168,17 +168,12 @@ class TrustedUpdater:
             except ProtocolError as e:
                 raise BundleFormatError(f"director document: {e}") from None
         highest = load_director_version(self.paths)
-        claimed = peek_desired(envelope)
-        if claimed.version < highest:  # cheap refusal before any network traffic
-            raise RollbackError(
-                f"director document version {claimed.version} is older than {highest} "
-                "already seen (replayed)"
-            )
+        device, now = self.device_id, self._clock()
+        # Cheap refusals on the unverified claims, before any repository traffic.
+        check_claims(peek_desired(envelope), device_id=device, now=now, highest_version=highest)
         updater = self.refresh()
         keys = director_keys_from_root(self.trusted_root())
-        state = verify_desired(
-            envelope, keys, device_id=self.device_id, now=self._clock(), highest_version=highest
-        )
+        state = verify_desired(envelope, keys, device_id=device, now=now, highest_version=highest)
         save_director_version(self.paths, state.version)
         log.info("director document v%d for %s accepted", state.version, self.device_id)
         if state.target is None:

@@ -228,6 +228,32 @@ def test_director_document_for_another_device(installed: TrustedUpdater, world: 
     refused(installed, lambda: installed.apply_desired(world.desired("2.0.0", device_id="dev-2")), "wrong-device")
 
 
+class _Counting(LocalFetcher):
+    """Counts what the device asks the repository for."""
+
+    asked = 0
+
+    def _chunks(self, url: str, offset: int, deadline: Deadline, limit: int | None) -> Iterator[bytes]:
+        self.asked += 1
+        yield from super()._chunks(url, offset, deadline, limit)
+
+
+@pytest.mark.parametrize(
+    ("make", "check"),
+    [
+        (lambda w: w.desired("1.0.0", device_id="dev-2"), "wrong-device"),
+        (lambda w: w.desired("1.0.0", now=time.time() - 7200, expires_in_s=3600), "expired"),
+    ],
+)
+def test_misrouted_or_stale_documents_cause_no_repository_traffic(
+    installed: TrustedUpdater, world: World, make: Callable[[World], Any], check: str
+) -> None:
+    envelope = make(world)
+    installed.fetcher = fetcher = _Counting(world.mirror / "metadata", world.mirror / "targets")
+    refused(installed, lambda: installed.apply_desired(envelope), check)
+    assert fetcher.asked == 0
+
+
 def test_replayed_older_director_document(world: World) -> None:
     world.publish("1.0.0")
     world.publish("2.0.0")
