@@ -39,6 +39,7 @@ from agent.protocol import (
 )
 from agent.protocol.messages import Details
 from agent.sequence import SequenceCounter
+from agent.store import BundleStore
 from agent.telemetry import Sampler
 from agent.updates import UpdateOutcome, UpdateWorker, active_bundle
 
@@ -121,6 +122,8 @@ class Agent:
             ],
             will=Will(self.topic(Channel.STATUS), self._status("offline")),
         )
+        # Finish or undo an install a power cut interrupted, before reporting what runs.
+        BundleStore(self.state_dir).recover()
         current = active_bundle(self.state_dir)
         if current is not None:
             self.state.active_bundle = current.label

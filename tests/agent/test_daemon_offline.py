@@ -26,3 +26,16 @@ def test_full_outgoing_queue_drops_instead_of_crashing(tmp_path: Path) -> None:
         assert agent.stats.dropped_outbound >= 10
     finally:
         agent.link.stop()
+
+
+def test_start_clears_what_an_interrupted_install_left(tmp_path: Path) -> None:
+    """kill -9 between unpacking and the `current` flip leaves an orphan folder and a temp link."""
+    bundles = tmp_path / "bundles"
+    (bundles / "orphan-1.0.0-0123456789abcdef").mkdir(parents=True)
+    (bundles / "orphan-1.0.0-0123456789abcdef" / "model.onnx").write_bytes(b"half")
+    (tmp_path / ".current.new123").symlink_to("bundles/orphan-1.0.0-0123456789abcdef")
+    agent = Agent(AgentConfig(device_id="crash-1", state_dir=str(tmp_path),
+                              mqtt=MqttSettings(url=f"mqtt://127.0.0.1:{free_port()}")))
+    assert agent.state.active_bundle is None
+    assert not (bundles / "orphan-1.0.0-0123456789abcdef").exists()
+    assert not (tmp_path / ".current.new123").is_symlink()
