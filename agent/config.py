@@ -19,6 +19,8 @@ Every key can be set from the environment (`FLEETGEN_DEVICE_ID`, `FLEETGEN_MQTT_
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,6 +31,8 @@ from agent.errors import ConfigError
 from agent.mqtt.settings import MqttSettings
 from agent.protocol.messages import DeviceId
 from agent.settings import load_settings
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path("/etc/fleetgen/agent.toml")
 DEFAULT_STATE_DIR = "/var/lib/fleetgen"
@@ -76,12 +80,31 @@ def load_config(
     return config
 
 
-def state_dir_for(config_path: str | None, state_dir: str | None) -> Path:
-    """The state directory a one-shot command acts on: `--state-dir`, else the config's
-    (the given file, or /etc/fleetgen/agent.toml when it exists), else the default."""
-    if state_dir:
-        return Path(state_dir)
-    if config_path is None and not DEFAULT_CONFIG.is_file():
-        return Path(DEFAULT_STATE_DIR)
-    # The device id does not matter here; a placeholder lets a partial config load.
-    return load_config(Path(config_path) if config_path else None, device_id="provisioning").state_path
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """What a one-shot command (generate, install-bundle, provision) takes from the agent config."""
+
+    state_dir: Path
+    board: BoardSettings
+
+    @property
+    def forced_profile(self) -> str | None:
+        return None if self.board.profile == "auto" else self.board.profile
+
+
+def local_settings(config_path: str | None, state_dir: str | None) -> LocalSettings:
+    """`--state-dir`, else the config's (the given file, or /etc/fleetgen/agent.toml when it
+    exists), else the default. A broken default config is skipped with a warning, so that an
+    offline install still works; a broken `--config` is an error."""
+    config = None
+    if config_path is not None or DEFAULT_CONFIG.is_file():
+        try:
+            # The device id plays no part here; a placeholder lets a partial config load.
+            config = load_config(Path(config_path) if config_path else None, device_id="local")
+        except ConfigError as e:
+            if config_path is not None:
+                raise
+            log.warning("ignoring %s: %s", DEFAULT_CONFIG, e)
+    base = config.state_path if config else Path(DEFAULT_STATE_DIR)
+    return LocalSettings(Path(state_dir) if state_dir else base, config.board if config else BoardSettings())

@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         metavar="LIST",
         help="preferred execution providers, comma-separated (e.g. cuda,cpu)",
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, log_level="WARNING")  # its output is the answer; INFO lines are noise
 
 
 def shipped_model(kind: str, root: Path | None = None) -> Path:
@@ -136,18 +136,19 @@ def model_folder(args: argparse.Namespace, state_dir: Path) -> Iterator[Path]:
         yield installed_model(state_dir, f"{kind}-generation") or shipped_model(kind)
 
 
-def board_preferences(profile: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def board_preferences(profile: str | None, root: str = "/") -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(ONNX Runtime providers, TFLite delegate libraries) the board prefers, best first.
 
-    `profile` forces a board profile (the agent config's); None detects. Detection is best
-    effort: if it fails, the CPU (always appended by the engine) is what runs.
+    `profile` forces a board profile (the agent config's); None detects, reading the tree
+    under `root`. Detection is best effort: if it fails, the CPU (always appended by the
+    engine) is what runs.
     """
     try:
         from firmware.detect import detect_board
         from firmware.profile import load_profiles
 
         forced = [p for p in load_profiles() if p.id == profile] if profile else None
-        board = detect_board(profiles=forced or None)
+        board = detect_board(Path(root), profiles=forced or None)
     except Exception as e:  # firmware reads many files; none of its failures should stop generation
         log.warning("board detection failed (%s); running on the CPU", e)
         return (), ()
@@ -155,14 +156,15 @@ def board_preferences(profile: str | None) -> tuple[tuple[str, ...], tuple[str, 
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.cli.install_bundle import _settings as agent_settings
+    from agent.config import local_settings
     from agent.runtime import EngineOptions, ImageGenerator, TextGenerator, load_model
 
     _check_sampling_flags(args)
     if not args.image and args.prompt is None:
         raise UsageError("give a prompt (or --image)")
-    state_dir, profile = agent_settings(args)  # the same flag/config/default rules as install-bundle
-    providers, delegates = board_preferences(profile)
+    settings = local_settings(args.config, args.state_dir)
+    state_dir = settings.state_dir
+    providers, delegates = board_preferences(settings.forced_profile, settings.board.root)
     if args.providers:
         providers = tuple(p for p in args.providers.split(",") if p.strip())
     options = EngineOptions(threads=args.threads, providers=providers, tflite_delegates=delegates)

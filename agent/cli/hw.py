@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     # Parsed in run(), not by argparse, so a bad value is one error line like --root's.
     p.add_argument("--interval", default="0.25", metavar="SECONDS",
                    help="time between the two power samples (default 0.25)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, log_level="WARNING")  # its output is the answer; INFO lines are noise
 
 
 def run(args: argparse.Namespace) -> int:

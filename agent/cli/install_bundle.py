@@ -17,9 +17,6 @@ from agent.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STATE_DIR = "/var/lib/fleetgen"
-
-
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "install-bundle", parents=[common], help="install a signed bundle without network (air-gapped)"
@@ -32,25 +29,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p.add_argument("--board", help="board id to match the bundle against (default: detected)")
     p.set_defaults(func=run)
-
-
-def _settings(args: argparse.Namespace) -> tuple[Path, str | None]:
-    """State dir and configured board profile: flags, then the agent config, then defaults."""
-    if args.state_dir and not args.config:
-        return Path(args.state_dir), None
-    from agent.config import DEFAULT_CONFIG, load_config
-    from agent.errors import ConfigError
-
-    if args.config is None and not Path(DEFAULT_CONFIG).is_file():
-        return Path(args.state_dir or DEFAULT_STATE_DIR), None
-    try:
-        config = load_config(Path(args.config) if args.config else None, device_id="offline")
-    except ConfigError:
-        if args.config:
-            raise
-        return Path(args.state_dir or DEFAULT_STATE_DIR), None
-    profile = None if config.board.profile == "auto" else config.board.profile
-    return Path(args.state_dir) if args.state_dir else config.state_path, profile
 
 
 def _board(explicit: str | None) -> str:
@@ -66,6 +44,7 @@ def _board(explicit: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from agent.config import local_settings
     from agent.trust.errors import TrustError
     from agent.trust.layout import TrustPaths
     from agent.trust.updater import install_offline
@@ -76,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{bundle}: no such bundle file")
     if not metadata.is_dir():
         raise UsageError(f"--metadata {metadata}: not a directory")
-    state_dir, configured_board = _settings(args)
+    settings = local_settings(args.config, args.state_dir)
+    state_dir, configured_board = settings.state_dir, settings.forced_profile
     fresh = not TrustPaths(state_dir).provisioned
     try:
         result = install_offline(

@@ -21,12 +21,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.config import state_dir_for
+    from agent.config import local_settings
     from agent.errors import UsageError
     from agent.trust.errors import TrustError
     from agent.trust.layout import TrustPaths, provision
 
-    paths = TrustPaths(state_dir_for(args.config, args.state_dir))
+    paths = TrustPaths(local_settings(args.config, args.state_dir).state_dir)
     try:
         root = Path(args.root).read_bytes()
     except OSError as e:
