@@ -17,7 +17,7 @@ from agent.daemon import Agent
 from agent.mqtt.settings import MqttSettings
 from agent.protocol import Channel, device_topic
 from controller.brokers import Mosquitto
-from controller.pki import CertificateAuthority
+from controller.pki import CertificateAuthority, IssuedCert
 
 
 @pytest.fixture
@@ -38,6 +38,19 @@ def tls_broker(tmp_path: Path) -> Iterator[tuple[Mosquitto, CertificateAuthority
     broker.stop()
 
 
+def watch_all(broker: Mosquitto, ca: CertificateAuthority, cert: IssuedCert,
+              client_id: str) -> tuple[paho.Client, list[str]]:
+    """A TLS client with `cert` that subscribes to every fleetgen topic; returns what it sees."""
+    seen: list[str] = []
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    client.tls_set(ca_certs=str(ca.cert_path), certfile=str(cert.cert), keyfile=str(cert.key))
+    client.on_message = lambda c, u, m: seen.append(m.topic)
+    client.connect("127.0.0.1", broker.port)
+    client.subscribe("fleetgen/#", qos=1)
+    client.loop_start()
+    return client, seen
+
+
 def test_agent_connects_over_tls_and_acl_confines_it(tls_broker: tuple[Mosquitto, CertificateAuthority],
                                                      tmp_path: Path) -> None:
     broker, ca = tls_broker
@@ -53,21 +66,9 @@ def test_agent_connects_over_tls_and_acl_confines_it(tls_broker: tuple[Mosquitto
         # A second device, with its own certificate, subscribes to everything: the ACL
         # delivers only its own subtree (a SUBACK says nothing: PITFALLS).
         other = ca.issue_device("tls-2", tmp_path / "dev2")
-        seen: list[str] = []
-        spy = paho.Client(CallbackAPIVersion.VERSION2, client_id="spy", protocol=paho.MQTTv5)
-        spy.tls_set(ca_certs=str(ca.cert_path), certfile=str(other.cert), keyfile=str(other.key))
-        spy.on_message = lambda c, u, m: seen.append(m.topic)
-        spy.connect("127.0.0.1", broker.port)
-        spy.subscribe("fleetgen/#", qos=1)
-        spy.loop_start()
-        # And a client of the same CA sees tls-1's retained status under its own identity.
-        mine: list[str] = []
-        own = paho.Client(CallbackAPIVersion.VERSION2, client_id="own", protocol=paho.MQTTv5)
-        own.tls_set(ca_certs=str(ca.cert_path), certfile=str(dev.cert), keyfile=str(dev.key))
-        own.on_message = lambda c, u, m: mine.append(m.topic)
-        own.connect("127.0.0.1", broker.port)
-        own.subscribe("fleetgen/#", qos=1)
-        own.loop_start()
+        spy, seen = watch_all(broker, ca, other, "spy")
+        # And a client with tls-1's own certificate sees tls-1's retained status.
+        own, mine = watch_all(broker, ca, dev, "own")
         agent.emit("test.ping")
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and device_topic("tls-1", Channel.STATUS) not in mine:
