@@ -19,20 +19,25 @@ from agent.protocol import Channel, device_topic
 from controller.brokers import Mosquitto
 from controller.pki import CertificateAuthority, IssuedCert
 
+TEMPLATES = Path(__file__).resolve().parents[2] / "systemd" / "mosquitto"
+
 
 @pytest.fixture
 def tls_broker(tmp_path: Path) -> Iterator[tuple[Mosquitto, CertificateAuthority]]:
     ca = CertificateAuthority.create(tmp_path / "ca")
     server = ca.issue_server(["127.0.0.1", "localhost"], tmp_path / "server")
     acl = tmp_path / "acl"
-    acl.write_text("pattern readwrite fleetgen/v1/dev/%u/#\n")
-    broker = Mosquitto(
-        tmp_path / "broker",
-        listener_conf="\n".join([
-            f"cafile {ca.cert_path}", f"certfile {server.cert}", f"keyfile {server.key}",
-            "require_certificate true", "use_identity_as_username true", f"acl_file {acl}",
-        ]),
-    )
+    acl.write_text((TEMPLATES / "fleetgen.acl").read_text())
+    # The listener settings of the shipped template, with this test's files.
+    paths = {"/etc/fleetgen/pki/ca.pem": str(ca.cert_path), "/etc/fleetgen/pki/server.pem": str(server.cert),
+             "/etc/fleetgen/pki/server.key": str(server.key), "/etc/mosquitto/fleetgen.acl": str(acl)}
+    keys = ("cafile", "certfile", "keyfile", "require_certificate", "use_identity_as_username", "acl_file")
+    lines = [line for line in (TEMPLATES / "fleetgen.conf").read_text().splitlines() if line.startswith(keys)]
+    listener = "\n".join(lines)
+    for template_path, real in paths.items():
+        listener = listener.replace(template_path, real)
+    assert len(lines) == len(keys) and "/etc/" not in listener
+    broker = Mosquitto(tmp_path / "broker", listener_conf=listener)
     broker.start()
     yield broker, ca
     broker.stop()
@@ -69,6 +74,8 @@ def test_agent_connects_over_tls_and_acl_confines_it(tls_broker: tuple[Mosquitto
         spy, seen = watch_all(broker, ca, other, "spy")
         # And a client with tls-1's own certificate sees tls-1's retained status.
         own, mine = watch_all(broker, ca, dev, "own")
+        # The controller's identity sees the whole fleet.
+        ctl, fleet_seen = watch_all(broker, ca, ca.issue_device("fleetgen-controller", tmp_path / "ctl"), "ctl")
         agent.emit("test.ping")
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and device_topic("tls-1", Channel.STATUS) not in mine:
@@ -76,8 +83,9 @@ def test_agent_connects_over_tls_and_acl_confines_it(tls_broker: tuple[Mosquitto
         time.sleep(0.5)
         assert device_topic("tls-1", Channel.STATUS) in mine
         assert not [t for t in seen if "/tls-1/" in t], seen
-        spy.loop_stop()
-        own.loop_stop()
+        assert device_topic("tls-1", Channel.STATUS) in fleet_seen
+        for client in (spy, own, ctl):
+            client.loop_stop()
     finally:
         agent.stop()
         runner.join(10)
