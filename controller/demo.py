@@ -8,6 +8,7 @@ as child processes, and reports through `say` so the CLI shows progress.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -71,6 +72,30 @@ class _Steps:
         return proc.stdout or ""
 
 
+def _fleet_story(opts: DemoOptions, steps: _Steps, fleet: FleetProcesses, devices: list[DeviceSpec], repo: Path,
+                 bundle: Path, label: str, broker_url: str, say: Callable[[str], None]) -> None:
+    say("\n3. controller and three devices, each provisioned with the repository's root")
+    fleet.start_controller()
+    for spec in devices:
+        steps.run("fleetgen-agent", "provision", "--root", str(repo / "metadata" / "1.root.json"),
+                  "--state-dir", str(fleet.workdir / "agents" / spec.device_id))
+        fleet.start_agent(spec)
+    start = time.monotonic()
+    online = fleet.wait_for(lambda ds: sum(d.online for d in ds) >= len(devices), opts.timeout)
+    say(f"  all online after {time.monotonic() - start:.1f}s\n")
+    say(format_table(online, time.time()))
+
+    say("\n4. push the signed model: the director names it for each device")
+    for spec in devices:
+        steps.run("fleetgen", "director", "set", spec.device_id, "--repo", str(repo),
+                  "--target", bundle.name, "--broker", broker_url)
+    start = time.monotonic()
+    done = fleet.wait_for(lambda ds: sum(d.active_bundle == label for d in ds) >= len(devices), opts.timeout)
+    say(f"  verified (TUF + director), downloaded over MQTT and installed on all devices "
+        f"in {time.monotonic() - start:.1f}s\n")
+    say(format_table(done, time.time()))
+
+
 def run_demo(opts: DemoOptions, say: Callable[[str], None], wait_forever: Callable[[], None]) -> int:
     if opts.workdir.exists():
         shutil.rmtree(opts.workdir)
@@ -90,42 +115,21 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None], wait_forever: Callab
 
     say(f"\n2. broker ({opts.broker})")
     broker = start_broker(opts.broker, opts.workdir / "broker")
-    say(f"  {type(broker).__name__} on {broker.url} (MQTT {broker.protocol})")
-    fleet = FleetProcesses(opts.workdir, broker.url, protocol=broker.protocol, repository=repo)
     try:
-        say("\n3. controller and three devices, each provisioned with the repository's root")
-        fleet.start_controller()
-        for spec in devices:
-            steps.run("fleetgen-agent", "provision", "--root", str(repo / "metadata" / "1.root.json"),
-                      "--state-dir", str(fleet.workdir / "agents" / spec.device_id))
-            fleet.start_agent(spec)
-        start = time.monotonic()
-        online = fleet.wait_for(lambda ds: sum(d.online for d in ds) >= len(devices), opts.timeout)
-        say(f"  all online after {time.monotonic() - start:.1f}s\n")
-        say(format_table(online, time.time()))
-
-        say("\n4. push the signed model: the director names it for each device")
-        for spec in devices:
-            steps.run("fleetgen", "director", "set", spec.device_id, "--repo", str(repo),
-                      "--target", bundle.name, "--broker", broker.url)
-        start = time.monotonic()
-        done = fleet.wait_for(lambda ds: sum(d.active_bundle == label for d in ds) >= len(devices), opts.timeout)
-        say(f"  verified (TUF + director), downloaded over MQTT and installed on all devices "
-            f"in {time.monotonic() - start:.1f}s\n")
-        say(format_table(done, time.time()))
-    finally:
-        if opts.once:
-            fleet.stop()
-
-    if not opts.once:
-        say(f"\nfleet running (logs in {opts.workdir / 'logs'}); Ctrl-C to stop")
+        say(f"  {type(broker).__name__} on {broker.url} (MQTT {broker.protocol})")
+        fleet = FleetProcesses(opts.workdir, broker.url, protocol=broker.protocol, repository=repo)
         try:
-            wait_forever()
+            _fleet_story(opts, steps, fleet, devices, repo, bundle, label, broker.url, say)
+            if not opts.once:
+                say(f"\nfleet running (try `fleetgen fleet ls --db {fleet.db_url}`; logs in "
+                    f"{opts.workdir / 'logs'}).\nCtrl-C to go on: the broker then goes away.")
+                with contextlib.suppress(KeyboardInterrupt):
+                    wait_forever()
         finally:
             fleet.stop()
-
-    say("\n5. the broker goes away; a device generates offline from its installed model")
-    broker.stop()
+        say("\n5. the broker goes away; a device generates offline from its installed model")
+    finally:
+        broker.stop()
     state = fleet.workdir / "agents" / devices[0].device_id
     steps.run("fleetgen-agent", "generate", "--model", str(state / "current"), "--seed", "7",
               "--max-tokens", "48", DEMO_PROMPT, stream=True)

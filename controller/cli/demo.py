@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import threading
 from pathlib import Path
+from types import FrameType
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -26,7 +28,16 @@ def run(args: argparse.Namespace) -> int:
         print(line, flush=True)
 
     def wait_forever() -> None:
-        threading.Event().wait()
+        stop = threading.Event()
+        while not stop.wait(1.0):  # short waits keep the main thread responsive to signals
+            pass
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    # Ctrl-C (even when started from a script that ignores SIGINT) and SIGTERM both move on.
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
 
     opts = DemoOptions(Path(args.workdir).resolve(), broker=args.broker, once=args.once, timeout=args.timeout)
     try:

@@ -30,3 +30,31 @@ def test_demo_once_runs_the_whole_story(broker: str, tmp_path: Path) -> None:
     generated = [line for line in offline.splitlines()[2:] if line.strip() and line.strip() != "done."]
     assert generated and len(" ".join(generated).split()) >= 10, offline
     assert out.stdout.rstrip().endswith("done.")
+
+
+@pytest.mark.timeout(300)
+def test_demo_keeps_running_until_ctrl_c_then_finishes_offline(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "controller", "demo", "--broker", "mosquitto", "--workdir", str(tmp_path / "demo")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "Ctrl-C to go on" in line:
+            break
+    time.sleep(2)
+    assert proc.poll() is None, "".join(lines)  # still running: it waits for Ctrl-C
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+    rest, _ = proc.communicate(timeout=120)
+    output = "".join(lines) + rest
+    assert proc.returncode == 0, output
+    assert output.rstrip().endswith("done."), output
+    # Nothing it started is left running (broker, controller, agents).
+    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "demo")], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == "", leftovers.stdout
