@@ -299,7 +299,8 @@ def _verify(
     on_manifest: Callable[[ModelManifest], None] | None,
 ) -> VerifiedBundle:
     try:
-        manifest = _verify_members(reader, origin, dest, limits, on_manifest)
+        with _tar_errors(origin):
+            manifest = _walk_members(reader, origin, dest, limits, on_manifest)
     except (BundleFormatError, HashMismatchError, LengthMismatchError) as e:
         if expected_sha256 is None or isinstance(e, LengthExceededError):
             raise
@@ -324,15 +325,10 @@ def _verify(
 _PARSE_ERRORS = (tarfile.TarError, UnicodeError, ValueError, EOFError, OverflowError)
 
 
-def _verify_members(
-    reader: _HashingReader,
-    origin: str,
-    dest: Path | None,
-    limits: BundleLimits,
-    on_manifest: Callable[[ModelManifest], None] | None,
-) -> ModelManifest:
+@contextlib.contextmanager
+def _tar_errors(origin: str) -> Iterator[None]:
     try:
-        return _walk_members(reader, origin, dest, limits, on_manifest)
+        yield
     except _PARSE_ERRORS as e:
         raise BundleFormatError(f"{origin}: not a valid bundle tar ({type(e).__name__}: {e})") from None
 
