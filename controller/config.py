@@ -10,6 +10,7 @@ from msgspec import Meta
 
 from agent.mqtt.settings import MqttSettings
 from agent.settings import load_settings
+from controller.web.settings import HttpSettings
 
 DEFAULT_CONFIG = Path("/etc/fleetgen/controller.toml")
 
@@ -25,6 +26,8 @@ class ControllerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown
     # agents' metadata and bundle requests from it and keeps timestamp/snapshot signed.
     repository: str | None = None
     resign_interval_s: Annotated[float, Meta(ge=1, le=86400)] = 300.0
+    # The web face (REST API, dashboard, /metrics); off unless `listen` or `serve --http` is given.
+    http: HttpSettings = HttpSettings()
 
     @property
     def shared(self) -> bool:

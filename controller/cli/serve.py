@@ -8,7 +8,14 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+from controller.web.settings import DEFAULT_LISTEN
+
+if TYPE_CHECKING:
+    from controller.config import ControllerConfig
+    from controller.ingest import Ingestor
+    from controller.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +31,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--broker", metavar="URL", help="broker URL (over the config)")
     p.add_argument("--db", metavar="URL", help="SQLAlchemy database URL (over the config)")
     p.add_argument("--repo", metavar="DIR", help="TUF image repository to serve (over the config)")
+    p.add_argument("--http", metavar="HOST:PORT", nargs="?", const=DEFAULT_LISTEN,
+                   help=f"serve the REST API, dashboard and /metrics (default {DEFAULT_LISTEN}; over the config)")
     p.set_defaults(func=run)
 
 
@@ -36,15 +45,15 @@ def load(args: argparse.Namespace):
         database_url=getattr(args, "db", None),
         repository=getattr(args, "repo", None),
         mqtt={"url": args.broker} if getattr(args, "broker", None) else None,
+        http={"listen": args.http} if getattr(args, "http", None) else None,
     )
 
 
 def run(args: argparse.Namespace) -> int:
     from controller.ingest import Ingestor
-    from controller.store import Store
 
     config = load(args)
-    store = Store(config.db_url)
+    store = _open_store(config)
     ingestor = Ingestor(config, store)
     done = threading.Event()
     services: list[_Service] = []
@@ -62,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
             RepositoryResponder(ingestor.link, repo, shared=config.shared),
             ResignSchedule(repo, config.resign_interval_s),
         ]
+    if config.http.listen is not None:
+        services.insert(0, _http_service(config, store, ingestor))  # first: a taken port fails the start
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
@@ -79,3 +90,24 @@ def run(args: argparse.Namespace) -> int:
         service.stop()
     store.close()
     return 0
+
+
+def _open_store(config: ControllerConfig) -> Store:
+    from controller.store import Store
+
+    if config.http.listen is None:
+        return Store(config.db_url)
+    from controller.web.metrics import MeteredStore
+
+    return MeteredStore(config.db_url)
+
+
+def _http_service(config: ControllerConfig, store: Store, ingestor: Ingestor) -> _Service:
+    from controller.web.context import WebContext
+    from controller.web.server import HttpServer
+
+    assert config.http.listen is not None
+    repo = Path(config.repository) if config.repository is not None else None
+    ctx = WebContext(store, settings=config.http, repo_dir=repo, transport=ingestor.link,
+                     refused=lambda: ingestor.refused)
+    return HttpServer(ctx, config.http.listen)
