@@ -201,12 +201,27 @@ function fleetView(main) {
     cards.replaceChildren(card("online", `${online} / ${state.devices.length}`),
       card("power / budget", `${fmt(power, 0)} / ${fmt(budget, 0)} W`), card("tokens/s (fleet)", fmt(tps, 0)));
     document.body.dataset.ready = "fleet";
+    if (!performance.getEntriesByName("fleet-rendered").length) performance.mark("fleet-rendered");
   }
 
   return poll(main, async () => {
     state.devices = await allDevices();
     render();
   });
+}
+
+// plotly.js is 4.6 MB: only pages with charts load it.
+let plotlyLoading = null;
+function loadPlotly() {
+  if (!plotlyLoading) {
+    plotlyLoading = new Promise((resolve, reject) => {
+      const script = el("script", { src: "/static/vendor/plotly.min.js" });
+      script.addEventListener("load", resolve);
+      script.addEventListener("error", () => reject(new Error("plotly.js did not load")));
+      document.head.append(script);
+    });
+  }
+  return plotlyLoading;
 }
 
 // ---- one device ----------------------------------------------------------------------------
@@ -276,6 +291,7 @@ function deviceView(main, id) {
     const until = Date.now() / 1000;
     const step = Math.max(1, Math.round(range / 300));
     const series = await api(`/api/v1/devices/${enc}/telemetry?since=${until - range}&until=${until}&step=${step}`);
+    await loadPlotly();
     for (const spec of CHARTS) drawChart(spec, series, d.budget_w);
     const ev = await api(`/api/v1/devices/${enc}/events?limit=200`);
     events.replaceChildren(ev.events.length ? eventsTable(ev.events) : el("p", { class: "muted", text: "no events" }));
