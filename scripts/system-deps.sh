@@ -5,6 +5,9 @@ set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The dashboard's browser test (tests/web/test_browser.py): headless Chromium and its WebDriver.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 for pkg in "$@"; do need+=("$pkg"); done
 
 [ ${#need[@]} -eq 0 ] && exit 0
