@@ -73,6 +73,7 @@ class Series:
     step: float | None
     t: list[float]
     values: dict[str, list[float | None]] = field(default_factory=dict)
+    truncated: bool = False  # more than max_points in the range: the first max_points came
 
 
 def _sample_num(name: str) -> ColumnElement[Any]:
@@ -193,20 +194,25 @@ def telemetry(store: Store, device_id: str, since: float, until: float, step: fl
     t: list[float] = []
     with Session(store.engine) as session:
         if step is None:
-            q = select(TelemetryRow.ts, TelemetryRow.sample).where(in_range).order_by(TelemetryRow.ts).limit(max_points)
-            for ts, sample in session.execute(q).all():
+            q = (select(TelemetryRow.ts, TelemetryRow.sample).where(in_range).order_by(TelemetryRow.ts)
+                 .limit(max_points + 1))
+            rows = session.execute(q).all()
+            truncated = len(rows) > max_points
+            for ts, sample in rows[:max_points]:
                 t.append(float(ts))
                 for name in fields:
                     values[name].append(_num(sample.get(name)))
         else:
             bucket = _bucket(store, step).label("bucket")
             columns = [func.avg(TelemetryRow.sample[name].as_float()) for name in fields]
-            q = select(bucket, *columns).where(in_range).group_by(bucket).order_by(bucket).limit(max_points)
-            for row in session.execute(q).all():
+            q = select(bucket, *columns).where(in_range).group_by(bucket).order_by(bucket).limit(max_points + 1)
+            rows = session.execute(q).all()
+            truncated = len(rows) > max_points
+            for row in rows[:max_points]:
                 t.append(float(row[0]) * step)
                 for name, value in zip(fields, row[1:], strict=True):
                     values[name].append(None if value is None else float(value))
-    return Series(since, until, step, t, values)
+    return Series(since, until, step, t, values, truncated)
 
 
 @dataclass(frozen=True, slots=True)

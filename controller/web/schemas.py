@@ -72,10 +72,13 @@ class SeriesOut(Out):
     step: float | None = Field(description="seconds per point (averages); null: raw samples")
     t: list[float] = Field(description="start of each point, Unix time")
     series: dict[str, list[float | None]] = Field(description="field name -> one value per point")
+    truncated: bool = Field(description="the range held more points than one answer carries (10,000): "
+                                        "these are the oldest; ask again from the last `t`, or give a step")
 
     @classmethod
     def of(cls, device_id: str, s: Series) -> SeriesOut:
-        return cls(device_id=device_id, since=s.since, until=s.until, step=s.step, t=s.t, series=s.values)
+        return cls(device_id=device_id, since=s.since, until=s.until, step=s.step, t=s.t, series=s.values,
+                   truncated=s.truncated)
 
 
 class EventOut(Out):
