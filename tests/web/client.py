@@ -79,7 +79,8 @@ class Api:
         assert operation is not None, f"{method} {template} is not documented"
         documented = operation["responses"].get(str(answer.status))
         assert documented is not None, (
-            f"{method} {path} answered {answer.status}, documented: {sorted(operation['responses'])}: {answer.body[:300]!r}")
+            f"{method} {path} answered {answer.status}, documented: {sorted(operation['responses'])}: "
+            f"{answer.body[:300]!r}")
         EXERCISED.add((method, template, answer.status))
         content = documented.get("content", {})
         if "application/json" in content:

@@ -80,7 +80,7 @@ def test_dashboard_pages(dashboard: tuple[ServedController, Any, Any]) -> None:
     driver.find_element("css selector", "th[data-key='power_w']").click()
     powers = driver.execute_script(
         "return [...document.querySelectorAll('#fleet-table tbody tr td:nth-child(5)')].map(td => td.textContent)")
-    values = [float(p.split(" / ")[0]) for p in powers if not p.startswith("–")]
+    values = [float(p.split(" / ")[0]) for p in powers if not p.startswith("\u2013")]  # an en dash: no value
     assert len(values) == N + 1 and values == sorted(values)
 
     # Live update: a device that appears after the page loaded shows up without a reload.

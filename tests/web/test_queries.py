@@ -10,7 +10,7 @@ import pytest
 from controller.store import Store
 from controller.web import queries
 from controller.web.queries import DeviceFilter
-from tests.controller.test_store import store as _store_fixture  # noqa: F401  (the sqlite/postgres fixture)
+from tests.controller.test_store import store as _store_fixture  # the sqlite/postgres fixture
 from tests.web import fleet
 
 NOW = 1_800_000_000.0
