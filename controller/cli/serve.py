@@ -110,4 +110,8 @@ def _http_service(config: ControllerConfig, store: Store, ingestor: Ingestor) ->
     repo = Path(config.repository) if config.repository is not None else None
     ctx = WebContext(store, settings=config.http, repo_dir=repo, transport=ingestor.link,
                      refused=lambda: ingestor.refused)
+    if repo is not None:
+        from controller.web.desired import DesiredWatch
+
+        ctx.desired = DesiredWatch(ingestor.link, repo)
     return HttpServer(ctx, config.http.listen)

@@ -16,6 +16,7 @@ from controller.web.tokens import Tokens
 if TYPE_CHECKING:
     from agent.trust.transport import Transport
     from controller.director import Director
+    from controller.web.desired import DesiredWatch
 
 
 @dataclass
@@ -26,6 +27,8 @@ class WebContext:
     # without them the bundle and desired-state endpoints answer 503.
     repo_dir: Path | None = None
     transport: Transport | None = None
+    # The desired state retained for each device (needs the repository's director keys).
+    desired: DesiredWatch | None = None
     # Messages the ingestor refused so far (for /metrics).
     refused: Callable[[], int] = lambda: 0
     clock: Callable[[], float] = time.time

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from controller.web.desired import DesiredView
 from controller.web.queries import DeviceDetail, DeviceSummary, EventView, Series
 
 
@@ -45,8 +46,19 @@ class DeviceListOut(Out):
     devices: list[DeviceSummaryOut]
 
 
+class DesiredDocumentOut(Out):
+    version: int
+    target: str | None = Field(description="the bundle it names (TUF target path); null: none")
+    power_budget_w: float | None
+    issued: float
+    expires: float
+
+
 class DesiredOut(Out):
-    version: int = Field(description="version of the last director document the device applied")
+    applied_version: int = Field(description="version of the last director document the device applied")
+    document: DesiredDocumentOut | None = Field(
+        description="the newest director-signed document retained for the device; null when none is known "
+                    "(or the controller runs without an image repository)")
 
 
 class DeviceOut(Out):
@@ -59,9 +71,12 @@ class DeviceOut(Out):
     last_sample: dict[str, Any] | None = Field(description="the newest telemetry sample")
 
     @classmethod
-    def of(cls, d: DeviceDetail) -> DeviceOut:
+    def of(cls, d: DeviceDetail, doc: DesiredView | None) -> DeviceOut:
         return cls(device=DeviceSummaryOut.of(d.summary), first_seen=d.first_seen, status_ts=d.status_ts,
-                   slot=d.slot, reported=d.reported, desired=DesiredOut(version=d.desired_version),
+                   slot=d.slot, reported=d.reported, desired=DesiredOut(applied_version=d.desired_version, document=(
+                       None if doc is None else DesiredDocumentOut(version=doc.version, target=doc.target,
+                                                                   power_budget_w=doc.power_budget_w,
+                                                                   issued=doc.issued, expires=doc.expires))),
                    last_sample=d.last_sample)
 
 

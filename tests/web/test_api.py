@@ -20,6 +20,7 @@ from agent.protocol.codec import decode_as
 from agent.protocol.messages import DesiredState, SignedEnvelope
 from controller.brokers import Mosquitto
 from controller.tuf.repository import Repository
+from controller.web.desired import DesiredWatch
 from controller.web.settings import HttpSettings
 from tests.trust.models import make_model_dir
 from tests.web.client import EXERCISED, LAST_DOC, documented_operations
@@ -73,7 +74,7 @@ def test_one_device_has_reported_desired_and_last_sample(web: Web) -> None:
     assert body["device"]["id"] == "sim-00002" and body["device"]["board"] == "raspberry-pi-5"
     assert body["reported"]["active_bundle"] == "austen-3m-int8-1.0.0"
     assert body["reported"]["power"]["budget_w"] == body["device"]["budget_w"] == 10.0
-    assert body["desired"] == {"version": 0}
+    assert body["desired"] == {"applied_version": 0, "document": None}
     assert body["last_sample"]["seq"] == 119 and body["last_sample"]["power_w"] == body["device"]["power_w"]
 
 
@@ -213,11 +214,34 @@ def with_repo(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[tuple[Web, Mosqu
     build_bundle(model, tmp_path / "tiny-1.0.0.fgb")
     repo.publish(tmp_path / "tiny-1.0.0.fgb")
     link = MqttLink.open(MqttSettings(url=mosquitto.url))
-    w = start_web(tmp_path, n=2, repo_dir=repo.path, transport=link)
+    w = start_web(tmp_path, n=2, repo_dir=repo.path, transport=link, desired=DesiredWatch(link, repo.path))
     yield w, mosquitto
     w.server.stop()
     link.stop()
     w.store.close()
+
+
+def test_a_forged_desired_document_is_not_shown(with_repo: tuple[Web, Mosquitto]) -> None:
+    web, broker = with_repo
+    from agent.protocol import encode
+    from agent.protocol.messages import Signature
+    from tests.web.mqttfleet import link_for
+
+    forged = SignedEnvelope(payload_type="application/vnd.fleetgen.desired-state+json",
+                            payload=b'{"device_id":"sim-00000","version":99,"expires":9e9}',
+                            signatures=[Signature(keyid="k", sig=b"x" * 64)])
+    link = link_for(broker.url)
+    try:
+        link.publish(device_topic("sim-00000", Channel.DESIRED), encode(forged), qos=1, retain=True)
+        link.flush(timeout=10)
+        # A signed one after it on another device's topic shows the watch has seen both.
+        answer = web.api.request("PUT", "/api/v1/devices/sim-00001/desired", {"power_budget_w": 2}, token=web.token)
+        assert answer.status == 200
+        wait_until(lambda: web.api.get("/api/v1/devices/sim-00001").json()["desired"]["document"],
+                   what="the signed document")
+    finally:
+        link.stop()
+    assert web.api.get("/api/v1/devices/sim-00000").json()["desired"]["document"] is None
 
 
 def test_bundles_are_the_published_targets(with_repo: tuple[Web, Mosquitto], tmp_path: Path) -> None:
@@ -264,8 +288,15 @@ def test_put_desired_signs_and_publishes_like_the_cli(with_repo: tuple[Web, Mosq
     assert isinstance(envelope, SignedEnvelope)
     state = decode_as(DesiredState, envelope.payload)
     assert state.target is not None and state.target.path == "tiny-1.0.0.fgb" and state.power_budget_w == 6.5
+    # The device's page shows what is retained for it, once the broker hands it back.
+    doc = wait_until(lambda: web.api.get("/api/v1/devices/sim-00001").json()["desired"]["document"],
+                     what="the desired document in the device's view")
+    assert doc == {"version": 1, "target": "tiny-1.0.0.fgb", "power_budget_w": 6.5, "issued": NOW,
+                   "expires": NOW + 7 * 86400}
     again = web.api.request("PUT", "/api/v1/devices/sim-00001/desired", {"power_budget_w": 3}, token=web.token)
     assert again.json()["version"] == 2 and again.json()["target"] is None
+    wait_until(lambda: web.api.get("/api/v1/devices/sim-00001").json()["desired"]["document"]["version"] == 2,
+               what="version 2 in the device's view")
     unknown = web.api.request("PUT", "/api/v1/devices/sim-00001/desired", {"target": "nope-1.fgb"}, token=web.token)
     assert unknown.status == 404 and "nope-1.fgb" in unknown.json()["error"]
     nobody = web.api.request("PUT", "/api/v1/devices/ghost/desired", {"power_budget_w": 3}, token=web.token)

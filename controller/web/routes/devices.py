@@ -54,10 +54,11 @@ def list_devices(
 @router.get("/{device_id}", response_model=DeviceOut, dependencies=[Depends(require_read)],
             responses=errors(401, 404, 422), summary="One device: reported, desired, last sample")
 def get_device(request: Request, device_id: DeviceIdPath) -> DeviceOut:
-    detail = queries.device(ctx(request).store, device_id)
+    context = ctx(request)
+    detail = queries.device(context.store, device_id)
     if detail is None:
         raise not_found("device", device_id)
-    return DeviceOut.of(detail)
+    return DeviceOut.of(detail, context.desired.get(device_id) if context.desired else None)
 
 
 @router.get("/{device_id}/telemetry", response_model=SeriesOut, dependencies=[Depends(require_read)],

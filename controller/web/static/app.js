@@ -262,6 +262,14 @@ function eventsTable(events) {
   return el("table", { id: "events-table" }, el("thead", {}, head), body);
 }
 
+function desiredText(desired) {
+  const doc = desired.document;
+  const applied = `applied v${desired.applied_version}`;
+  if (!doc) return applied;
+  const budget = doc.power_budget_w === null ? "" : `, budget ${fmt(doc.power_budget_w)} W`;
+  return `v${doc.version}: ${doc.target || "no bundle"}${budget} (${applied})`;
+}
+
 function deviceView(main, id) {
   let range = 3600;
   const title = el("h1", { id: "device-title", text: id });
@@ -286,7 +294,7 @@ function deviceView(main, id) {
       ["health", d.health], ["agent", d.agent_version], ["slot", dev.slot || "–"],
       ["accelerators", (rep.accelerators || []).join(", ") || "–"],
       ["power / budget", `${fmt(d.power_w)} / ${fmt(d.budget_w)} W`],
-      ["desired version", String(dev.desired.version)], ["last seen", ago(d.last_seen)]];
+      ["desired", desiredText(dev.desired)], ["last seen", ago(d.last_seen)]];
     facts.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
     const until = Date.now() / 1000;
     const step = Math.max(1, Math.round(range / 300));
