@@ -53,7 +53,7 @@ def _ready(view: str):  # type: ignore[no-untyped-def]
 
 def _rows(driver: Any) -> list[str]:
     return driver.execute_script(
-        "return [...document.querySelectorAll('#fleet-table tbody tr')].map(r => r.dataset.device)")
+        "return [...document.querySelectorAll('#fleet-table tbody tr[data-device]')].map(r => r.dataset.device)")
 
 
 def test_dashboard_pages(dashboard: tuple[ServedController, Any, Any]) -> None:

@@ -94,28 +94,17 @@ function card(k, v) {
   return el("div", { class: "card" }, el("div", { class: "v", text: v }), el("div", { class: "k", text: k }));
 }
 
-function powerCell(power, budget) {
-  const td = el("td", { class: "num" }, `${fmt(power)} / ${fmt(budget)}`);
-  if (power !== null && budget) {
-    const ratio = Math.min(1, power / budget);
-    const bar = el("span", { class: "bar" + (power > budget ? " over" : "") }, el("span"));
-    bar.firstChild.style.width = `${Math.round(ratio * 100)}%`;
-    td.append(bar);
-  }
-  return td;
-}
-
 // ---- fleet -------------------------------------------------------------------------------
 
 const FLEET_COLUMNS = [
-  { key: "id", label: "Device" },
-  { key: "status", label: "Status" },
-  { key: "board", label: "Board" },
-  { key: "active_bundle", label: "Bundle" },
-  { key: "power_w", label: "Power / budget (W)", num: true },
-  { key: "tokens_per_s", label: "Tokens/s", num: true },
-  { key: "temp_c", label: "Temp (°C)", num: true },
-  { key: "last_seen", label: "Last seen", num: true },
+  { key: "id", label: "Device", width: "16%" },
+  { key: "status", label: "Status", width: "7%" },
+  { key: "board", label: "Board", width: "15%" },
+  { key: "active_bundle", label: "Bundle", width: "18%" },
+  { key: "power_w", label: "Power / budget (W)", num: true, width: "16%" },
+  { key: "tokens_per_s", label: "Tokens/s", num: true, width: "9%" },
+  { key: "temp_c", label: "Temp (°C)", num: true, width: "9%" },
+  { key: "last_seen", label: "Last seen", num: true, width: "10%" },
 ];
 
 async function allDevices() {
@@ -130,18 +119,38 @@ async function allDevices() {
   }
 }
 
+// One prebuilt row, cloned per device: much cheaper than building 5,000 rows node by node.
+const FLEET_ROW = (() => {
+  const tr = document.createElement("tr");
+  for (const c of FLEET_COLUMNS) tr.append(el("td", { class: c.num ? "num" : "" }));
+  tr.firstChild.append(document.createElement("a"));
+  return tr;
+})();
+
 function fleetRow(d) {
-  const link = el("a", { href: `/devices/${encodeURIComponent(d.id)}`, text: d.id });
-  return el("tr", { "data-device": d.id },
-    el("td", {}, link),
-    el("td", { class: `status-${d.status}`, text: d.status }),
-    el("td", { text: d.board || "–", title: d.board }),
-    el("td", { text: d.active_bundle || "–", title: d.active_bundle }),
-    powerCell(d.power_w, d.budget_w),
-    el("td", { class: "num", text: fmt(d.tokens_per_s) }),
-    el("td", { class: "num", text: fmt(d.temp_c) }),
-    el("td", { class: "num", text: ago(d.last_seen), title: d.last_seen ? when(d.last_seen) : "" }),
-  );
+  const tr = FLEET_ROW.cloneNode(true);
+  tr.dataset.device = d.id;
+  const [idCell, status, board, bundle, power, tps, temp, seen] = tr.children;
+  const link = idCell.firstChild;
+  link.href = `/devices/${encodeURIComponent(d.id)}`;
+  link.textContent = d.id;
+  status.className = `status-${d.status}`;
+  status.textContent = d.status;
+  board.textContent = d.board || "–";
+  board.title = d.board;
+  bundle.textContent = d.active_bundle || "–";
+  bundle.title = d.active_bundle || "";
+  power.textContent = `${fmt(d.power_w)} / ${fmt(d.budget_w)}`;
+  if (d.power_w !== null && d.budget_w) {
+    const bar = el("span", { class: "bar" + (d.power_w > d.budget_w ? " over" : "") }, el("span"));
+    bar.firstChild.style.width = `${Math.round(Math.min(1, d.power_w / d.budget_w) * 100)}%`;
+    power.append(bar);
+  }
+  tps.textContent = fmt(d.tokens_per_s);
+  temp.textContent = fmt(d.temp_c);
+  seen.textContent = ago(d.last_seen);
+  if (d.last_seen) seen.title = when(d.last_seen);
+  return tr;
 }
 
 function compare(key, desc) {
@@ -155,8 +164,19 @@ function compare(key, desc) {
   };
 }
 
+// The table draws only the rows in view (plus a margin) between two spacer rows, so its
+// cost does not grow with the fleet: laying out 5,000 full rows took seconds on a small machine.
+const ROW_H = 30; // px; the CSS fixes the rows' height to this
+const OVERSCAN = 30;
+
+function spacer(height) {
+  const tr = el("tr", { class: "spacer" }, el("td", { colSpan: FLEET_COLUMNS.length }));
+  tr.style.height = `${height}px`;
+  return tr;
+}
+
 function fleetView(main) {
-  const state = { devices: [], sort: "id", desc: false, filter: "", status: "" };
+  const state = { devices: [], shown: [], sort: "id", desc: false, filter: "", status: "" };
   const cards = el("div", { class: "cards", id: "fleet-cards" });
   const search = el("input", { type: "search", placeholder: "filter: id, board, bundle", id: "fleet-filter", size: 30 });
   const status = el("select", { id: "fleet-status" },
@@ -165,9 +185,12 @@ function fleetView(main) {
   const count = el("span", { class: "muted", id: "fleet-count" });
   const head = el("tr");
   const body = el("tbody");
-  const table = el("table", { id: "fleet-table" }, el("thead", {}, head), body);
+  // Fixed layout: column widths come from the header, so rows need no measuring pass.
+  const table = el("table", { id: "fleet-table", class: "fixed" }, el("thead", {}, head), body);
+  const wrap = el("div", { class: "table-wrap", id: "fleet-wrap" }, table);
   for (const c of FLEET_COLUMNS) {
     const th = el("th", { class: c.num ? "num" : "", text: c.label, "data-key": c.key });
+    th.style.width = c.width;
     th.addEventListener("click", () => {
       state.desc = state.sort === c.key ? !state.desc : false;
       state.sort = c.key;
@@ -177,7 +200,25 @@ function fleetView(main) {
   }
   search.addEventListener("input", () => { state.filter = search.value.trim().toLowerCase(); render(); });
   status.addEventListener("change", () => { state.status = status.value; render(); });
-  main.replaceChildren(el("h1", { text: "Fleet" }), cards, el("div", { class: "toolbar" }, search, status, count), table);
+  let pending = false;
+  wrap.addEventListener("scroll", () => {
+    if (pending) return;
+    pending = true;
+    requestAnimationFrame(() => { pending = false; paintRows(); });
+  });
+  main.replaceChildren(el("h1", { text: "Fleet" }), cards, el("div", { class: "toolbar" }, search, status, count), wrap);
+
+  function paintRows() {
+    const shown = state.shown;
+    const first = Math.max(0, Math.floor(wrap.scrollTop / ROW_H) - OVERSCAN);
+    const visible = Math.ceil((wrap.clientHeight || 800) / ROW_H) + 2 * OVERSCAN;
+    const last = Math.min(shown.length, first + visible);
+    const frag = document.createDocumentFragment();
+    if (first > 0) frag.append(spacer(first * ROW_H));
+    for (let i = first; i < last; i++) frag.append(fleetRow(shown[i]));
+    if (last < shown.length) frag.append(spacer((shown.length - last) * ROW_H));
+    body.replaceChildren(frag);
+  }
 
   function render() {
     const f = state.filter;
@@ -186,9 +227,9 @@ function fleetView(main) {
       (!f || d.id.includes(f) || (d.board || "").toLowerCase().includes(f) ||
        (d.active_bundle || "").toLowerCase().includes(f)));
     shown.sort(compare(state.sort, state.desc));
-    const frag = document.createDocumentFragment();
-    for (const d of shown) frag.append(fleetRow(d));
-    body.replaceChildren(frag);
+    state.shown = shown;
+    table.dataset.rows = String(shown.length);
+    paintRows();
     for (const th of head.children) {
       th.classList.toggle("sorted", th.dataset.key === state.sort);
       th.classList.toggle("desc", th.dataset.key === state.sort && state.desc);
@@ -200,12 +241,20 @@ function fleetView(main) {
     const tps = state.devices.reduce((s, d) => s + (d.tokens_per_s || 0), 0);
     cards.replaceChildren(card("online", `${online} / ${state.devices.length}`),
       card("power / budget", `${fmt(power, 0)} / ${fmt(budget, 0)} W`), card("tokens/s (fleet)", fmt(tps, 0)));
-    document.body.dataset.ready = "fleet";
-    if (!performance.getEntriesByName("fleet-rendered").length) performance.mark("fleet-rendered");
+    // "fleet-rendered" (the bench reads it): the first frame painted with the table in it.
+    if (!performance.getEntriesByName("fleet-rendered").length) {
+      requestAnimationFrame(() => setTimeout(() => {
+        performance.mark("fleet-rendered");
+        document.body.dataset.ready = "fleet";
+      }, 0));
+    } else {
+      document.body.dataset.ready = "fleet";
+    }
   }
 
   return poll(main, async () => {
     state.devices = await allDevices();
+    if (!performance.getEntriesByName("fleet-fetched").length) performance.mark("fleet-fetched");
     render();
   });
 }
