@@ -48,3 +48,17 @@ def test_ingest_counters_follow_what_the_store_wrote(web: Web) -> None:
     assert after["fleetgen_ingest_messages"][0][1] == before["fleetgen_ingest_messages"][0][1] + 1
     assert after["fleetgen_ingest_lag_seconds"][0][1] == 2.5  # the store's clock is NOW
     assert after["fleetgen_ingest_refused"][0][1] == 0
+
+
+def test_grafana_dashboard_reads_metrics_we_export(web: Web) -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\bfleetgen_[a-z_]+", e)}
+    exported = {s.name for f in text_string_to_metric_families(web.api.get("/metrics").body.decode())
+                for s in f.samples}
+    assert used and used <= exported, used - exported
+    assert all(p["datasource"]["uid"] == "${datasource}" for p in dashboard["panels"])

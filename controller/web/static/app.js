@@ -293,7 +293,8 @@ function drawChart(spec, series, budget) {
       line: { dash: "dash", color: "#c62828" } });
   }
   const layout = { title: { text: spec.title, font: { size: 14 } }, margin: { l: 50, r: 20, t: 40, b: 40 },
-    showlegend: data.length > 1, legend: { orientation: "h" }, xaxis: { type: "date" }, uirevision: "keep" };
+    showlegend: data.length > 1, legend: { orientation: "h", x: 1, xanchor: "right", y: 1.15 },
+    xaxis: { type: "date" }, uirevision: "keep" };
   Plotly.react(spec.id, data, layout, { displaylogo: false, responsive: true });
 }
 
