@@ -72,7 +72,7 @@ def create_app(ctx: WebContext) -> ASGIApp:
     @app.get("/metrics", tags=["metrics"], summary="Prometheus metrics (text exposition format)",
              response_class=Response, dependencies=[Depends(require_read)],
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
-                              "description": "Prometheus text format 0.0.4"}, **errors(401)})
+                              "description": "Prometheus text format 0.0.4"}, **errors(401, 503)})
     def get_metrics() -> Response:
         return Response(metrics.render(registry), media_type="text/plain; version=0.0.4; charset=utf-8")
 

@@ -22,7 +22,8 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {400: "Malformed request", 401: "Missing or wrong API token", 404: "Unknown id",
             409: "Conflicts with the current state", 413: "Body too large",
             422: "A parameter or body field is invalid (named in `error`)",
-            503: "Not available on this controller (no image repository or broker)"}
+            503: "Not available now: no image repository or broker on this controller, or the database "
+                 "does not answer"}
     return {code: {"model": ErrorOut, "description": text[code]} for code in codes}
 
 

@@ -32,7 +32,7 @@ MAX_RANGE_S = 31 * 86400
 
 
 @router.get("", response_model=DeviceListOut, dependencies=[Depends(require_read)],
-            responses=errors(401, 422), summary="List devices (filter, sort, page)")
+            responses=errors(401, 422, 503), summary="List devices (filter, sort, page)")
 def list_devices(
     request: Request,
     status: Annotated[Literal["online", "offline"] | None, Query()] = None,
@@ -52,7 +52,7 @@ def list_devices(
 
 
 @router.get("/{device_id}", response_model=DeviceOut, dependencies=[Depends(require_read)],
-            responses=errors(401, 404, 422), summary="One device: reported, desired, last sample")
+            responses=errors(401, 404, 422, 503), summary="One device: reported, desired, last sample")
 def get_device(request: Request, device_id: DeviceIdPath) -> DeviceOut:
     context = ctx(request)
     detail = queries.device(context.store, device_id)
@@ -62,7 +62,7 @@ def get_device(request: Request, device_id: DeviceIdPath) -> DeviceOut:
 
 
 @router.get("/{device_id}/telemetry", response_model=SeriesOut, dependencies=[Depends(require_read)],
-            responses=errors(401, 404, 422), summary="Telemetry as time series over a range")
+            responses=errors(401, 404, 422, 503), summary="Telemetry as time series over a range")
 def get_telemetry(
     request: Request,
     device_id: DeviceIdPath,
@@ -93,7 +93,7 @@ def get_telemetry(
 
 
 @router.get("/{device_id}/events", response_model=EventListOut, dependencies=[Depends(require_read)],
-            responses=errors(401, 404, 422), summary="A device's events, newest first")
+            responses=errors(401, 404, 422, 503), summary="A device's events, newest first")
 def get_events(
     request: Request,
     device_id: DeviceIdPath,
