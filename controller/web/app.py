@@ -76,5 +76,5 @@ def create_app(ctx: WebContext) -> ASGIApp:
     def get_metrics() -> Response:
         return Response(metrics.render(registry), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    return BodyLimit(app, ctx.settings.max_body_bytes)
+    return metrics.RequestMetrics(BodyLimit(app, ctx.settings.max_body_bytes), registry)
 

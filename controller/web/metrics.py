@@ -10,9 +10,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent.protocol import TelemetryBatch
 from controller.store import Ingested, Store
@@ -81,6 +82,43 @@ class FleetCollector(Collector):
                                       value=self.store.samples)
             yield GaugeMetricFamily("fleetgen_ingest_lag_seconds",
                                     "Arrival to commit of the last written batch", value=self.store.lag_s)
+
+
+class RequestMetrics:
+    """ASGI middleware: requests and their duration by route template (bounded: the app's
+    own routes, "unmatched" for everything else), method and status code."""
+
+    def __init__(self, app: ASGIApp, reg: CollectorRegistry, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.app = app
+        self.clock = clock
+        self.requests = Counter("fleetgen_http_requests", "HTTP requests answered", ["route", "method", "code"],
+                                registry=reg)
+        self.duration = Histogram("fleetgen_http_request_duration_seconds", "Time to answer", ["route"],
+                                  registry=reg, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = self.clock()
+        code = 500
+
+        async def watch(message: Message) -> None:
+            nonlocal code
+            if message["type"] == "http.response.start":
+                code = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            self.requests.labels(route, method, str(code)).inc()
+            self.duration.labels(route).observe(self.clock() - start)
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def registry(store: Store, refused: Callable[[], int]) -> CollectorRegistry:

@@ -62,3 +62,19 @@ def test_grafana_dashboard_reads_metrics_we_export(web: Web) -> None:
                 for s in f.samples}
     assert used and used <= exported, used - exported
     assert all(p["datasource"]["uid"] == "${datasource}" for p in dashboard["panels"])
+
+
+def test_requests_are_counted_by_route_template(web: Web) -> None:
+    for _ in range(3):
+        web.api.get("/api/v1/devices/sim-00001")
+    web.api.get("/api/v1/devices/ghost")
+    web.api.get("/no/such/page", check=False)
+    families = _families(web)
+    counts = {(labels["route"], labels["method"], labels["code"]): v
+              for labels, v in families["fleetgen_http_requests"] if "route" in labels}
+    assert counts[("/api/v1/devices/{device_id}", "GET", "200")] == 3
+    assert counts[("/api/v1/devices/{device_id}", "GET", "404")] == 1
+    assert counts[("unmatched", "GET", "404")] == 1
+    assert not any("sim-00001" in route or "ghost" in route for route, _, _ in counts)
+    durations = {labels["route"] for labels, _ in families["fleetgen_http_request_duration_seconds"]}
+    assert "/api/v1/devices/{device_id}" in durations

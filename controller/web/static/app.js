@@ -360,11 +360,142 @@ function deviceView(main, id) {
   return poll(main, refresh);
 }
 
+// ---- rollouts ------------------------------------------------------------------------------
+
+const RESULT_ORDER = ["committed", "installing", "directed", "pending", "failed", "timed_out", "refused",
+  "rolled_back", "skipped"];
+
+function countsText(counts) {
+  const keys = Object.keys(counts).sort((a, b) => RESULT_ORDER.indexOf(a) - RESULT_ORDER.indexOf(b));
+  return keys.map((k) => `${counts[k]} ${k}`).join(", ") || "–";
+}
+
+function waveCard(w, current) {
+  const done = (w.counts.committed || 0);
+  const pct = w.size ? Math.round((100 * done) / w.size) : 0;
+  const bar = el("span", { class: "bar wide" }, el("span"));
+  bar.firstChild.style.width = `${pct}%`;
+  return el("div", { class: "wave" + (current ? " current" : ""), "data-wave": String(w.index),
+    "data-state": w.state },
+    el("div", { class: "v", text: `wave ${w.index + 1}: ${w.state}` }),
+    el("div", { class: "k", text: `${w.size} devices, ${done} committed` }), bar,
+    el("div", { class: "k", text: countsText(w.counts) }));
+}
+
+function rolloutView(main, id) {
+  const title = el("h1", { id: "rollout-title" });
+  const facts = el("dl", { class: "kv", id: "rollout-facts" });
+  const waves = el("div", { class: "waves", id: "rollout-waves" });
+  const devices = el("div", { id: "rollout-devices" });
+  main.replaceChildren(title, facts, el("h2", { text: "Waves" }), waves, el("h2", { text: "Devices" }), devices);
+  return poll(main, async () => {
+    const r = await api(`/api/v1/rollouts/${encodeURIComponent(id)}`);
+    title.textContent = `Rollout ${r.id}: ${r.bundle} to ${r.group}`;
+    const rows = [["status", r.status + (r.reason ? ` (${r.reason})` : "")], ["waves", r.waves_spec],
+      ["max failures", `${Math.round(r.max_failure_ratio * 100)}%`], ["wave timeout", `${r.wave_timeout_s} s`],
+      ["started", when(r.created)], ["updated", ago(r.updated)]];
+    facts.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
+    waves.replaceChildren(...r.waves.map((w) => waveCard(w, w.index === r.current_wave && r.status === "running")));
+    const body = el("tbody");
+    for (const w of r.waves) {
+      for (const d of w.devices) {
+        body.append(el("tr", { "data-device": d.device_id },
+          el("td", {}, el("a", { href: `/devices/${encodeURIComponent(d.device_id)}`, text: d.device_id })),
+          el("td", { class: "num", text: String(w.index + 1) }),
+          el("td", { class: `outcome-${d.result}`, text: d.result }),
+          el("td", { text: d.detail })));
+      }
+    }
+    const head = el("tr", {}, ...["device", "wave", "outcome", "detail"].map((h) => el("th", { text: h })));
+    devices.replaceChildren(el("table", { id: "rollout-table" }, el("thead", {}, head), body));
+    document.body.dataset.ready = "rollout";
+    document.body.dataset.status = r.status;
+  });
+}
+
+function rolloutsView(main) {
+  const list = el("div", { id: "rollouts" });
+  main.replaceChildren(el("h1", { text: "Rollouts" }), list);
+  return poll(main, async () => {
+    const body = el("tbody");
+    for (const r of (await api("/api/v1/rollouts")).rollouts) {
+      body.append(el("tr", { "data-rollout": String(r.id) },
+        el("td", {}, el("a", { href: `/rollouts/${r.id}`, text: String(r.id) })),
+        el("td", { text: r.bundle }), el("td", { text: r.group }), el("td", { text: r.status }),
+        el("td", { text: `${Math.min(r.current_wave + 1, r.wave_count)} / ${r.wave_count}` }),
+        el("td", { text: countsText(r.counts) }), el("td", { text: ago(r.updated) })));
+    }
+    const head = el("tr", {}, ...["id", "bundle", "group", "status", "wave", "devices", "updated"]
+      .map((h) => el("th", { text: h })));
+    list.replaceChildren(el("table", {}, el("thead", {}, head), body));
+    document.body.dataset.ready = "rollouts";
+  });
+}
+
+// ---- groups and power ----------------------------------------------------------------------------
+
+function groupView(main, name) {
+  const title = el("h1", { id: "group-title", text: `Group ${name}` });
+  const cards = el("div", { class: "cards", id: "group-cards" });
+  const chart = el("div", { class: "chart wide", id: "chart-allocation" });
+  const table = el("div", { id: "group-devices" });
+  main.replaceChildren(title, cards, el("h2", { text: "Power by device" }), chart, table);
+  return poll(main, async () => {
+    const g = await api(`/api/v1/groups/${encodeURIComponent(name)}/power`);
+    cards.replaceChildren(card("budget", g.budget_w === null ? "none" : `${fmt(g.budget_w)} W`),
+      card("allocated", `${fmt(g.allocated_w)} W`), card("measured draw", `${fmt(g.draw_w)} W`),
+      card("devices online", `${g.devices.filter((d) => d.online).length} / ${g.devices.length}`));
+    const body = el("tbody");
+    for (const d of g.devices) {
+      body.append(el("tr", { "data-device": d.device_id },
+        el("td", {}, el("a", { href: `/devices/${encodeURIComponent(d.device_id)}`, text: d.device_id })),
+        el("td", { text: d.board }), el("td", { class: d.online ? "status-online" : "status-offline",
+          text: d.online ? "online" : "offline" }),
+        el("td", { class: "num", text: fmt(d.priority) }), el("td", { class: "num", text: fmt(d.floor_w) }),
+        el("td", { class: "num", text: fmt(d.cap_w) }), el("td", { class: "num", text: fmt(d.demand_w) }),
+        el("td", { class: "num", text: fmt(d.allocated_w) }), el("td", { class: "num", text: fmt(d.draw_w) })));
+    }
+    const head = el("tr", {}, ...["device", "board", "status", "priority", "floor (W)", "cap (W)", "demand (W)",
+      "allocated (W)", "draw (W)"].map((h) => el("th", { text: h })));
+    table.replaceChildren(el("table", { id: "group-table" }, el("thead", {}, head), body));
+    await loadPlotly();
+    const x = g.devices.map((d) => d.device_id);
+    Plotly.react(chart, [
+      { type: "bar", name: "allocated", x, y: g.devices.map((d) => d.allocated_w) },
+      { type: "bar", name: "draw", x, y: g.devices.map((d) => d.draw_w) },
+    ], { barmode: "group", margin: { l: 50, r: 20, t: 20, b: 80 }, legend: { orientation: "h" },
+      yaxis: { title: { text: "W" } }, xaxis: { type: "category" }, uirevision: "keep" },
+    { displaylogo: false, responsive: true });
+    document.body.dataset.ready = "group";
+  });
+}
+
+function groupsView(main) {
+  const list = el("div", { id: "groups" });
+  main.replaceChildren(el("h1", { text: "Groups" }), list);
+  return poll(main, async () => {
+    const body = el("tbody");
+    for (const g of (await api("/api/v1/groups")).groups) {
+      body.append(el("tr", { "data-group": g.name },
+        el("td", {}, el("a", { href: `/groups/${encodeURIComponent(g.name)}`, text: g.name })),
+        el("td", { text: g.rules.join(", ") || "–" }), el("td", { class: "num", text: String(g.members.length) }),
+        el("td", { class: "num", text: g.budget_w === null ? "–" : fmt(g.budget_w) })));
+    }
+    const head = el("tr", {}, ...["group", "rules", "devices", "budget (W)"].map((h) => el("th", { text: h })));
+    list.replaceChildren(el("table", {}, el("thead", {}, head), body));
+    document.body.dataset.ready = "groups";
+  });
+}
+
 // ---- router ----------------------------------------------------------------------------------
 
 const VIEWS = [
   [/^\/$/, (main) => fleetView(main)],
   [/^\/devices\/([^/]+)$/, (main, m) => deviceView(main, decodeURIComponent(m[1]))],
+  [/^\/rollouts$/, (main) => rolloutsView(main)],
+  [/^\/rollouts\/([^/]+)$/, (main, m) => rolloutView(main, decodeURIComponent(m[1]))],
+  [/^\/groups$/, (main) => groupsView(main)],
+  [/^\/groups\/([^/]+)$/, (main, m) => groupView(main, decodeURIComponent(m[1]))],
 ];
 
 function start() {
