@@ -6,8 +6,10 @@ import argparse
 import json
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from controller.store import DeviceView
+if TYPE_CHECKING:  # the store needs the controller extra; `fleetgen --help` must not
+    from controller.store import DeviceView
 
 SCHEMA = 1
 
@@ -58,6 +60,9 @@ def to_json(devices: list[DeviceView]) -> str:
 
 
 def run_ls(args: argparse.Namespace) -> int:
+    from agent.cli import require_extra
+
+    require_extra("fleetgen fleet ls", "controller", "sqlalchemy")
     from controller.cli.serve import load
     from controller.store import Store
 

@@ -63,9 +63,13 @@ def _prepare_output(out: Path) -> None:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    from agent.cli import require_extra
+
+    # Quantization is release tooling (models/quantize.py), installed by the release extra.
+    require_extra("fleetgen model import", "release", "onnx", "onnx_ir")
     from agent.runtime import EngineOptions, TextGenerator, load_model
     from agent.runtime.loader import is_optimum_folder
-    from controller.quantize import graph_quantization, model_files
+    from models.quantize import graph_quantization, model_files
 
     source: Path = args.source
     if not source.is_dir() or not is_optimum_folder(source):
@@ -80,15 +84,15 @@ def run_import(args: argparse.Namespace) -> int:
     _prepare_output(out)
     try:
         if args.quantize == "int8":
-            from controller.quantize import quantize_int8
+            from models.quantize import quantize_int8
 
             quantize_int8(source / MODEL_FILE, out / MODEL_FILE)
         elif args.quantize == "int4":
-            from controller.quantize import quantize_int4
+            from models.quantize import quantize_int4
 
             quantize_int4(source / MODEL_FILE, out / MODEL_FILE)
         else:
-            from controller.quantize import EXTERNAL_DATA_MIN_BYTES, externalize, has_external_data
+            from models.quantize import EXTERNAL_DATA_MIN_BYTES, externalize, has_external_data
 
             src_model = source / MODEL_FILE
             if has_external_data(src_model) or src_model.stat().st_size < EXTERNAL_DATA_MIN_BYTES:

@@ -219,7 +219,7 @@ def test_manifest_folder_generates(tiny_dir: Path, tmp_path: Path) -> None:
 
 
 def test_optimum_folder_with_external_data(tiny_dir: Path, tmp_path: Path) -> None:
-    from controller.quantize import externalize
+    from models.quantize import externalize
 
     d = tmp_path / "ext"
     d.mkdir()

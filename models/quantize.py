@@ -1,7 +1,7 @@
 """Quantize ONNX decoders: int8 dynamic (weights int8, activations quantized at run time)
 and 4-bit weight-only (MatMulNBits, block 32, accuracy level 4 = int8 compute).
 
-    from controller.quantize import quantize_int8, quantize_int4
+    from models.quantize import quantize_int8, quantize_int4
     quantize_int8(Path("fp32/model.onnx"), Path("int8/model.onnx"))
 
 Models of `EXTERNAL_DATA_MIN_BYTES` or more (or any, with `external=True`) are written
