@@ -14,9 +14,11 @@ limit. Smaller models stay one file. `model_files(dst)` lists what was written.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,32 @@ class QuantizeError(FleetgenError):
     """Quantization failed; the message names the model and the step."""
 
     exit_code = 2
+
+
+class _OrtDetailToDebug(logging.Filter):
+    """ONNX Runtime's quantizers log ~100 INFO lines per model (one per tensor they skip, on
+    the root logger and their own) and a WARNING advising pre-processing we deliberately
+    skip. They are detail: demoted to DEBUG, shown only when the user asks for DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR and "onnxruntime" in record.pathname:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
+@contextlib.contextmanager
+def _ort_detail_at_debug() -> Iterator[None]:
+    # On the root's handlers: records of every logger (the root's own included) pass there.
+    detail = _OrtDetailToDebug()
+    handlers = list(logging.getLogger().handlers)
+    for h in handlers:
+        h.addFilter(detail)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(detail)
 
 
 def _source_bytes(src: Path) -> int:
@@ -75,14 +103,15 @@ def quantize_int8(src: Path, dst: Path, external: bool | None = None) -> Path:
     src, dst = Path(src), Path(dst)
     _check_paths(src, dst)
     try:
-        quantize_dynamic(
-            src,
-            dst,
-            weight_type=QuantType.QInt8,
-            per_channel=False,
-            use_external_data_format=_external(src, external),
-            extra_options={"MatMulConstBOnly": True},
-        )
+        with _ort_detail_at_debug():
+            quantize_dynamic(
+                src,
+                dst,
+                weight_type=QuantType.QInt8,
+                per_channel=False,
+                use_external_data_format=_external(src, external),
+                extra_options={"MatMulConstBOnly": True},
+            )
     except Exception as e:  # onnxruntime.quantization raises plain Exceptions of many kinds
         raise QuantizeError(f"int8 quantization of {src} failed: {_line(e)}") from None
     _readable(dst)
@@ -110,7 +139,8 @@ def quantize_int4(src: Path, dst: Path, block_size: int = INT4_BLOCK, external: 
             is_symmetric=True,
             accuracy_level=INT4_ACCURACY_LEVEL,
         )
-        quantizer.process()
+        with _ort_detail_at_debug():
+            quantizer.process()
         out: Any = quantizer.model
         _save(out.model if hasattr(out, "model") else out, dst, _external(src, external))
     except QuantizeError:

@@ -76,7 +76,8 @@ def common_parser(config_default: str) -> argparse.ArgumentParser:
     common.add_argument("--state-dir", metavar="DIR", help="state directory (over the config)")
     common.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log verbosity (default INFO; WARNING for one-shot commands such as generate)",
+        help="log verbosity (default INFO for the daemons, run and serve; WARNING for one-shot "
+             "commands such as generate, whose output is the answer)",
     )
     return common
 

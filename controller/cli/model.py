@@ -28,6 +28,7 @@ OVERHEAD_MB = 150  # interpreter, runtime and arenas above weights + KV cache
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("model", parents=[common], help="import and quantize models")
+    p.set_defaults(log_level="WARNING")  # one-shot: its output is the answer; INFO lines are noise
     verbs = p.add_subparsers(dest="model_command", metavar="VERB", required=True)
     imp = verbs.add_parser(
         "import", parents=[common], help="turn an Optimum ONNX decoder export into a fleetgen model folder"
