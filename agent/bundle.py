@@ -459,11 +459,7 @@ def build_bundle(
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     try:
-        tf = tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT)
-    except OSError as e:
-        raise UsageError(f"cannot write bundle {out}: {e.strerror}") from None
-    try:
-        with tf:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
             tf.addfile(_tarinfo(MANIFEST_NAME, len(data)), io.BytesIO(data))
             for entry in manifest.files:
                 with _open_member(model_dir / entry.path) as member:
@@ -480,9 +476,8 @@ def build_bundle(
             os.fsync(f.fileno())
         os.replace(tmp, out)
     except (HashMismatchError, LengthMismatchError) as e:
-        # a content check refused the folder, as `bundle inspect` refuses a tampered bundle (exit 1)
-        raise type(e)(f"{model_dir}: files do not match the manifest ({e})") from None
-    except OSError as e:
+        raise ManifestError(f"{model_dir}: files do not match the manifest ({e})") from None
+    except OSError as e:  # members are opened by _open_member: what is left is the output's
         raise UsageError(f"cannot write bundle {out}: {e.strerror or e}") from None
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -149,7 +149,9 @@ def open_existing(url: str) -> Store:
         raise StoreError(f"cannot open database {store.engine.url!r}: {e.orig}") from None
     if not present:
         store.close()
-        raise NoDatabaseError(f"database {store.engine.url!r} holds no controller tables (`fleetgen serve` creates them)")
+        raise NoDatabaseError(
+            f"database {store.engine.url!r} holds no controller tables (`fleetgen serve` creates them)"
+        )
     return store
 
 

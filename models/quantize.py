@@ -6,7 +6,8 @@ and 4-bit weight-only (MatMulNBits, block 32, accuracy level 4 = int8 compute).
 
 Models of `EXTERNAL_DATA_MIN_BYTES` or more (or any, with `external=True`) are written
 with their weights as ONNX external data next to the graph (`model.onnx` +
-`model.onnx_data`, or `model.onnx.data` from the int8 quantizer): ONNX Runtime maps external
+`model.onnx.data`, the name ONNX Runtime's int8 quantizer uses, so every path writes the
+same one; Optimum's exports call theirs `model.onnx_data`): ONNX Runtime maps external
 data into memory instead of parsing it out of the protobuf, which drops the peak RSS at load
 from ~1.5x to ~0.9x of the file size on GPT-2-small (ADR 0013) and lifts the 2 GiB protobuf
 limit. Smaller models stay one file. `model_files(dst)` lists what was written.
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 INT4_BLOCK = 32
 INT4_ACCURACY_LEVEL = 4  # int8 activations in the MatMulNBits kernel: the fast path on CPU
 EXTERNAL_DATA_MIN_BYTES = 32 * 2**20
+# What fleetgen names a graph's external data: `model.onnx.data`, as quantize_dynamic does.
+EXTERNAL_DATA_SUFFIX = ".data"
 
 
 class QuantizeError(FleetgenError):
@@ -152,7 +155,7 @@ def quantize_int4(src: Path, dst: Path, block_size: int = INT4_BLOCK, external: 
 
 
 def externalize(src: Path, dst: Path, external: bool | None = None) -> Path:
-    """Rewrite an ONNX model to `dst`, weights as external data (`<dst name>_data`) when it is
+    """Rewrite an ONNX model to `dst`, weights as external data (`<dst name>.data`) when it is
     large (or `external=True`)."""
     import onnx
 
@@ -201,7 +204,7 @@ def _save(model: Any, dst: Path, external: bool) -> None:
             model,
             str(tmp_path),
             save_as_external_data=external,
-            location=dst.name + "_data" if external else None,
+            location=dst.name + EXTERNAL_DATA_SUFFIX if external else None,
             size_threshold=1024,
         )
         for produced in Path(tmp).iterdir():

@@ -4,10 +4,11 @@ Each subcommand lives in its own module exposing `register(subparsers)`; the mod
 sets `func(args) -> int` as the parser default. Modules import heavy libraries inside
 their `func`, never at module level, so `fleetgen-agent --help` stays instant.
 
-Exit codes, the same in every command of both CLIs: 0 ok; 1 an operational error, or
-something the command checked and refused (a tampered bundle, a failed trust check, a
-missing extra); 2 usage or unreadable input (arguments, config, a file that is not there
-or not what the command takes).
+Exit codes, one meaning each in every command of both CLIs (docs/trust.md, docs/runtime.md):
+0 ok; 1 refused or failed: a bundle or metadata failed verification (a tampered bundle exits 1
+from `bundle inspect`, `generate --bundle` and `install-bundle` alike), a broker or database
+failed, an extra is missing; 2 unusable input: arguments, config, a file that is not there,
+a model folder that does not load or does not match its manifest.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         extra = EXTRAS.get((e.name or "").partition(".")[0])
         if extra is None:
             raise
-        missing = MissingExtraError(f"{parser.prog} {args.command}", extra, e.name or "")
+        missing = MissingExtraError(str(args.command), extra, e.name or "")
         print(f"{parser.prog}: error: {missing}", file=sys.stderr)
         return missing.exit_code
     except KeyboardInterrupt:

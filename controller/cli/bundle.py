@@ -71,6 +71,8 @@ def _check_output(out: Path, given: str | None) -> None:
         raise UsageError(f"-o {given or out}: is a directory; give the bundle file, e.g. "
                          f"{Path(given or '.') / 'NAME-VERSION.fgb'}")
     parent = out.parent
+    if parent.exists() and not parent.is_dir():
+        raise UsageError(f"-o {given or out}: {parent} is not a directory")
     if not parent.is_dir():
         raise UsageError(f"-o {given or out}: directory {parent} does not exist")
 

@@ -62,7 +62,7 @@ def to_json(devices: list[DeviceView]) -> str:
 def run_ls(args: argparse.Namespace) -> int:
     from agent.cli import require_extra
 
-    require_extra("fleetgen fleet ls", "controller", "sqlalchemy")
+    require_extra("fleet ls", "controller", "sqlalchemy")
     from controller.cli.serve import load
     from controller.store import open_existing
 

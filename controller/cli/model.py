@@ -67,7 +67,7 @@ def run_import(args: argparse.Namespace) -> int:
     from agent.cli import require_extra
 
     # Quantization is release tooling (models/quantize.py), installed by the release extra.
-    require_extra("fleetgen model import", "release", "onnx", "onnx_ir")
+    require_extra("model import", "release", "onnx", "onnx_ir")
     from agent.runtime import EngineOptions, TextGenerator, load_model
     from agent.runtime.loader import is_optimum_folder
     from models.quantize import graph_quantization, model_files

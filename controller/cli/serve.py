@@ -42,7 +42,7 @@ def load(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from agent.cli import require_extra
 
-    require_extra("fleetgen serve", "controller", "sqlalchemy")
+    require_extra("serve", "controller", "sqlalchemy")
     from controller.ingest import Ingestor
     from controller.store import Store
 
