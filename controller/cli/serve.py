@@ -50,6 +50,9 @@ def load(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from agent.cli import require_extra
+
+    require_extra("serve", "controller", "sqlalchemy")
     from controller.ingest import Ingestor
 
     config = load(args)
@@ -103,6 +106,9 @@ def _open_store(config: ControllerConfig) -> Store:
 
 
 def _http_service(config: ControllerConfig, store: Store, ingestor: Ingestor) -> _Service:
+    from agent.cli import require_extra
+
+    require_extra("serve --http", "controller", "fastapi", "uvicorn", "prometheus_client")
     from controller.web.context import WebContext
     from controller.web.server import HttpServer
 
