@@ -39,9 +39,9 @@ from agent.protocol import (
 )
 from agent.protocol.messages import Details
 from agent.sequence import SequenceCounter
-from agent.store import BundleStore
+from agent.update.store import BundleStore
 from agent.telemetry import Sampler
-from agent.updates import UpdateOutcome, UpdateWorker, active_bundle
+from agent.update.worker import UpdateOutcome, UpdateWorker, active_bundle
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ class Agent:
 
     def _on_update(self, outcome: UpdateOutcome) -> None:
         from agent.trust.errors import TrustError
-        from agent.trust.events import installed_event, refusal_event
+        from agent.update.events import installed_event, refusal_event
 
         if outcome.active is not None:
             self.state.active_bundle = outcome.active.label

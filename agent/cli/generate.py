@@ -99,7 +99,7 @@ def shipped_model(kind: str, root: Path | None = None) -> Path:
 def installed_model(state_dir: Path, task: str) -> Path | None:
     """The current bundle of the agent's bundle store, if there is one for `task`."""
     from agent.manifest import MANIFEST_NAME, load_manifest
-    from agent.store import BundleStore
+    from agent.update.store import BundleStore
 
     current = BundleStore(state_dir).current()
     if current is None or not (current / MANIFEST_NAME).is_file():
@@ -117,7 +117,7 @@ def model_folder(args: argparse.Namespace, state_dir: Path) -> Iterator[Path]:
     if args.model is not None:
         yield args.model
     elif args.bundle is not None:
-        from agent.bundle import verify_bundle_file
+        from agent.update.bundle import verify_bundle_file
         from agent.runtime.errors import ModelLoadError
 
         if not args.bundle.is_file():

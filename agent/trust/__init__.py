@@ -13,11 +13,11 @@ Modules, pure verification split from I/O as python-tuf does:
               responder) use; `agent.mqtt.link.MqttLink` implements it.
 - `updater`   the update flow: TUF refresh (python-tuf ngclient), director check,
               resumable download, one-pass verify + unpack into the bundle store
-              (`agent.store`); `install_offline` for air-gapped installs.
+              (`agent.update.store`); `install_offline` for air-gapped installs.
 - `tuf_errors` python-tuf's exceptions mapped onto the refusal family, in one place.
 - `events`    `update.refused` / `update.installed` events for `dev/{id}/events`.
 
-The bundle format itself is `agent.bundle`; the store of unpacked bundles `agent.store`;
+The bundle format itself is `agent.update.bundle`; the store of unpacked bundles `agent.update.store`;
 crash-safe writes and symlink flips `agent.fsutil`.
 
 Nothing here is imported by `import agent`; python-tuf and cryptography load on use.

@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from agent.bundle import build_bundle, default_bundle_name
+    from agent.update.bundle import build_bundle, default_bundle_name
     from agent.manifest import load_manifest
 
     model_dir = Path(args.model_dir)
@@ -64,7 +64,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from agent.bundle import verify_bundle_file
+    from agent.update.bundle import verify_bundle_file
 
     path = existing_file(args.file, "bundle")
     verified = verify_bundle_file(path)

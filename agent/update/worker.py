@@ -48,7 +48,7 @@ class UpdateOutcome:
 
 def active_bundle(state_dir: Path) -> ActiveBundle | None:
     """The bundle `current` points at, if any (the store flips it atomically)."""
-    from agent.store import BundleStore
+    from agent.update.store import BundleStore
 
     path = BundleStore(state_dir).current()
     if path is None:

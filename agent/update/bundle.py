@@ -9,7 +9,7 @@ manifest's. Nothing else: no directories, links, devices, absolute paths or `..`
 in the same pass, parses the tar, checks every member against the manifest and (when
 `dest` is given) writes it out. Parsing happens before the whole-file hash is known, so
 every size is bounded up front and `dest` must be a fresh directory that the caller
-discards unless `verify_bundle` returns (agent.store does exactly that).
+discards unless `verify_bundle` returns (agent.update.store does exactly that).
 """
 
 from __future__ import annotations
