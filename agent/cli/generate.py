@@ -117,8 +117,8 @@ def model_folder(args: argparse.Namespace, state_dir: Path) -> Iterator[Path]:
     if args.model is not None:
         yield args.model
     elif args.bundle is not None:
-        from agent.update.bundle import verify_bundle_file
         from agent.runtime.errors import ModelLoadError
+        from agent.update.bundle import verify_bundle_file
 
         if not args.bundle.is_file():
             raise UsageError(f"bundle {args.bundle} does not exist")

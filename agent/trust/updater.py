@@ -142,10 +142,13 @@ class TrustedUpdater:
         return info
 
     def target_url(self, info: TargetFile) -> str:
-        path = info.path
+        return self.url_for(info.path, next(iter(info.hashes.values())))
+
+    def url_for(self, path: str, first_hash: str) -> str:
+        """Where a target is fetched (consistent snapshots prefix the name with its hash)."""
         if self.trusted_root().get("consistent_snapshot", False):
             dirname, sep, basename = path.rpartition("/")
-            path = f"{dirname}{sep}{next(iter(info.hashes.values()))}.{basename}"
+            path = f"{dirname}{sep}{first_hash}.{basename}"
         return TARGETS_URL + path
 
     # -- online: the director's desired state --------------------------------------

@@ -24,11 +24,10 @@ device is never left between two bundles.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Annotated, Literal
+from dataclasses import dataclass, field
+from typing import Literal
 
 import msgspec
-from msgspec import Meta
 
 from agent.protocol.messages import Scalar
 from agent.trust.target import Target
@@ -62,6 +61,9 @@ class UpdateState(msgspec.Struct, kw_only=True, frozen=True):
     last_result: Literal["committed", "rolled_back", "refused", "failed", "cancelled"] | None = None
     pending: Target | None = None
     pending_version: int = 0
+    # The desired document's `config` (update conditions among it), kept for a restart.
+    config: dict[str, Scalar] = {}
+    pending_config: dict[str, Scalar] = {}
 
 
 # -- events (outcomes fed back by the worker) ----------------------------------------
@@ -79,6 +81,7 @@ class Desired:
     version: int
     target: Target | None
     current_sha256: str | None  # sha256 of the bundle `current` names, when known
+    config: dict[str, Scalar] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -257,11 +260,11 @@ def _details(s: UpdateState, **extra: Scalar) -> dict[str, Scalar]:
 Result = tuple[UpdateState, Sequence[Action]]
 
 
-def _start(s: UpdateState, version: int, target: Target) -> Result:
+def _start(s: UpdateState, version: int, target: Target, config: dict[str, Scalar]) -> Result:
     s = msgspec.structs.replace(
         s, phase="checking", director_version=version, target=target, bundle=None, previous=None,
         trial_attempts=0, retries=0, wait_reason=None, last_error=None, last_result=None,
-        pending=None, pending_version=0,
+        pending=None, pending_version=0, config=dict(config), pending_config={},
     )
     return s, [Emit("update.started", f"installing {target.path}", details=_details(s)), CheckConditions()]
 
@@ -271,10 +274,10 @@ def _end(s: UpdateState, result: Literal["committed", "rolled_back", "refused", 
     """Back to idle; a target that waited for the trial to end starts now."""
     done = msgspec.structs.replace(
         s, phase="idle", last_result=result, last_error=error, wait_reason=None, trial_attempts=0,
-        retries=0, pending=None, pending_version=0,
+        retries=0, pending=None, pending_version=0, pending_config={},
     )
     if s.pending is not None:
-        started, more = _start(done, s.pending_version, s.pending)
+        started, more = _start(done, s.pending_version, s.pending, s.pending_config)
         return msgspec.structs.replace(started, last_result=result, last_error=error), [*actions, *more]
     return done, actions
 
@@ -291,13 +294,15 @@ def _desired(s: UpdateState, e: Desired) -> Result:
                 Emit("update.cancelled", f"{_label(s.target)} is no longer desired", "warning", _details(s)),
             ])
         if s.phase in AFTER_SWITCH:
-            return msgspec.structs.replace(s, pending=None, pending_version=0), []
-        return msgspec.structs.replace(s, director_version=e.version), []
+            return msgspec.structs.replace(s, pending=None, pending_version=0, pending_config={}), []
+        return msgspec.structs.replace(s, director_version=e.version, config=dict(e.config)), []
     if busy_with is not None and busy_with.sha256 == e.target.sha256:
         # The same target again (a re-signed document): carry on where we are.
-        return msgspec.structs.replace(s, director_version=max(s.director_version, e.version)), []
+        return msgspec.structs.replace(s, director_version=max(s.director_version, e.version),
+                                       config=dict(e.config)), []
     if s.phase in AFTER_SWITCH:
-        return msgspec.structs.replace(s, pending=e.target, pending_version=e.version), []
+        return msgspec.structs.replace(s, pending=e.target, pending_version=e.version,
+                                       pending_config=dict(e.config)), []
     actions: list[Action] = []
     if s.phase in BEFORE_SWITCH:
         actions += [
@@ -305,7 +310,7 @@ def _desired(s: UpdateState, e: Desired) -> Result:
             Emit("update.cancelled", f"{_label(s.target)} replaced by {e.target.path}", "warning",
                  _details(s, replaced_by=e.target.path)),
         ]
-    s2, more = _start(s, e.version, e.target)
+    s2, more = _start(s, e.version, e.target, e.config)
     return s2, [*actions, *more]
 
 

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from agent.update.bundle import VerifiedBundle, verify_bundle
 from agent.fsutil import fsync_dir, replace_symlink
 from agent.manifest import ModelManifest
 from agent.trust.errors import BoardMismatchError
+from agent.update.bundle import VerifiedBundle, verify_bundle
 
 log = logging.getLogger(__name__)
 
