@@ -23,13 +23,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from agent.errors import FleetgenError
 from agent.manifest import load_manifest
 from agent.protocol.messages import DesiredState, Scalar, SignedEnvelope
 from agent.trust.errors import SlowRetrievalError, TransportError, TrustError
-from agent.trust.fetch import BoundedFetcher
 from agent.update import machine as m
 from agent.update.conditions import (
     ConditionsError,
@@ -40,9 +39,12 @@ from agent.update.conditions import (
     free_bytes,
 )
 from agent.update.health import run_health_check
-from agent.update.install import Cancelled, Installer
 from agent.update.journal import Journal
 from agent.update.store import BundleStore
+
+if TYPE_CHECKING:
+    from agent.trust.fetch import BoundedFetcher
+    from agent.update.install import Installer
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +189,8 @@ class UpdateWorker:
     @property
     def installer(self) -> Installer:
         if self._installer is None:
+            from agent.update.install import Installer  # python-tuf: only once needed
+
             self._installer = Installer(self.state_dir, self._fetcher_factory(), board=self.board,
                                         device_id=self.device_id)
         return self._installer
@@ -361,6 +365,7 @@ class UpdateWorker:
                                  details={"bytes": have, "total": total, "rate_bps": round(rate)}))
 
         from agent.trust.updater import tuf_errors
+        from agent.update.install import Cancelled
 
         try:
             with tuf_errors():
