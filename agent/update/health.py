@@ -100,20 +100,31 @@ def _decode_speed(gen: TextGenerator, test: SelfTest) -> float:
 # -- the child -------------------------------------------------------------------------
 
 
-def _check(bundle: Path, providers: tuple[str, ...]) -> HealthReport:
-    from agent.runtime import load_model
-    from agent.runtime.engine import EngineOptions
-    from agent.runtime.selftest import run_self_test
-    from agent.runtime.text import TextGenerator
+_MEMORY_HINTS = ("failed to map segment", "cannot allocate memory", "bad_alloc", "memoryerror",
+                 "out of memory")
 
+
+def _memory_like(e: BaseException) -> bool:
+    """Under RLIMIT_AS, an allocation fails as MemoryError, or as a library or shared object
+    that cannot be mapped (ENOMEM) inside whatever error the loader wraps it in."""
+    text = f"{type(e).__name__}: {e}".lower()
+    return isinstance(e, MemoryError) or any(h in text for h in _MEMORY_HINTS)
+
+
+def _check(bundle: Path, providers: tuple[str, ...]) -> HealthReport:
     _fault_hook(bundle, "load")
     t0 = time.perf_counter()
-    options = EngineOptions(providers=providers) if providers else EngineOptions()
     try:
+        from agent.runtime import load_model
+        from agent.runtime.engine import EngineOptions
+        from agent.runtime.selftest import run_self_test
+        from agent.runtime.text import TextGenerator
+
+        options = EngineOptions(providers=providers) if providers else EngineOptions()
         gen = load_model(bundle, options)
-    except MemoryError:
-        return HealthReport(False, "memory", "out of memory while loading the model")
     except Exception as e:  # the engines' own errors: the check names them
+        if _memory_like(e):
+            return HealthReport(False, "memory", f"out of memory while loading the model: {str(e)[:300]}")
         return HealthReport(False, "load", f"the model does not load: {e}")
     details: dict[str, Scalar] = {"load_ms": round((time.perf_counter() - t0) * 1000, 1)}
     _fault_hook(bundle, "selftest")
@@ -178,10 +189,11 @@ def child_main(argv: list[str]) -> int:
     providers = tuple(p for p in (argv[1] if len(argv) > 1 else "").split(",") if p)
     try:
         report = _check(bundle, providers)
-    except MemoryError:
-        report = HealthReport(False, "memory", "out of memory during the self-test")
     except Exception as e:
-        report = HealthReport(False, "self-test", f"self-test raised {type(e).__name__}: {e}")
+        if _memory_like(e):
+            report = HealthReport(False, "memory", f"out of memory during the self-test: {str(e)[:300]}")
+        else:
+            report = HealthReport(False, "self-test", f"self-test raised {type(e).__name__}: {e}")
     doc = {"ok": report.ok, "check": report.check, "reason": report.reason, "details": report.details}
     sys.stdout.write(_REPORT_PREFIX + json.dumps(doc) + "\n")
     sys.stdout.flush()
@@ -223,7 +235,10 @@ def run_health_check(bundle: Path, providers: tuple[str, ...] = ()) -> HealthRep
         if line.startswith(_REPORT_PREFIX):
             doc = json.loads(line[len(_REPORT_PREFIX):])
             details = {**doc["details"], "elapsed_s": took, "memory_limit_mb": limit_mb}
-            return HealthReport(bool(doc["ok"]), str(doc["check"]), str(doc["reason"]), details)
+            reason = str(doc["reason"])
+            if doc["check"] == "memory":
+                reason = f"{reason} (limit {limit_mb} MiB)"
+            return HealthReport(bool(doc["ok"]), str(doc["check"]), reason, details)
     tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["(no output)"]
     if proc.returncode < 0:
         name = signal.Signals(-proc.returncode).name

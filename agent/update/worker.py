@@ -148,6 +148,11 @@ class UpdateWorker:
         self._verify_retries = 0
         self._retry_envelope: SignedEnvelope | None = None
         self._installer: Installer | None = None
+        self._busy = threading.Event()  # set while an envelope or a wake-up is handled
+        self._busy.set()  # until Boot has been handled
+        self._submitted = 0
+        self._handled = 0  # documents handled or superseded before they were
+        self._count_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="updates", daemon=True)
 
     # -- daemon side ----------------------------------------------------------------
@@ -164,12 +169,17 @@ class UpdateWorker:
         self._thread.join(timeout)
 
     def submit(self, envelope: SignedEnvelope) -> None:
+        with self._count_lock:
+            self._submitted += 1
         self._replace(envelope)
 
     def _replace(self, item: SignedEnvelope | None) -> None:
         # Newest wins: drop a pending, not yet started document.
         with contextlib.suppress(queue.Empty):
-            self._pending.get_nowait()
+            dropped = self._pending.get_nowait()
+            if dropped is not None:
+                with self._count_lock:
+                    self._handled += 1
         self._pending.put_nowait(item)
 
     def snapshot(self) -> Snapshot:
@@ -195,6 +205,12 @@ class UpdateWorker:
                                         device_id=self.device_id)
         return self._installer
 
+    def settled(self) -> bool:
+        """Nothing to do until the next document: idle, nothing pending or scheduled."""
+        with self._count_lock:
+            done = self._handled == self._submitted
+        return done and not self._busy.is_set() and self._wake_at is None and self.state.phase == "idle"
+
     def _run(self) -> None:
         try:
             self._drive(m.Boot())
@@ -202,18 +218,25 @@ class UpdateWorker:
             log.exception("update journal could not be resumed")
         while True:
             timeout = None if self._wake_at is None else max(0.0, self._wake_at - time.monotonic())
+            self._busy.clear()
             try:
                 envelope = self._pending.get(timeout=timeout)
             except queue.Empty:
+                self._busy.set()
                 self._wake_at = None
                 if self._retry_envelope is not None:
                     envelope, self._retry_envelope = self._retry_envelope, None
                 else:
                     self._guarded(m.Recheck())
                     continue
+            self._busy.set()
             if envelope is None:
                 return
-            self._on_envelope(envelope)
+            try:
+                self._on_envelope(envelope)
+            finally:
+                with self._count_lock:
+                    self._handled += 1
 
     def _guarded(self, event: m.UpdateEvent) -> None:
         try:
@@ -233,6 +256,8 @@ class UpdateWorker:
             if self._verify_retries <= self.settings.policy.max_retries:
                 delay = m.backoff_s(self.settings.policy, self._verify_retries, self.rng.random())
                 self._retry_envelope = envelope
+                with self._count_lock:
+                    self._submitted += 1  # it comes back as if submitted again
                 self._wake_at = time.monotonic() + delay
                 self.post(Notice("update.failed", str(e), "warning",
                                  {"check": e.check, "attempt": self._verify_retries,
