@@ -282,7 +282,6 @@ class UpdateWorker:
         current_sha = None
         if current is not None and verified.target is not None and self.store.is_current(verified.target.sha256):
             current_sha = verified.target.sha256
-        self._interrupted = False
         self._guarded(m.Desired(verified.desired.version, verified.target, current_sha, config))
         self._resume_if_interrupted()
 

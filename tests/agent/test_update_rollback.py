@@ -180,3 +180,45 @@ def test_an_impossible_window_in_the_desired_document_is_refused(world: UpdateWo
     refused = dev.one("update.refused")
     assert refused.details["check"] == "conditions" and "25:00-26:00" in refused.message
     assert "update.started" not in dev.kinds()
+
+
+@pytest.mark.timeout(120)
+def test_a_newer_desired_document_cancels_a_download_in_progress(world: UpdateWorld) -> None:
+    import threading
+    from collections.abc import Iterator
+
+    from agent.trust.fetch import Deadline, LocalFetcher, DownloadPolicy
+
+    gate, first_chunk = threading.Event(), threading.Event()
+
+    class SlowLink(LocalFetcher):
+        """Serves 4 KiB chunks; the 2.0.0 target stalls after its first chunk until released."""
+
+        def _chunks(self, url: str, offset: int, deadline: Deadline, limit: int | None) -> Iterator[bytes]:
+            for i, chunk in enumerate(super()._chunks(url, offset, deadline, limit)):
+                if "austen-2.0.0" in url and i == 1:
+                    first_chunk.set()
+                    gate.wait(30)
+                yield chunk
+
+    def fetcher() -> LocalFetcher:
+        return SlowLink(world.repo.metadata_dir, world.repo.targets_dir, DownloadPolicy(chunk_size=4096))
+
+    two = world.publish(variant(world.tmp / "models", "austen", "2.0.0"))
+    three = world.publish(variant(world.tmp / "models", "austen", "3.0.0", INT4))
+    dev = Device(world)
+    dev.worker._fetcher_factory = fetcher
+    try:
+        dev.worker.submit(world.desired(two))
+        assert first_chunk.wait(30)
+        dev.worker.submit(world.desired(three))  # while 2.0.0 is mid-download
+        gate.set()
+        dev.settle()
+    finally:
+        gate.set()
+        dev.worker.stop()
+    cancelled = dev.one("update.cancelled")
+    assert cancelled.details["target"] == two and cancelled.details["replaced_by"] == three
+    assert current_name(world).startswith("austen-3.0.0-")
+    assert [n.details["target"] for n in dev.notices if n.kind == "update.committed"] == [three]
+    assert not list((world.state / "downloads").glob("*.part"))
