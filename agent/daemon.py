@@ -380,6 +380,10 @@ class Agent:
 
     def start(self) -> None:
         log.info("agent %s starting (fleetgen %s, broker %s)", self.device_id, __version__, self.link.broker)
+        stats = self.spool.stats()
+        self.emit("agent.started", f"fleetgen {__version__}", details={
+            "spooled": stats.rows, "dropped_samples": stats.dropped_samples,
+            "dropped_events": stats.dropped_events, "corrupt_spool_files": stats.corrupt_files})
         self.updates.start()
         self.link.start()
 
@@ -422,12 +426,16 @@ class Agent:
         except FleetgenError as e:
             log.warning("power governor tick failed: %s", e)
 
-    def shutdown(self) -> None:
+    def shutdown(self, drain_s: float = 3.0) -> None:
         if self.link.connected:
+            # Drain the spool (bounded): what is left is sent by the next start.
+            deadline = time.monotonic() + drain_s
+            self.pump()
+            while (self._in_flight or self.spool.stats().rows) and time.monotonic() < deadline:
+                time.sleep(0.02)
+                self.pump()
             try:
-                self.pump()
                 self.link.publish(self.topic(Channel.STATUS), self._status("offline"), qos=1, retain=True, wait=2.0)
-                self.pump()
             except FleetgenError as e:
                 log.warning("could not say goodbye: %s", e)
         self.updates.stop()

@@ -52,6 +52,8 @@ class SpoolStats:
     dropped_samples: int
     dropped_events: int
     corrupt_files: int
+    added_samples: int = 0
+    added_events: int = 0
 
 
 class Spool:
@@ -108,6 +110,7 @@ class Spool:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 cur = self._db.execute("INSERT INTO outbox (kind, payload) VALUES (?, ?)", (kind, payload))
+                self._bump(self._db, f"added_{kind}s", 1)  # what was ever stored: tests count both sides
                 self._bytes += size
                 self._evict()
                 self._db.execute("COMMIT")
@@ -176,7 +179,8 @@ class Spool:
             rows = int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
             counters = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
         return SpoolStats(rows, self._bytes, int(counters.get("dropped_samples", 0)),
-                          int(counters.get("dropped_events", 0)), int(counters.get("corrupt_files", 0)))
+                          int(counters.get("dropped_events", 0)), int(counters.get("corrupt_files", 0)),
+                          int(counters.get("added_samples", 0)), int(counters.get("added_events", 0)))
 
     def close(self) -> None:
         with self._lock:
