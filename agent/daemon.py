@@ -115,6 +115,7 @@ class Agent:
         power: PowerController | None = None,
         worker_settings: WorkerSettings | None = None,
         in_flight: Callable[[], int] = lambda: 0,
+        power_tick_s: float | None = None,
     ) -> None:
         self.config = config
         self.device_id = config.device_id
@@ -133,6 +134,7 @@ class Agent:
         self.handlers: dict[Channel, InboundHandler] = {Channel.DESIRED: self._on_desired}
         self.latest_desired: SignedEnvelope | None = None
         self.power = power
+        self.power_tick_s = power_tick_s if power_tick_s is not None else (power.settings.tick_s if power else None)
         if power is not None and config.power.budget_w is not None:
             power.set_budget(config.power.budget_w)
             self.state.budget_source = "config"
@@ -395,7 +397,7 @@ class Agent:
         t = self.config.telemetry
         next_sample = time.monotonic()
         next_flush = next_sample + t.publish_interval_s
-        power_tick = self.power.settings.tick_s if self.power is not None else None
+        power_tick = self.power_tick_s if self.power is not None else None
         next_power = next_sample
         while not self._stop.is_set():
             now = time.monotonic()

@@ -187,7 +187,7 @@ def test_a_newer_desired_document_cancels_a_download_in_progress(world: UpdateWo
     import threading
     from collections.abc import Iterator
 
-    from agent.trust.fetch import Deadline, LocalFetcher, DownloadPolicy
+    from agent.trust.fetch import Deadline, DownloadPolicy, LocalFetcher
 
     gate, first_chunk = threading.Event(), threading.Event()
 

@@ -63,8 +63,8 @@ print(json.dumps({"wall_s": wall, "extra_rss_mb": extra, "sha256": v.sha256}))
 
 def make_bundle(tmp: Path, size_mb: int) -> tuple[Path, int, str]:
     """A model folder with one big weights file plus small ones, packed into a bundle."""
-    from agent.update.bundle import build_bundle
     from agent.manifest import ModelManifest, TextSpec, file_entries, write_manifest
+    from agent.update.bundle import build_bundle
 
     model = tmp / "model"
     model.mkdir()

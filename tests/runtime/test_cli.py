@@ -153,8 +153,8 @@ def test_installed_bundle_is_preferred_over_the_shipped_model(
 ) -> None:
     import hashlib
 
-    from agent.update.bundle import build_bundle
     from agent.manifest import load_manifest
+    from agent.update.bundle import build_bundle
     from agent.update.store import BundleStore
 
     state = tmp_path / "state"

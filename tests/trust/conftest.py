@@ -13,10 +13,10 @@ import pytest
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, MetaFile
 
-from agent.update.bundle import build_bundle
 from agent.protocol.messages import SignedEnvelope
 from agent.trust.fetch import BoundedFetcher, DownloadPolicy, LocalFetcher
 from agent.trust.layout import TrustPaths, provision
+from agent.update.bundle import build_bundle
 from agent.update.install import Installer
 from controller.director import Director
 from controller.tuf.repository import RepoConfig, Repository

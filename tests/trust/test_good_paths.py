@@ -141,8 +141,8 @@ def test_a_shipped_model_round_trips(world: World) -> None:
     """Build, publish and install a model that ships in models/ (skipped until one does)."""
     import pytest
 
-    from agent.update.bundle import build_bundle
     from agent.manifest import load_manifest, verify_files
+    from agent.update.bundle import build_bundle
 
     root = Path(__file__).resolve().parents[2] / "models"
     folders = sorted((p.parent for p in root.glob("*/*/manifest.json")), key=lambda p: sum(

@@ -9,8 +9,8 @@ import signal
 import time
 from pathlib import Path
 
-from agent.update.bundle import VerifiedBundle, build_bundle
 from agent.manifest import load_manifest, verify_files
+from agent.update.bundle import VerifiedBundle, build_bundle
 from agent.update.store import BundleStore
 from tests.trust.models import make_model_dir
 
