@@ -47,8 +47,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from agent.update.bundle import build_bundle, default_bundle_name
     from agent.manifest import load_manifest
+    from agent.update.bundle import build_bundle, default_bundle_name
 
     model_dir = Path(args.model_dir)
     if not model_dir.is_dir():

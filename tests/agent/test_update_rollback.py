@@ -125,7 +125,7 @@ def test_a_good_bundle_on_another_engine_build_is_committed_and_gc_keeps_two(wor
     seen = [k for k in kinds if k in steps]
     firsts = [k for i, k in enumerate(seen) if i == 0 or seen[i - 1] != k]  # progress repeats
     assert firsts[: len(steps)] == steps
-    health = [n for n in dev.notices if n.kind == "update.health"][0]
+    health = next(n for n in dev.notices if n.kind == "update.health")
     assert health.details["ok"] is True and health.details["perplexity"] and health.details["tokens_per_s"]
     kept = sorted(p.name for p in (world.state / "bundles").iterdir())
     assert len(kept) == 2 and first not in kept and current_name(world).startswith("austen-3.0.0-")
