@@ -11,11 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from agent.errors import UsageError
+from agent.errors import FleetgenError, UsageError
 from controller.cli._trustargs import add_repo_options, existing_file, open_repo
+
+if TYPE_CHECKING:
+    from agent.manifest import SelfTest
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -27,6 +31,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     build.add_argument("-o", "--output", metavar="FILE", help="bundle file (default NAME-VERSION.fgb)")
     build.add_argument("--name", help="model name (default: the manifest's)")
     build.add_argument("--version", help="model version (default: the manifest's)")
+    build.add_argument("--no-probe", action="store_true",
+                       help="do not measure the probe perplexity (the device then checks only "
+                            "that the model loads and generates)")
     build.set_defaults(func=run_build)
 
     inspect = verbs.add_parser("inspect", help="verify a bundle and print its manifest")
@@ -58,9 +65,37 @@ def run_build(args: argparse.Namespace) -> int:
         manifest = load_manifest(model_dir)
         changes = {k: v for k, v in (("name", args.name), ("version", args.version)) if v}
         out = Path(default_bundle_name(msgspec.structs.replace(manifest, **changes)))
-    verified = build_bundle(model_dir, out, name=args.name, version=args.version)
+    self_test = None if args.no_probe else _probe_self_test(model_dir)
+    verified = build_bundle(model_dir, out, name=args.name, version=args.version, self_test=self_test)
     print(f"{out}  {verified.length} bytes  sha256 {verified.sha256}")
+    if self_test is not None and self_test.probe_perplexity is not None:
+        print(f"probe perplexity {self_test.probe_perplexity:.3f} (reference CPU engine), "
+              f"device tolerance {self_test.perplexity_tolerance:.0%}")
     return 0
+
+
+def _probe_self_test(model_dir: Path) -> SelfTest | None:
+    """The health gate's reference figure (agent/update/health.py): the probe's perplexity
+    on the reference CPU engine, recorded in the bundle's self-test; a model over the
+    manifest's `max_perplexity` is refused here, before it is ever published."""
+    from agent.manifest import load_manifest
+    from agent.update.health import DEFAULT_PROBE, measure_reference
+
+    manifest = load_manifest(model_dir)
+    if manifest.task != "text-generation":
+        return None
+    try:
+        ppl = measure_reference(model_dir)
+    except FleetgenError as e:
+        raise FleetgenError(f"{model_dir}: cannot measure the probe perplexity ({e}); "
+                            "fix the model or give --no-probe") from e
+    if ppl is None:
+        return None
+    test = manifest.self_test
+    if test.max_perplexity is not None and ppl > test.max_perplexity:
+        raise FleetgenError(f"{model_dir}: probe perplexity {ppl:.3f} is above the manifest's "
+                            f"max_perplexity {test.max_perplexity:g}; refusing to build")
+    return msgspec.structs.replace(test, probe=test.probe or DEFAULT_PROBE, probe_perplexity=round(ppl, 6))
 
 
 def run_inspect(args: argparse.Namespace) -> int:
