@@ -126,17 +126,6 @@ def test_resign_schedule_ticks(tmp_path: Path) -> None:
     assert repo.load("timestamp").signed.version > before
 
 
-def test_refusal_event_names_the_check() -> None:
-    from agent.protocol.codec import decode, encode
-    from agent.protocol.topics import Channel
-    from agent.trust.errors import HashMismatchError
-    from agent.update.events import refusal_event
-
-    event = refusal_event("dev-1", 7, HashMismatchError("x.fgb: sha256 a != signed b"))
-    back = decode(Channel.EVENTS, encode(event), "dev-1")
-    assert back.details["check"] == "hash" and back.kind == "update.refused"  # type: ignore[attr-defined]
-
-
 def test_a_shipped_model_round_trips(world: World) -> None:
     """Build, publish and install a model that ships in models/ (skipped until one does)."""
     import pytest
