@@ -54,6 +54,7 @@ from agent.update.worker import DesiredApplied, Notice, Snapshot, UpdateWorker, 
 if TYPE_CHECKING:
     from agent.trust.fetch import BoundedFetcher
     from firmware.control import PowerController
+    from firmware.knobs import RuntimeKnobs
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,17 @@ class Agent:
         # Finish or undo an install a power cut interrupted, before reporting what runs.
         self.updates.recover()
         self._apply_snapshot(self.updates.snapshot())
+
+    @property
+    def knobs(self) -> RuntimeKnobs | None:
+        """The governor's knobs for generation in this process: pass them to
+        `agent.runtime.service.GenerationQueue(knobs=...)` (threads, admit, pacing)."""
+        return self.power.runtime if self.power is not None else None
+
+    def set_in_flight(self, in_flight: Callable[[], int]) -> None:
+        """How many generation requests are running (the local API's queue): an update
+        drains them, within `[update] drain_timeout_s`, before it downloads."""
+        self.updates.in_flight = in_flight
 
     def _fetcher(self) -> BoundedFetcher:
         from agent.trust.mqtt_fetcher import MqttFetcher
