@@ -363,7 +363,7 @@ def step(s: UpdateState, e: UpdateEvent, policy: Policy = Policy()) -> Result:
         s2 = msgspec.structs.replace(s, retries=attempt, last_error=e.error)
         return s2, [
             Emit("update.failed", e.error, "warning",
-                 _details(s, check=e.check, attempt=attempt, retry_in_s=round(delay, 1), final=False)),
+                 _details(s, check=e.check, attempt=attempt, retry_in_s=round(delay, 2), final=False)),
             WaitFor(delay),
         ]
     if p in ("checking", "waiting"):

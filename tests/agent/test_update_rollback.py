@@ -222,3 +222,40 @@ def test_a_newer_desired_document_cancels_a_download_in_progress(world: UpdateWo
     assert current_name(world).startswith("austen-3.0.0-")
     assert [n.details["target"] for n in dev.notices if n.kind == "update.committed"] == [three]
     assert not list((world.state / "downloads").glob("*.part"))
+
+
+@pytest.mark.timeout(120)
+def test_a_transport_failure_is_retried_with_backoff_not_refused(world: UpdateWorld) -> None:
+    from collections.abc import Iterator
+
+    from agent.trust.errors import TransportError
+    from agent.trust.fetch import Deadline, LocalFetcher
+    from agent.update.machine import Policy
+
+    link = {"down": True, "failures": 0}
+
+    class Flaky(LocalFetcher):
+        """The controller is unreachable until the test says otherwise."""
+
+        def _chunks(self, url: str, offset: int, deadline: Deadline, limit: int | None) -> Iterator[bytes]:
+            if link["down"] and "/targets/" in url:
+                link["failures"] += 1
+                if link["failures"] >= 2:
+                    link["down"] = False  # back after the second try
+                raise TransportError(f"{url}: no answer for offset {offset} after 6 requests")
+            yield from super()._chunks(url, offset, deadline, limit)
+
+    settings = WorkerSettings(policy=Policy(backoff_base_s=0.05, backoff_max_s=0.2))
+    dev = Device(world, settings)
+    dev.worker._fetcher_factory = lambda: Flaky(world.repo.metadata_dir, world.repo.targets_dir)
+    try:
+        dev.worker.submit(world.desired(world.publish(variant(world.tmp / "models", "austen", "2.0.0"))))
+        wait_until(lambda: "update.committed" in dev.kinds(), 60, "update.committed after the retries")
+    finally:
+        dev.worker.stop()
+    failed = [n for n in dev.notices if n.kind == "update.failed"]
+    assert [n.details["attempt"] for n in failed] == [1, 2]
+    assert all(n.details["check"] == "transport" and n.details["final"] is False for n in failed)
+    assert all(0.025 <= float(n.details["retry_in_s"]) <= 0.2 for n in failed)  # type: ignore[arg-type]
+    assert "update.refused" not in dev.kinds()
+    assert current_name(world).startswith("austen-2.0.0-")
