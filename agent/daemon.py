@@ -126,6 +126,7 @@ class Agent:
         self.state_dir = ensure_private_dir(config.state_path)
         self.inbox: queue.Queue[LinkItem | WorkerPost] = queue.Queue(maxsize=10_000)
         self._event_seq = SequenceCounter(self.state_dir / "events.seq")
+        self._emit_lock = threading.Lock()
         self._telemetry_seq = SequenceCounter(self.state_dir / "telemetry.seq")
         self._sampler = sampler or Sampler(clock=clock)
         self.spool = Spool(self.state_dir / "spool.db", config.spool.max_bytes)
@@ -227,9 +228,11 @@ class Agent:
 
     def emit(self, kind: str, message: str = "", level: str = "info", details: Details | None = None) -> None:
         """Record an event in the spool; it leaves once the broker acknowledged it."""
+        with self._emit_lock:  # the loop and the update worker both emit
+            seq = self._event_seq.next()
         event = Event(
             device_id=self.device_id,
-            seq=self._event_seq.next(),
+            seq=seq,
             ts=self.clock(),
             kind=kind,
             level=level,  # type: ignore[arg-type]
@@ -250,13 +253,15 @@ class Agent:
         self.stats.refused += 1
 
     def _post(self, item: WorkerPost) -> None:
-        """From the update worker's thread: hand the outcome to this loop."""
+        """From the update worker's thread. An event is in the spool when this returns (the
+        worker journals the next step only then); the rest goes to this loop."""
+        if isinstance(item, Notice):
+            self.emit(item.kind, item.message, item.level, _details(item.details))
+            return
         self.inbox.put(item)
 
     def handle(self, item: LinkItem | WorkerPost) -> None:
-        if isinstance(item, Notice):
-            self.emit(item.kind, item.message, item.level, _details(item.details))
-        elif isinstance(item, Snapshot):
+        if isinstance(item, Snapshot):
             self._apply_snapshot(item)
             self.publish_reported()
         elif isinstance(item, DesiredApplied):
@@ -265,8 +270,10 @@ class Agent:
             self._on_link_up(item)
         elif isinstance(item, LinkDown):
             log.info("link down (%s); telemetry and events stay in the spool", item.reason)
-        else:
+        elif isinstance(item, Inbound):
             self._on_inbound(item)
+        else:  # a Notice: the worker emits those itself (durably, before it journals)
+            self.emit(item.kind, item.message, item.level, _details(item.details))
 
     def _apply_snapshot(self, snap: Snapshot) -> None:
         s = self.state

@@ -294,11 +294,18 @@ class UpdateWorker:
         events: deque[m.UpdateEvent] = deque([first])
         while events:
             new, actions = m.step(self.state, events.popleft(), self.settings.policy)
+            # A step's events are stored (post is durable for notices) before its state is
+            # journaled: a crash in between repeats the event on resume, never loses it.
+            for action in actions:
+                if isinstance(action, m.Emit):
+                    self._perform(action)
             if new != self.state:
                 self.journal.save(new)  # write-ahead: the journal knows before we act
                 self.state = new
                 self.post(self.snapshot())
             for action in actions:
+                if isinstance(action, m.Emit):
+                    continue
                 outcome = self._perform(action)
                 if outcome is not None:
                     events.append(outcome)

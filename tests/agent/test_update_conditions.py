@@ -59,9 +59,9 @@ def test_overrides_from_the_desired_document() -> None:
     c = UpdateConditions().with_overrides({"update.window": "01:00-02:00", "update.battery_floor_pct": 50})
     assert str(c.window) == "01:00-02:00" and c.battery_floor_pct == 50.0
     assert UpdateConditions(window=parse_window("01:00-02:00")).with_overrides({"update.window": ""}).window is None
-    with pytest.raises(ConditionsError, match="update.battery_floor_pct"):
+    with pytest.raises(ConditionsError, match=r"update\.battery_floor_pct"):
         UpdateConditions().with_overrides({"update.battery_floor_pct": 150})
-    with pytest.raises(ConditionsError, match="update.disk_reserve_mb"):
+    with pytest.raises(ConditionsError, match=r"update\.disk_reserve_mb"):
         UpdateConditions().with_overrides({"update.disk_reserve_mb": "lots"})
 
 

@@ -66,17 +66,25 @@ def test_signed_model_pushed_installed_and_forgery_refused(mosquitto: Mosquitto,
     assert out.returncode == 0, out.stderr
     fleet.start_controller()
     try:
+        # The first agent is killed (-9) right after it journals the trial of the new bundle.
+        fleet.env["FLEETGEN_CRASH_AFTER_PHASE"] = "trial"
         fleet.start_agent(DeviceSpec("dev-u"))
         fleet.wait_for(lambda ds: any(d.id == "dev-u" and d.online for d in ds), timeout=20)
 
         out = run("controller", "director", "set", "dev-u", "--repo", str(repo), "--target", bundle.name,
                   "--broker", mosquitto.url, env=env)
         assert out.returncode == 0, out.stderr
+        assert fleet.agents["dev-u"].wait(90) == -9
+        del fleet.env["FLEETGEN_CRASH_AFTER_PHASE"]
+        fleet.agents.pop("dev-u")
+        fleet.start_agent(DeviceSpec("dev-u"))  # resumes the trial from the journal, commits
         devices = fleet.wait_for(
             lambda ds: any(d.id == "dev-u" and d.active_bundle == "austen-3m-int8-1.0.0" for d in ds), timeout=90)
         assert devices
-        [committed] = events(fleet, "dev-u", "update.committed", timeout=10)
+        [committed] = events(fleet, "dev-u", "update.committed", timeout=30)
         assert committed.details["target"] == bundle.name
+        trials = events(fleet, "dev-u", "update.trial", timeout=1)
+        assert sorted(int(t.details["attempt"]) for t in trials) == [2]  # type: ignore[arg-type]
         # Each step was reported, the health gate measured the probe on this device.
         steps = {e.kind for e in events(fleet, "dev-u", "update.", timeout=0.1, prefix=True)}
         assert {"update.started", "update.downloading", "update.verified", "update.switched",
