@@ -27,6 +27,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
+from agent.api.settings import ApiSettings
 from agent.errors import ConfigError
 from agent.mqtt.settings import MqttSettings
 from agent.protocol.messages import DeviceId
@@ -56,6 +57,7 @@ class AgentConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     mqtt: MqttSettings = MqttSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     board: BoardSettings = BoardSettings()
+    api: ApiSettings = ApiSettings()  # the local API (agent/api)
 
     @property
     def state_path(self) -> Path:

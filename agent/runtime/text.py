@@ -165,6 +165,8 @@ class TextGenerator:
             repetition_penalty=o.get("repetition_penalty", d.repetition_penalty),
             seed=o.get("seed"),
             greedy=bool(o.get("greedy", False)),
+            presence_penalty=o.get("presence_penalty", 0.0),
+            frequency_penalty=o.get("frequency_penalty", 0.0),
         )
         return TextRequest(
             prompt=prompt,
