@@ -9,19 +9,23 @@ network thread.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import msgspec
 
 from agent import __version__
+from agent.api.status import ApiStatus, DaemonStatus
 from agent.config import AgentConfig
 from agent.errors import FleetgenError, ProtocolError
 from agent.fsutil import ensure_private_dir
+from agent.manifest import load_manifest
 from agent.mqtt.link import Inbound, LinkDown, LinkError, LinkItem, LinkUp, MqttLink, Will
 from agent.protocol import (
     CHANNELS,
@@ -41,7 +45,7 @@ from agent.protocol.messages import Details
 from agent.sequence import SequenceCounter
 from agent.store import BundleStore
 from agent.telemetry import Sampler
-from agent.updates import UpdateOutcome, UpdateWorker, active_bundle
+from agent.updates import ActiveBundle, UpdateOutcome, UpdateWorker, active_bundle
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +112,7 @@ class Agent:
         self._telemetry_seq = SequenceCounter(self.state_dir / "telemetry.seq")
         self._sampler = sampler or Sampler(clock=clock)
         self._pending_samples: list[TelemetrySample] = []
+        self._last_sample: TelemetrySample | None = None
         self._refusals = _RefusalLimiter(_REFUSAL_EVENTS_PER_MINUTE)
         self._stop = threading.Event()
         self.handlers: dict[Channel, InboundHandler] = {Channel.DESIRED: self._on_desired}
@@ -128,6 +133,11 @@ class Agent:
         if current is not None:
             self.state.active_bundle = current.label
         self.updates = UpdateWorker(self.state_dir, self.link, self.device_id, self.state.board, self._post)
+        # Wiring for the local API and systemd (agent/cli/run.py fills these): called with the
+        # bundle just committed, and on every turn of the main loop (the watchdog ping).
+        self.on_bundle: list[Callable[[ActiveBundle], None]] = []
+        self.on_tick: list[Callable[[], None]] = []
+        self.started_at = time.monotonic()
 
     # -- outbound --------------------------------------------------------------------
 
@@ -260,6 +270,8 @@ class Agent:
                 self.state.desired_version = outcome.director_version
             if outcome.installed_sha256 is not None and outcome.active is not None:
                 log.info("now running %s", outcome.active.label)
+                for hook in self.on_bundle:
+                    hook(outcome.active)
                 self._publish(Channel.EVENTS, installed_event(
                     self.device_id, self._event_seq.next(), outcome.active.name, outcome.active.version,
                     outcome.installed_sha256))
@@ -268,12 +280,32 @@ class Agent:
     # -- telemetry -------------------------------------------------------------------
 
     def sample(self) -> None:
-        self._pending_samples.append(self._sampler.sample(self._telemetry_seq.next()))
+        self._last_sample = self._sampler.sample(self._telemetry_seq.next())
+        self._pending_samples.append(self._last_sample)
 
     def flush_telemetry(self) -> None:
         while self._pending_samples:
             batch, self._pending_samples = self._pending_samples[:_MAX_BATCH], self._pending_samples[_MAX_BATCH:]
             self._publish(Channel.TELEMETRY, TelemetryBatch(device_id=self.device_id, samples=batch))
+
+    def status_snapshot(self, api: ApiStatus | None = None) -> DaemonStatus:
+        """What `fleetgen-agent status` shows (read from the API's thread: plain reads only)."""
+        last = self._last_sample
+        return DaemonStatus(
+            device_id=self.device_id,
+            agent_version=__version__,
+            uptime_s=round(time.monotonic() - self.started_at, 1),
+            link="connected" if self.link.connected else "disconnected",
+            broker=str(self.link.broker),
+            active_bundle=self.state.active_bundle,
+            previous_bundle=_previous_label(self.state_dir),
+            update_phase="idle",
+            budget_w=None,
+            draw_w=last.power_w if last is not None else None,
+            power_estimated=last.power_estimated if last is not None else False,
+            spool_depth=len(self._pending_samples),
+            api=api,
+        )
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -291,6 +323,8 @@ class Agent:
         next_sample = time.monotonic()
         next_flush = next_sample + t.publish_interval_s
         while not self._stop.is_set():
+            for tick in self.on_tick:
+                tick()
             now = time.monotonic()
             if now >= next_sample:
                 self.sample()
@@ -316,3 +350,15 @@ class Agent:
         self.updates.stop()
         self.link.stop()
         log.info("agent %s stopped", self.device_id)
+
+
+def _previous_label(state_dir: Path) -> str | None:
+    """name-version of the bundle `previous` points at (what a rollback would return to)."""
+    link = state_dir / "previous"
+    if not link.is_symlink():
+        return None
+    try:
+        manifest = load_manifest(state_dir / os.readlink(link))
+    except (OSError, FleetgenError):
+        return None
+    return f"{manifest.name}-{manifest.version}"

@@ -147,6 +147,10 @@ class HttpServer:
             await self._serve(reader, writer)
         except (ConnectionError, TimeoutError, _ClientGone):
             pass
+        except asyncio.CancelledError:
+            # abort() at shutdown; ending normally keeps asyncio from logging the task's
+            # cancellation as an error (3.11's start_server callback asks for its exception)
+            pass
         except Exception:  # a bug in one connection must not take the server down
             log.exception("connection failed")
         finally:

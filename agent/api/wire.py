@@ -9,11 +9,14 @@ None fields encode as `null`, matching OpenAI's shapes (clients check `finish_re
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import msgspec
 
 from agent.api.errors import ApiError
+
+_MISSING = re.compile(r"missing required field `([^`]+)`")
 
 
 class StreamOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,6 +95,13 @@ def decode(body: bytes, kind: type[Any]) -> Any:
         message, sep, where = text.rpartition(" - at `$.")
         if sep:
             param = where.rstrip("`")
+        else:
+            message, where = text, ""
+        missing = _MISSING.search(message)
+        if missing:  # "Object missing required field `prompt`" (at the top level: no path)
+            param = f"{where}.{missing.group(1)}" if where else missing.group(1)
+            raise ApiError(400, f"{param}: required", param=param) from None
+        if sep:
             raise ApiError(400, f"{param}: {message}", param=param) from None
         raise ApiError(400, text) from None
     except msgspec.DecodeError as e:
