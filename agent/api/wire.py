@@ -94,7 +94,7 @@ def decode(body: bytes, kind: type[Any]) -> Any:
         text = str(e)
         message, sep, where = text.rpartition(" - at `$.")
         if sep:
-            param = where.rstrip("`")
+            where = param = where.rstrip("`")
         else:
             message, where = text, ""
         missing = _MISSING.search(message)
