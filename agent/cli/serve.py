@@ -19,8 +19,12 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from agent.errors import UsageError
+
+if TYPE_CHECKING:
+    from agent.api.host import ModelHost
 
 log = logging.getLogger(__name__)
 
@@ -86,19 +90,24 @@ def run(args: argparse.Namespace) -> int:
         api.start()
         print(f"fleetgen-agent serve: listening on {', '.join(api.addresses)}", file=sys.stderr, flush=True)
         notifier.ready("loading model")
+        failure: list[BaseException] = []
+        loader = threading.Thread(target=_load, args=(host, folders, failure), name="fleetgen-load", daemon=True)
+        loader.start()
+        announced = False
         try:
-            host.load(folders)
-        except Exception:
-            api.stop()
-            raise
-        notifier.status(host.detail)
-        print(f"fleetgen-agent serve: {host.detail}", file=sys.stderr, flush=True)
-        try:
-            while not stop.wait(0.25):
+            # the main loop: watchdog pings while the API's loop is healthy, during loading too
+            while not stop.wait(0.1):
                 notifier.tick(api.healthy(), "API event loop stalled")
+                if failure:
+                    raise failure[0]
+                if not announced and host.ready:
+                    announced = True
+                    notifier.status(host.detail)
+                    print(f"fleetgen-agent serve: {host.detail}", file=sys.stderr, flush=True)
         finally:
             notifier.stopping()
             api.stop()
+            loader.join(30)
             host.close()
     return 0
 
@@ -119,3 +128,10 @@ def _unpacked(bundle: Path):  # type: ignore[no-untyped-def]
         except FleetgenError as e:
             raise ModelLoadError(f"{bundle}: {e}") from None
         yield dest
+
+
+def _load(host: ModelHost, folders: list[Path], failure: list[BaseException]) -> None:
+    try:
+        host.load(folders)
+    except BaseException as e:  # handed to the main thread, which reports it and exits
+        failure.append(e)
