@@ -18,7 +18,7 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,7 +66,7 @@ class StreamResponse:
     (aclose) whatever happens, so the producer's `finally` can stop its work."""
 
     status: int
-    chunks: AsyncIterator[bytes]
+    chunks: AsyncGenerator[bytes, None]
     content_type: str = "text/event-stream"
     headers: tuple[tuple[str, str], ...] = ()
 
@@ -178,7 +178,7 @@ class HttpServer:
             try:
                 event = await asyncio.wait_for(_next_event(conn, reader), timeout)
             except TimeoutError:
-                if conn.their_state is h11.SEND_BODY or conn.their_state is h11.IDLE and _has_partial(conn):
+                if conn.their_state is h11.SEND_BODY or (conn.their_state is h11.IDLE and _has_partial(conn)):
                     await self._refuse(conn, writer, 408, "request head not received in time")
                 return
             except h11.RemoteProtocolError as e:

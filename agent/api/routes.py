@@ -17,7 +17,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -133,7 +133,8 @@ class Routes:
                 self.metrics.in_flight -= 1
                 self.metrics.request_done(route, status, (time.perf_counter() - started) * 1000)
 
-    async def _finish_stream(self, chunks: AsyncIterator[bytes], route: str, started: float) -> AsyncIterator[bytes]:
+    async def _finish_stream(self, chunks: AsyncGenerator[bytes, None], route: str,
+                             started: float) -> AsyncGenerator[bytes, None]:
         status = 200
         try:
             async for chunk in chunks:
@@ -314,10 +315,9 @@ class Routes:
         wake = asyncio.Event()
 
         def listener() -> None:
-            try:
+            # RuntimeError: the loop is gone (shutdown); the job is being cancelled anyway
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(wake.set)
-            except RuntimeError:  # the loop is gone (shutdown); the job is being cancelled
-                pass
 
         try:
             job = model.queue.submit(prep.request, listener)
@@ -379,7 +379,7 @@ class Routes:
     async def _stream(self, model: ServedModel, prepared: list[_Prepared], gone: asyncio.Event,
                       frame: Callable[[int, str | None, str | None], msgspec.Struct],
                       usage_frame: Callable[[wire.Usage], msgspec.Struct] | None,
-                      opening: Callable[[int], msgspec.Struct] | None) -> AsyncIterator[bytes]:
+                      opening: Callable[[int], msgspec.Struct] | None) -> AsyncGenerator[bytes, None]:
         """One SSE stream over the choices (generated one after the other, each tagged by index)."""
         out: asyncio.Queue[bytes | None] = asyncio.Queue()
         results: list[tuple[_Prepared, TextResult]] = []
@@ -418,7 +418,7 @@ class Routes:
                 await producer
 
     def _stream_completion(self, model: ServedModel, prepared: list[_Prepared], gone: asyncio.Event, ident: str,
-                           created: int, include_usage: bool) -> AsyncIterator[bytes]:
+                           created: int, include_usage: bool) -> AsyncGenerator[bytes, None]:
         chunk_type = wire.CompletionChunkWithUsage if include_usage else wire.CompletionChunk
 
         def frame(index: int, text: str | None, finish: str | None) -> msgspec.Struct:
@@ -434,7 +434,7 @@ class Routes:
         return self._stream(model, prepared, gone, frame, usage_frame if include_usage else None, None)
 
     def _stream_chat(self, model: ServedModel, prepared: list[_Prepared], gone: asyncio.Event, ident: str,
-                     created: int, include_usage: bool) -> AsyncIterator[bytes]:
+                     created: int, include_usage: bool) -> AsyncGenerator[bytes, None]:
         chunk_type = wire.ChatChunkWithUsage if include_usage else wire.ChatChunk
 
         def chunk(index: int, delta: wire.Delta, finish: str | None) -> msgspec.Struct:
@@ -462,7 +462,11 @@ class Routes:
 
         body: wire.ImageRequestIn = wire.decode(request.body, wire.ImageRequestIn)
         model = await self.host.acquire(body.model, "image")
-        spec = model.generator.spec  # type: ignore[union-attr]
+        from agent.runtime.image import ImageGenerator
+
+        generator = model.generator
+        assert isinstance(generator, ImageGenerator)  # acquire(..., "image") gave an image model
+        spec = generator.spec
         size = f"{spec.width}x{spec.height}"
         if body.size is not None and body.size not in (size, "auto"):
             raise ApiError(400, f"size: {body.model or model.id} makes {size} images only, got {body.size!r}",

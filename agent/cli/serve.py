@@ -17,6 +17,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _unpacked(bundle: Path):  # type: ignore[no-untyped-def]
+def _unpacked(bundle: Path) -> Iterator[Path]:
     import tempfile
 
     from agent.bundle import verify_bundle_file
