@@ -29,6 +29,18 @@ __all__ = [
 ]
 
 
+def resolve_spin(options: EngineOptions) -> EngineOptions:
+    """Options with `spin` decided (agent.runtime.spin) when it was left open."""
+    if options.spin is not None:
+        return options
+    import dataclasses
+
+    from agent.runtime import spin
+
+    decision = spin.choose(options.threads, options.budget_binding)
+    return dataclasses.replace(options, spin=decision.spin)
+
+
 def load_model(model_dir: Path, options: EngineOptions | None = None) -> TextGenerator | ImageGenerator:
     """Load a model folder (fleetgen manifest or Optimum export) and warm it up.
 
@@ -36,12 +48,13 @@ def load_model(model_dir: Path, options: EngineOptions | None = None) -> TextGen
     model runs before anyone depends on it (Frigate does the same).
     """
     t0 = time.perf_counter()
-    info, engine = open_folder(Path(model_dir), options or EngineOptions())
+    options = resolve_spin(options or EngineOptions())
+    info, engine = open_folder(Path(model_dir), options)
     generator: TextGenerator | ImageGenerator
     try:
         if info.task == "text-generation":
             generator = TextGenerator(info, engine)
-            generator.options = options or EngineOptions()
+            generator.options = options
             spec = generator.spec
             start = next((t for t in (spec.bos_token_id, spec.eos_token_id) if t is not None), 0)
             generator.decoder.reset(2)

@@ -37,6 +37,11 @@ class EngineOptions:
     providers: tuple[str, ...] = field(default_factory=tuple)
     # TFLite delegate libraries to try, best first (firmware TfliteDelegate.library)
     tflite_delegates: tuple[str, ...] = field(default_factory=tuple)
+    # ORT intra-op workers spin between parallel sections: None = decide at load from the
+    # situation (agent.runtime.spin); True/False = as set (the governor sets False when a
+    # power budget binds)
+    spin: bool | None = None
+    budget_binding: bool = False
 
     def __post_init__(self) -> None:
         if self.threads is not None and not 1 <= self.threads <= 256:
