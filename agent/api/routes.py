@@ -293,6 +293,7 @@ class Routes:
                 repetition_penalty=body.repetition_penalty, seed=seed,
                 stop=[*stops, *extra_stops] if (stops or extra_stops) else None,
                 presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+                ignore_eos=body.ignore_eos,
             )
         except RequestError as e:
             match = _PARAM_IN_MESSAGE.match(str(e))

@@ -39,6 +39,7 @@ class _Sampling(msgspec.Struct, frozen=True, kw_only=True):
     # extensions llama.cpp and Ollama accept too
     top_k: int | None = None
     repetition_penalty: float | None = None
+    ignore_eos: bool = False  # benchmarks: always generate max_tokens
     # known, not supported: refused when set to anything but their neutral value
     logit_bias: dict[str, float] | None = None
     logprobs: Any = None
