@@ -95,13 +95,15 @@ class UpdateWorker:
         self._pending.put_nowait(item)
 
     def _run(self) -> None:
-        from agent.trust.mqtt_fetcher import MqttFetcher
-        from agent.trust.updater import TrustedUpdater
-
         while True:
             envelope = self._pending.get()
             if envelope is None:
                 return
+            # python-tuf and cryptography cost ~15 MB: imported with the first update, so an
+            # idle daemon stays small (issue 10's 40 MB target)
+            from agent.trust.mqtt_fetcher import MqttFetcher
+            from agent.trust.updater import TrustedUpdater
+
             try:
                 fetcher = MqttFetcher(self.transport, self.device_id)
                 try:

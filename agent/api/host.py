@@ -27,8 +27,8 @@ from agent.api.errors import ApiError
 from agent.errors import FleetgenError
 
 if TYPE_CHECKING:
-    from agent.runtime.engine import EngineOptions
     from agent.runtime.image import ImageGenerator, ImageRequest, ImageResult
+    from agent.runtime.options import EngineOptions
     from agent.runtime.service import GenerationQueue, Knobs
     from agent.runtime.text import TextGenerator
 

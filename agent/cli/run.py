@@ -91,7 +91,7 @@ def _start_api(agent: Agent, config: AgentConfig, sampler: Sampler, board: Board
     from agent.api.metrics import ApiMetrics
     from agent.api.service import ApiService
     from agent.api.status import ApiStatus, DaemonStatus
-    from agent.runtime.engine import EngineOptions
+    from agent.runtime.options import EngineOptions
     from agent.store import BundleStore
     from agent.updates import ActiveBundle
 

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from agent.api.settings import ApiSettings
     from agent.errors import ConfigError
     from agent.notify import Notifier
-    from agent.runtime.engine import EngineOptions
+    from agent.runtime.options import EngineOptions
 
     if not args.model and not args.bundle:
         raise UsageError("give --model DIR or --bundle FILE")

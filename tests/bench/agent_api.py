@@ -77,6 +77,7 @@ def start_daemon(tmp: Path, with_model: bool) -> tuple[subprocess.Popen[bytes], 
     """`fleetgen-agent run` with the API on a socket; returns (process, start->READY s, socket)."""
     from tests.api.processes import FakeSystemd, env_for, install
 
+    tmp.mkdir(parents=True, exist_ok=True)
     state = tmp / "state"
     if with_model:
         install(TEXT, state, tmp)
@@ -109,7 +110,7 @@ def wait_health(get: Any) -> None:
         try:
             if get("/health") == 200:
                 return
-        except OSError:
+        except Exception:  # not listening yet (OSError, httpx's ConnectError)
             pass
         time.sleep(0.05)
     raise SystemExit("model did not become ready")
