@@ -16,6 +16,7 @@ import logging
 import math
 import re
 import secrets
+import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -314,8 +315,14 @@ class Routes:
         assert model.queue is not None
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
+        # one wake-up in flight at a time: a worker that streams faster than this loop runs
+        # does not queue a callback (and a self-pipe write) per token
+        wake_pending = threading.Event()
 
         def listener() -> None:
+            if wake_pending.is_set():
+                return
+            wake_pending.set()
             # RuntimeError: the loop is gone (shutdown); the job is being cancelled anyway
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(wake.set)
@@ -340,15 +347,19 @@ class Routes:
             while True:
                 await wake.wait()
                 wake.clear()
+                wake_pending.clear()
                 if gone.is_set():
                     raise _ClientGone
+                done = job.done  # read before draining: every chunk precedes `done`
                 pieces = job.drain()
                 if pieces and first is None:
                     first = time.perf_counter()
                     self.metrics.first_token((first - submitted) * 1000)
-                for piece in pieces:
-                    await on_text(piece)
-                if job.done:
+                if pieces:
+                    # what arrived since the last wake-up goes out as one chunk: one token per
+                    # chunk while the loop keeps up, fewer, larger chunks when it falls behind
+                    await on_text("".join(pieces))
+                if done:
                     break
             try:
                 result = job.result(0)

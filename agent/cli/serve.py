@@ -45,6 +45,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--metrics", action="store_true", help="serve GET /metrics (Prometheus text)")
     p.add_argument("--max-pending", type=int, metavar="N", default=8, help="waiting requests per model, then 429")
     p.add_argument("--threads", type=int, metavar="N", help="inference threads (default: library's)")
+    p.add_argument("--spin", choices=["auto", "on", "off"], default="auto",
+                   help="ONNX Runtime worker threads spin between steps: auto decides from how busy the "
+                        "cores are at load (default)")
     p.set_defaults(func=run)
 
 
@@ -77,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         raise UsageError(f"--listen: expected HOST:PORT, got {args.listen!r}") from e
     notifier = Notifier()
-    host = ModelHost(EngineOptions(threads=args.threads), max_pending=args.max_pending)
+    spin = {"auto": None, "on": True, "off": False}[args.spin]
+    host = ModelHost(EngineOptions(threads=args.threads, spin=spin), max_pending=args.max_pending)
     api = ApiService(settings, host)
     stop = threading.Event()
 
