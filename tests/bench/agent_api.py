@@ -147,23 +147,23 @@ def bench_daemon() -> dict[str, Any]:
 # ---------------------------------------------------------------- 2. API against the engine
 
 
-def direct_worker() -> None:
+def direct_worker(folder: Path) -> None:
     from agent.runtime import EngineOptions, TextGenerator, load_model
 
-    gen = load_model(TEXT, EngineOptions(threads=THREADS, spin=False))  # as the server below
+    gen = load_model(folder, EngineOptions(threads=THREADS, spin=False))  # as the server below
     assert isinstance(gen, TextGenerator)
     rates = []
-    for _ in range(5):
+    for _ in range(3):
         req = gen.request(PROMPT, max_tokens=API_TOKENS, greedy=True, ignore_eos=True)
         result = gen.generate(req, on_text=lambda _t: None)
         rates.append(result.timings.decode_tokens_per_s)
     print(json.dumps({"decode_tok_s": statistics.median(rates), "spin": gen.options.spin}))
 
 
-def stream_once(base: str, max_tokens: int) -> dict[str, float]:
+def stream_once(base: str, max_tokens: int, model: str = "austen-3m-int8") -> dict[str, float]:
     import httpx2 as httpx
 
-    body = {"model": "austen-3m-int8", "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0,
+    body = {"model": model, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0,
             "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
     t0 = time.perf_counter()
     times = []
@@ -184,26 +184,27 @@ def stream_once(base: str, max_tokens: int) -> dict[str, float]:
             "chunks": len(times), "tokens": tokens}
 
 
-def bench_api() -> dict[str, Any]:
+def bench_api(folder: Path = TEXT, model: str = "austen-3m-int8", rounds: int = 5,
+              concurrency_check: bool = True) -> dict[str, Any]:
     port = free_port()
-    proc = subprocess.Popen([str(BIN), "serve", "--model", str(TEXT), "--listen", f"127.0.0.1:{port}",
+    proc = subprocess.Popen([str(BIN), "serve", "--model", str(folder), "--listen", f"127.0.0.1:{port}",
                              "--threads", str(THREADS), "--spin", "off", "--max-pending", "16"], env=env(), stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
         import httpx2 as httpx
 
         wait_health(lambda path: httpx.get(base + path, timeout=5).status_code)
-        stream_once(base, 8)  # warm
+        stream_once(base, 8, model)  # warm
         api_rates, direct_rates, ttfts = [], [], []
-        for _ in range(5):  # alternate API and direct, as the machine's load drifts
-            runs = [stream_once(base, API_TOKENS) for _ in range(3)]
+        for _ in range(rounds):  # alternate API and direct, as the machine's load drifts
+            runs = [stream_once(base, API_TOKENS, model) for _ in range(3)]
             api_rates.append(statistics.median(r["tok_s"] for r in runs))
             ttfts += [r["ttft_ms"] for r in runs]
-            worker = subprocess.run([sys.executable, __file__, "--direct-worker"], capture_output=True, text=True,
-                                    env=env(), timeout=600)
+            worker = subprocess.run([sys.executable, __file__, "--direct-worker", str(folder)], capture_output=True,
+                                    text=True, env=env(), timeout=900)
             direct_rates.append(json.loads(worker.stdout.strip().splitlines()[-1])["decode_tok_s"])
         concurrency = {}
-        for clients in (1, 2, 4):
+        for clients in (1, 2, 4) if concurrency_check else ():
             latencies: list[float] = []
             lock = threading.Lock()
 
@@ -358,19 +359,20 @@ def bench_ratio(rounds: int) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--direct-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--direct-worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--skip-ratio", action="store_true", help="skip the GPT-2-small decode-ratio check")
     parser.add_argument("--rounds", type=int, default=7, help="alternations of the decode-ratio check (median)")
     parser.add_argument("--out", type=Path, default=RESULTS / "agent_api.json")
     args = parser.parse_args()
     if args.direct_worker:
-        direct_worker()
+        direct_worker(args.direct_worker)
         return 0
     results: dict[str, Any] = {"cpus": os.cpu_count(), "threads": THREADS}
     results["daemon"] = bench_daemon()
     results["api"] = bench_api()
     if not args.skip_ratio:
         results["decode_ratio"] = bench_ratio(args.rounds)
+        results["api_gpt2_small"] = bench_api(gpt2_small(), "gpt2", rounds=3, concurrency_check=False)
     d, a = results["daemon"], results["api"]
     rows = [
         ("daemon idle, API up, no model: RSS / PSS", f"{d['idle']['rss_mb']} / {d['idle']['pss_mb']} MB", "<= 40 MB"),
@@ -384,6 +386,10 @@ def main() -> int:
     for clients, lat in a["latency_by_clients"].items():
         rows.append((f"latency, {clients} concurrent client(s), 32 tokens", f"p50 {lat['p50_ms']} ms, "
                      f"p95 {lat['p95_ms']} ms", ""))
+    if "api_gpt2_small" in results:
+        g = results["api_gpt2_small"]
+        rows.append(("API streaming / direct, GPT-2-small fp32", f"{g['api_stream_tok_s']} / {g['direct_tok_s']} "
+                     f"tok/s = {g['ratio']}", ">= 0.95"))
     if "decode_ratio" in results:
         r = results["decode_ratio"]
         for condition in ("quiet", "busy"):
