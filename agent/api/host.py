@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from agent.api.chat import ChatTemplate, load_template
 from agent.api.errors import ApiError
@@ -228,6 +228,3 @@ class ModelHost:
             route = "/v1/images/generations" if chosen.kind == "image" else "/v1/completions or /v1/chat/completions"
             raise ApiError(400, f"model {name} is a {chosen.kind} model; use {route}", param="model")
         return chosen
-
-    def describe(self) -> dict[str, Any]:
-        return {"state": self.state, "detail": self.detail, "models": [m.label for m in self.models]}
