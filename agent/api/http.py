@@ -90,9 +90,12 @@ class HttpServer:
         self._closing = False
         self.addresses: list[str] = []
 
-    async def listen_unix(self, path: Path, mode: int = 0o660) -> None:
+    async def listen_unix(self, path: Path, mode: int = 0o660, create_dir: bool = True) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if create_dir:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        elif not path.parent.is_dir():
+            raise FileNotFoundError(2, f"{path.parent} does not exist (systemd's RuntimeDirectory= makes it)")
         _remove_stale_socket(path)
         server = await asyncio.start_unix_server(self._accept, path=str(path), limit=self.limits.max_header_bytes)
         os.chmod(path, mode)

@@ -34,8 +34,11 @@ class ApiStartError(FleetgenError):
 
 class ApiService:
     def __init__(self, settings: ApiSettings, host: ModelHost, *, status: StatusProvider | None = None,
-                 metrics: ApiMetrics | None = None) -> None:
+                 metrics: ApiMetrics | None = None, create_socket_dir: bool = True) -> None:
         self.settings = settings
+        # the daemon does not create /run/fleetgen itself: systemd's RuntimeDirectory= does,
+        # with the right owner and mode; `serve` makes the folder a user names
+        self.create_socket_dir = create_socket_dir
         self.host = host
         self.metrics = metrics or ApiMetrics()
         api_key = read_api_key(settings.api_key_file) if settings.api_key_file else None
@@ -102,13 +105,15 @@ class ApiService:
         self.server = server
         try:
             if self.settings.socket:
-                await server.listen_unix(self.socket_path, self.settings.socket_mode)
+                await server.listen_unix(self.socket_path, self.settings.socket_mode, self.create_socket_dir)
             if self._tcp is not None:
                 host, port = self._tcp
                 self.tcp_port = await server.listen_tcp(host, port)
         except OSError as e:
             where = self._tcp if self._tcp and str(e).find(str(self.socket_path)) < 0 else self.socket_path
             self._start_error = f"cannot listen on {where}: {e.strerror or e}"
+            if e.filename is None and e.strerror and str(self.socket_path.parent) in e.strerror:
+                self._start_error = f"cannot listen on {self.socket_path}: {e.strerror}"
             await server.close()
             self._started.set()
             return

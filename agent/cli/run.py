@@ -53,7 +53,16 @@ def run(args: argparse.Namespace) -> int:
     state = DeviceState(board=board.id, accelerators=board.accelerators, providers=board.providers)
     sampler = Sampler(power=board.meter.read)
     agent = Agent(config, state=state, sampler=sampler)
-    api = _start_api(agent, config, sampler, board) if config.api.enabled else None
+    api = None
+    if config.api.enabled:
+        from agent.api.service import ApiStartError
+
+        try:
+            api = _start_api(agent, config, sampler, board)
+        except ApiStartError as e:
+            # updates and telemetry are the daemon's first job: it runs on without the API,
+            # says so in the log and in its systemd STATUS line
+            log.error("local API not started: %s (set [api] socket, or enabled = false)", e)
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
@@ -83,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 def _status_line(agent: Agent, api: ApiService | None) -> str:
     link = "online" if agent.link.connected else "offline"
     model = agent.state.active_bundle or "no bundle"
-    return f"{link}; {model}; API {api.host.state}" if api is not None else f"{link}; {model}"
+    return f"{link}; {model}; API {api.host.state}" if api is not None else f"{link}; {model}; API down"
 
 
 def _start_api(agent: Agent, config: AgentConfig, sampler: Sampler, board: Board) -> ApiService:
@@ -109,7 +118,7 @@ def _start_api(agent: Agent, config: AgentConfig, sampler: Sampler, board: Board
                         addresses=api.addresses, counters=counters)
         return agent.status_snapshot(doc)
 
-    api = ApiService(settings, host, status=status, metrics=metrics)
+    api = ApiService(settings, host, status=status, metrics=metrics, create_socket_dir=False)
     api.start()
     current = BundleStore(config.state_path).current()
     if current is not None:
