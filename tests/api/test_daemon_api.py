@@ -165,3 +165,30 @@ def test_a_committed_bundle_is_handed_to_the_api(tmp_path: Path) -> None:
     agent._on_update(UpdateOutcome(director_version=3, active=bundle, installed_sha256="ab" * 32))
     agent._on_update(UpdateOutcome(director_version=4, active=bundle))  # nothing new installed
     assert seen == [bundle]
+
+
+def test_daemon_runs_on_without_the_api_when_it_cannot_listen(tmp_path: Path) -> None:
+    from controller.brokers import free_port
+
+    config = tmp_path / "agent.toml"
+    config.write_text(f'device_id = "api-dev-2"\nstate_dir = "{tmp_path / "state"}"\n'
+                      f'[mqtt]\nurl = "mqtt://127.0.0.1:{free_port()}"\n'
+                      f'[api]\nsocket = "{tmp_path / "no-such-dir" / "agent.sock"}"\n')
+    systemd = FakeSystemd()
+    proc = subprocess.Popen([str(BIN), "run", "--config", str(config)], env=env_for(systemd),
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        ready = systemd.wait_for("READY=1")
+        assert "API down" in ready  # the daemon's updates and telemetry go on
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert proc.stderr is not None
+        assert "local API not started" in proc.stderr.read()
+        assert not (tmp_path / "no-such-dir").exists()  # it does not make the folder itself
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+        systemd.close()
