@@ -4,19 +4,23 @@ Everything inbound arrives through the link's inbox and is validated by the prot
 codec before any handler sees it; a refused message is logged with its reason and
 reported as an event, and the loop goes on. Handlers run on this loop, never on paho's
 network thread.
+
+Outbound telemetry and events go through the durable spool (agent/spool.py): written
+first, sent oldest first while the link is up, deleted on the broker's PUBACK. The update
+lifecycle runs in agent/update/worker.py; the power governor (firmware/control.py) ticks
+on this loop with the budget of the signed desired document (or agent.toml).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -25,17 +29,18 @@ from agent.api.status import ApiStatus, DaemonStatus
 from agent.config import AgentConfig
 from agent.errors import FleetgenError, ProtocolError
 from agent.fsutil import ensure_private_dir
-from agent.manifest import load_manifest
-from agent.mqtt.link import Inbound, LinkDown, LinkError, LinkItem, LinkUp, MqttLink, Will
+from agent.mqtt.link import Delivery, Inbound, LinkDown, LinkError, LinkItem, LinkUp, MqttLink, Will
 from agent.protocol import (
     CHANNELS,
     Channel,
     Event,
+    PowerReport,
     Reported,
     SignedEnvelope,
     Status,
     TelemetryBatch,
     TelemetrySample,
+    UpdateReport,
     decode,
     device_topic,
     encode,
@@ -43,9 +48,14 @@ from agent.protocol import (
 )
 from agent.protocol.messages import Details
 from agent.sequence import SequenceCounter
-from agent.store import BundleStore
+from agent.spool import Spool
 from agent.telemetry import Sampler
-from agent.updates import ActiveBundle, UpdateOutcome, UpdateWorker, active_bundle
+from agent.update.worker import ActiveBundle, DesiredApplied, Notice, Snapshot, UpdateWorker, WorkerPost, WorkerSettings
+
+if TYPE_CHECKING:
+    from agent.trust.fetch import BoundedFetcher
+    from firmware.control import PowerController
+    from firmware.knobs import RuntimeKnobs
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +74,7 @@ class AgentStats:
     handler_errors: int = 0
     refusal_events_suppressed: int = 0
     dropped_outbound: int = 0
+    budget_refused: int = 0
 
 
 @dataclass
@@ -87,9 +98,12 @@ class DeviceState:
     accelerators: list[str] = field(default_factory=list)
     providers: list[str] = field(default_factory=list)
     active_bundle: str | None = None
+    previous_bundle: str | None = None
     slot: str | None = None
     desired_version: int = 0
     health: str = "unknown"
+    update: UpdateReport | None = None
+    budget_source: str = "none"  # "desired", "config" or "none"
 
 
 class Agent:
@@ -100,6 +114,10 @@ class Agent:
         state: DeviceState | None = None,
         sampler: Sampler | None = None,
         clock: Callable[[], float] = time.time,
+        power: PowerController | None = None,
+        worker_settings: WorkerSettings | None = None,
+        in_flight: Callable[[], int] = lambda: 0,
+        power_tick_s: float | None = None,
     ) -> None:
         self.config = config
         self.device_id = config.device_id
@@ -107,16 +125,22 @@ class Agent:
         self.state = state or DeviceState()
         self.stats = AgentStats()
         self.state_dir = ensure_private_dir(config.state_path)
-        self.inbox: queue.Queue[LinkItem | UpdateOutcome] = queue.Queue(maxsize=10_000)
+        self.inbox: queue.Queue[LinkItem | WorkerPost] = queue.Queue(maxsize=10_000)
         self._event_seq = SequenceCounter(self.state_dir / "events.seq")
+        self._emit_lock = threading.Lock()
         self._telemetry_seq = SequenceCounter(self.state_dir / "telemetry.seq")
         self._sampler = sampler or Sampler(clock=clock)
-        self._pending_samples: list[TelemetrySample] = []
-        self._last_sample: TelemetrySample | None = None
+        self.spool = Spool(self.state_dir / "spool.db", config.spool.max_bytes)
+        self._in_flight: dict[int, tuple[Delivery, list[int]]] = {}  # id(delivery) -> rows
         self._refusals = _RefusalLimiter(_REFUSAL_EVENTS_PER_MINUTE)
         self._stop = threading.Event()
         self.handlers: dict[Channel, InboundHandler] = {Channel.DESIRED: self._on_desired}
         self.latest_desired: SignedEnvelope | None = None
+        self.power = power
+        self.power_tick_s = power_tick_s if power_tick_s is not None else (power.settings.tick_s if power else None)
+        if power is not None and config.power.budget_w is not None:
+            power.set_budget(config.power.budget_w)
+            self.state.budget_source = "config"
         self.link = MqttLink(
             config.mqtt,
             client_id=config.mqtt.client_id or f"fleetgen-{self.device_id}",
@@ -127,17 +151,34 @@ class Agent:
             ],
             will=Will(self.topic(Channel.STATUS), self._status("offline")),
         )
-        # Finish or undo an install a power cut interrupted, before reporting what runs.
-        BundleStore(self.state_dir).recover()
-        current = active_bundle(self.state_dir)
-        if current is not None:
-            self.state.active_bundle = current.label
-        self.updates = UpdateWorker(self.state_dir, self.link, self.device_id, self.state.board, self._post)
         # Wiring for the local API and systemd (agent/cli/run.py fills these): called with the
-        # bundle just committed, and on every turn of the main loop (the watchdog ping).
+        # bundle just made active, and on every turn of the main loop (the watchdog ping).
         self.on_bundle: list[Callable[[ActiveBundle], None]] = []
         self.on_tick: list[Callable[[], None]] = []
         self.started_at = time.monotonic()
+        self._last_sample: TelemetrySample | None = None
+        settings = worker_settings or worker_settings_from(config, self.state)
+        self.updates = UpdateWorker(self.state_dir, self._fetcher, self.device_id, self.state.board,
+                                    self._post, settings, in_flight=in_flight)
+        # Finish or undo an install a power cut interrupted, before reporting what runs.
+        self.updates.recover()
+        self._apply_snapshot(self.updates.snapshot())
+
+    @property
+    def knobs(self) -> RuntimeKnobs | None:
+        """The governor's knobs for generation in this process: pass them to
+        `agent.runtime.service.GenerationQueue(knobs=...)` (threads, admit, pacing)."""
+        return self.power.runtime if self.power is not None else None
+
+    def set_in_flight(self, in_flight: Callable[[], int]) -> None:
+        """How many generation requests are running (the local API's queue): an update
+        drains them, within `[update] drain_timeout_s`, before it downloads."""
+        self.updates.in_flight = in_flight
+
+    def _fetcher(self) -> BoundedFetcher:
+        from agent.trust.mqtt_fetcher import MqttFetcher
+
+        return MqttFetcher(self.link, self.device_id)
 
     # -- outbound --------------------------------------------------------------------
 
@@ -148,17 +189,28 @@ class Agent:
         return encode(Status(state=state, ts=self.clock(), agent_version=__version__))  # type: ignore[arg-type]
 
     def _publish(self, channel: Channel, message: msgspec.Struct) -> None:
-        """Queue a document; when even paho's bounded queue is full (a long outage), drop it
-        with a warning rather than stop the loop."""
+        """Publish a retained document now (status, reported: the newest one is all that
+        matters, so these do not go through the spool)."""
         spec = CHANNELS[channel]
         self._send(self.topic(channel), encode(message), spec.retained)
 
-    def _send(self, topic: str, payload: bytes, retain: bool) -> None:
+    def _send(self, topic: str, payload: bytes, retain: bool) -> Delivery | None:
         try:
-            self.link.publish(topic, payload, qos=1, retain=retain)
+            return self.link.publish(topic, payload, qos=1, retain=retain)
         except LinkError as e:
             self.stats.dropped_outbound += 1
             log.warning("dropped message for %s: %s", topic, e)
+            return None
+
+    def power_report(self) -> PowerReport | None:
+        if self.power is None:
+            return None
+        d = self.power.last
+        budget = self.power.governor.budget_w
+        if d is None:
+            return PowerReport(budget_w=budget)
+        knobs: Details = {**d.knob_details(), "source": self.state.budget_source}
+        return PowerReport(budget_w=budget, draw_w=max(0.0, d.measured_w), estimated=d.estimated, knobs=knobs)
 
     def reported(self) -> Reported:
         s = self.state
@@ -170,57 +222,116 @@ class Agent:
             accelerators=s.accelerators,
             providers=s.providers,
             active_bundle=s.active_bundle,
+            previous_bundle=s.previous_bundle,
             slot=s.slot,
             desired_version=s.desired_version,
+            power=self.power_report(),
             health=s.health,  # type: ignore[arg-type]
+            update=s.update,
         )
 
     def publish_reported(self) -> None:
         self._publish(Channel.REPORTED, self.reported())
 
     def emit(self, kind: str, message: str = "", level: str = "info", details: Details | None = None) -> None:
+        """Record an event in the spool; it leaves once the broker acknowledged it."""
+        with self._emit_lock:  # the loop and the update worker both emit
+            seq = self._event_seq.next()
         event = Event(
             device_id=self.device_id,
-            seq=self._event_seq.next(),
+            seq=seq,
             ts=self.clock(),
             kind=kind,
             level=level,  # type: ignore[arg-type]
             message=message[:4096],
             details=details or {},
         )
-        self._publish(Channel.EVENTS, event)
+        self.spool.add("event", encode(event))
 
     # -- inbound ---------------------------------------------------------------------
 
     def _refuse(self, topic: str, reason: str) -> None:
-        self.stats.refused += 1
         log.warning("refused message on %s: %s", topic, reason)
         if self._refusals.allow(time.monotonic()):
             self.emit("message.refused", reason, level="warning", details={"topic": topic[:256]})
         else:
             self.stats.refusal_events_suppressed += 1
+        # Counted last: a test waiting on the counter then sees the log record and the event.
+        self.stats.refused += 1
 
-    def _post(self, item: UpdateOutcome) -> None:
-        """From the update worker's thread: hand the outcome to this loop."""
+    def _post(self, item: WorkerPost) -> None:
+        """From the update worker's thread. An event is in the spool when this returns (the
+        worker journals the next step only then); the rest goes to this loop."""
+        if isinstance(item, Notice):
+            self.emit(item.kind, item.message, item.level, _details(item.details))
+            return
         self.inbox.put(item)
 
-    def handle(self, item: LinkItem | UpdateOutcome) -> None:
-        if isinstance(item, UpdateOutcome):
-            self._on_update(item)
+    def handle(self, item: LinkItem | WorkerPost) -> None:
+        if isinstance(item, Snapshot):
+            self._apply_snapshot(item)
+            self.publish_reported()
+        elif isinstance(item, DesiredApplied):
+            self._on_desired_applied(item)
         elif isinstance(item, LinkUp):
             self._on_link_up(item)
         elif isinstance(item, LinkDown):
-            log.info("link down (%s); samples keep accumulating", item.reason)
-        else:
+            log.info("link down (%s); telemetry and events stay in the spool", item.reason)
+        elif isinstance(item, Inbound):
             self._on_inbound(item)
+        else:  # a Notice: the worker emits those itself (durably, before it journals)
+            self.emit(item.kind, item.message, item.level, _details(item.details))
+
+    def _apply_snapshot(self, snap: Snapshot) -> None:
+        s = self.state
+        before = s.active_bundle
+        s.active_bundle = snap.active.label if snap.active else None
+        if snap.active is not None and s.active_bundle != before:
+            for hook in self.on_bundle:  # the local API switches to it
+                hook(snap.active)
+        s.slot = snap.active.path.name if snap.active else None
+        s.previous_bundle = snap.previous.label if snap.previous else None
+        s.desired_version = max(s.desired_version, snap.director_version)
+        s.health = snap.health
+        target = self.updates.state.target
+        s.update = UpdateReport(phase=snap.phase, target=target.path if target else None,
+                                last_result=snap.last_result,
+                                last_error=snap.last_error[:4096] if snap.last_error else None)
+
+    def _on_desired_applied(self, item: DesiredApplied) -> None:
+        d = item.desired
+        self.state.desired_version = max(self.state.desired_version, d.version)
+        if self.power is not None:
+            budget = d.power_budget_w if d.power_budget_w is not None else self.config.power.budget_w
+            floor = self.power.governor.floor_w
+            if budget is not None and budget <= 0:
+                self.stats.budget_refused += 1
+                self.emit("power.budget_refused", f"budget {budget:g} W is not a positive number",
+                          "error", {"budget_w": budget})
+            else:
+                self.power.set_budget(budget)
+                self.state.budget_source = ("desired" if d.power_budget_w is not None
+                                            else "config" if budget is not None else "none")
+                details: Details = {"budget_w": budget, "source": self.state.budget_source,
+                                    "floor_w": round(floor, 3)}
+                if budget is not None and budget < floor:
+                    self.emit("power.budget_below_floor",
+                              f"budget {budget:g} W is under the board's floor of {floor:.2f} W: "
+                              "new work is queued", "warning", details)
+                else:
+                    self.emit("power.budget", f"power budget {budget} W", details=details)
+        self.publish_reported()
 
     def _on_link_up(self, up: LinkUp) -> None:
         if not up.session_present:
             # The broker lost (or never had) our session: subscriptions were just renewed and
             # the retained desired state will be re-delivered, so nothing else to re-sync.
             log.info("no session on the broker; retained state will be re-delivered")
+        # Whatever was in flight before is sent again (the controller drops duplicates).
+        self._in_flight.clear()
         self._send(self.topic(Channel.STATUS), self._status("online"), retain=True)
         self.publish_reported()
+        self.pump()
 
     def _on_inbound(self, msg: Inbound) -> None:
         self.stats.received += 1
@@ -254,56 +365,70 @@ class Agent:
         self.emit("desired.received", details={"retained": msg.retained, "bytes": len(document.payload)})
         self.updates.submit(document)
 
-    def _on_update(self, outcome: UpdateOutcome) -> None:
-        from agent.trust.errors import TrustError
-        from agent.trust.events import installed_event, refusal_event
-
-        if outcome.active is not None:
-            self.state.active_bundle = outcome.active.label
-        if outcome.error is not None:
-            if isinstance(outcome.error, TrustError):
-                self._publish(Channel.EVENTS, refusal_event(self.device_id, self._event_seq.next(), outcome.error))
-            else:
-                self.emit("update.failed", str(outcome.error), level="error")
-        else:
-            if outcome.director_version is not None:
-                self.state.desired_version = outcome.director_version
-            if outcome.installed_sha256 is not None and outcome.active is not None:
-                log.info("now running %s", outcome.active.label)
-                for hook in self.on_bundle:
-                    hook(outcome.active)
-                self._publish(Channel.EVENTS, installed_event(
-                    self.device_id, self._event_seq.next(), outcome.active.name, outcome.active.version,
-                    outcome.installed_sha256))
-        self.publish_reported()
-
-    # -- telemetry -------------------------------------------------------------------
+    # -- telemetry and the spool -----------------------------------------------------
 
     def sample(self) -> None:
-        self._last_sample = self._sampler.sample(self._telemetry_seq.next())
-        self._pending_samples.append(self._last_sample)
+        sample = self._sampler.sample(self._telemetry_seq.next())
+        power = self.power_report()
+        if power is not None:
+            sample = msgspec.structs.replace(sample, power=power)
+        self._last_sample = sample
+        self.spool.add("sample", msgspec.json.encode(sample))
 
     def flush_telemetry(self) -> None:
-        while self._pending_samples:
-            batch, self._pending_samples = self._pending_samples[:_MAX_BATCH], self._pending_samples[_MAX_BATCH:]
-            self._publish(Channel.TELEMETRY, TelemetryBatch(device_id=self.device_id, samples=batch))
+        self.pump()
+
+    def pump(self) -> None:
+        """Acknowledged rows leave the spool; then send more, oldest first, while the link
+        is up and fewer than `max_in_flight` messages await their PUBACK."""
+        done = [key for key, (delivery, _rows) in self._in_flight.items() if delivery.acked()]
+        for key in done:
+            _delivery, rows = self._in_flight.pop(key)
+            self.spool.ack(rows)
+        if not self.link.connected:
+            return
+        limit = self.config.spool.max_in_flight
+        busy = {r for _d, ids in self._in_flight.values() for r in ids}
+        events_topic, telemetry_topic = self.topic(Channel.EVENTS), self.topic(Channel.TELEMETRY)
+        for row in self.spool.oldest("event", max(0, limit - len(self._in_flight)), busy):
+            if not self._track(self._send(events_topic, row.payload, False), [row.id]):
+                return
+        while len(self._in_flight) < limit:
+            batch_rows = self.spool.oldest("sample", self.config.spool.batch_samples, busy)
+            if not batch_rows:
+                return
+            samples = [msgspec.json.decode(r.payload, type=TelemetrySample) for r in batch_rows]
+            batch = encode(TelemetryBatch(device_id=self.device_id, samples=samples))
+            if not self._track(self._send(telemetry_topic, batch, False), [r.id for r in batch_rows]):
+                return
+            busy.update(r.id for r in batch_rows)
+
+    def _track(self, delivery: Delivery | None, rows: list[int]) -> bool:
+        if delivery is None:
+            return False
+        self._in_flight[id(delivery)] = (delivery, rows)
+        return True
 
     def status_snapshot(self, api: ApiStatus | None = None) -> DaemonStatus:
         """What `fleetgen-agent status` shows (read from the API's thread: plain reads only)."""
+        s = self.state
+        power = self.power_report()
         last = self._last_sample
+        draw = power.draw_w if power is not None else (last.power_w if last is not None else None)
+        estimated = power.estimated if power is not None else (last.power_estimated if last is not None else False)
         return DaemonStatus(
             device_id=self.device_id,
             agent_version=__version__,
             uptime_s=round(time.monotonic() - self.started_at, 1),
             link="connected" if self.link.connected else "disconnected",
             broker=str(self.link.broker),
-            active_bundle=self.state.active_bundle,
-            previous_bundle=_previous_label(self.state_dir),
-            update_phase="idle",
-            budget_w=None,
-            draw_w=last.power_w if last is not None else None,
-            power_estimated=last.power_estimated if last is not None else False,
-            spool_depth=len(self._pending_samples),
+            active_bundle=s.active_bundle,
+            previous_bundle=s.previous_bundle,
+            update_phase=s.update.phase if s.update is not None else "idle",
+            budget_w=power.budget_w if power is not None else None,
+            draw_w=draw,
+            power_estimated=estimated,
+            spool_depth=self.spool.stats().rows,
             api=api,
         )
 
@@ -311,6 +436,10 @@ class Agent:
 
     def start(self) -> None:
         log.info("agent %s starting (fleetgen %s, broker %s)", self.device_id, __version__, self.link.broker)
+        stats = self.spool.stats()
+        self.emit("agent.started", f"fleetgen {__version__}", details={
+            "spooled": stats.rows, "dropped_samples": stats.dropped_samples,
+            "dropped_events": stats.dropped_events, "corrupt_spool_files": stats.corrupt_files})
         self.updates.start()
         self.link.start()
 
@@ -322,43 +451,75 @@ class Agent:
         t = self.config.telemetry
         next_sample = time.monotonic()
         next_flush = next_sample + t.publish_interval_s
+        power_tick = self.power_tick_s if self.power is not None else None
+        next_power = next_sample
         while not self._stop.is_set():
             for tick in self.on_tick:
                 tick()
             now = time.monotonic()
+            if power_tick is not None and now >= next_power:
+                self._tick_power()
+                next_power = now + power_tick
             if now >= next_sample:
                 self.sample()
                 next_sample = now + t.sample_interval_s
             if now >= next_flush:
-                self.flush_telemetry()
+                self.pump()
                 next_flush = now + t.publish_interval_s
-            timeout = max(0.0, min(next_sample, next_flush) - time.monotonic())
+            if self._in_flight:
+                self.pump()  # acknowledged rows leave as soon as their PUBACK is in
+            wake = min(next_sample, next_flush, next_power if power_tick is not None else next_flush)
+            timeout = max(0.0, wake - time.monotonic())
             try:
-                item = self.inbox.get(timeout=min(timeout, 0.5))
+                item = self.inbox.get(timeout=min(timeout, 0.05 if self._in_flight else 0.5))
             except queue.Empty:
                 continue
             self.handle(item)
         self.shutdown()
 
-    def shutdown(self) -> None:
+    def _tick_power(self) -> None:
+        assert self.power is not None
+        try:
+            self.power.tick()
+        except FleetgenError as e:
+            log.warning("power governor tick failed: %s", e)
+
+    def shutdown(self, drain_s: float = 3.0) -> None:
         if self.link.connected:
+            # Drain the spool (bounded): what is left is sent by the next start.
+            deadline = time.monotonic() + drain_s
+            self.pump()
+            while (self._in_flight or self.spool.stats().rows) and time.monotonic() < deadline:
+                time.sleep(0.02)
+                self.pump()
             try:
-                self.flush_telemetry()
                 self.link.publish(self.topic(Channel.STATUS), self._status("offline"), qos=1, retain=True, wait=2.0)
             except FleetgenError as e:
                 log.warning("could not say goodbye: %s", e)
         self.updates.stop()
         self.link.stop()
+        self.spool.close()
         log.info("agent %s stopped", self.device_id)
 
 
-def _previous_label(state_dir: Path) -> str | None:
-    """name-version of the bundle `previous` points at (what a rollback would return to)."""
-    link = state_dir / "previous"
-    if not link.is_symlink():
-        return None
-    try:
-        manifest = load_manifest(state_dir / os.readlink(link))
-    except (OSError, FleetgenError):
-        return None
-    return f"{manifest.name}-{manifest.version}"
+def _details(d: Details) -> Details:
+    return {k[:64]: v for k, v in list(d.items())[:64]}
+
+
+def worker_settings_from(config: AgentConfig, state: DeviceState, board_root: str | None = None) -> WorkerSettings:
+    from pathlib import Path
+
+    from agent.update.conditions import UpdateConditions, parse_window
+    from agent.update.machine import Policy
+
+    u = config.update
+    conditions = UpdateConditions(
+        window=parse_window(u.window) if u.window else None,
+        battery_floor_pct=u.battery_floor_pct,
+        disk_reserve_mb=u.disk_reserve_mb,
+        drain_timeout_s=u.drain_timeout_s,
+    )
+    policy = Policy(max_retries=u.max_retries, backoff_base_s=u.backoff_base_s, backoff_max_s=u.backoff_max_s,
+                    recheck_s=u.recheck_s, max_trial_attempts=u.max_trial_attempts)
+    return WorkerSettings(policy=policy, conditions=conditions, providers=tuple(state.providers),
+                          board_root=Path(board_root or config.board.root))

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from agent.config import AgentConfig
     from agent.daemon import Agent
     from agent.telemetry import Sampler
+    from firmware.control import PowerController
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,23 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--device-id", help="device id (over the config)")
     p.add_argument("--broker", metavar="URL", help="broker URL, mqtt:// or mqtts:// (over the config)")
     p.set_defaults(func=run)
+
+
+def power_controller(config: AgentConfig, board: Board) -> PowerController | None:
+    """The governor in force on this board (`[power] enabled`), sharing the board's meter."""
+    from firmware.control import PowerController
+    from firmware.errors import FirmwareError
+    from firmware.settings import PowerSettings
+
+    p = config.power
+    if not p.enabled:
+        return None
+    try:
+        settings = PowerSettings(budget_w=p.budget_w, tick_s=p.tick_s, window_s=p.window_s)
+        return PowerController(board.detected, settings, meter=board.meter)
+    except FirmwareError as e:
+        log.warning("power governor not started: %s", e)
+        return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     board = open_board(config.board)
     state = DeviceState(board=board.id, accelerators=board.accelerators, providers=board.providers)
     sampler = Sampler(power=board.meter.read)
-    agent = Agent(config, state=state, sampler=sampler)
+    agent = Agent(config, state=state, sampler=sampler, power=power_controller(config, board))
     api = None
     if config.api.enabled:
         from agent.api.service import ApiStartError
@@ -102,13 +120,13 @@ def _start_api(agent: Agent, config: AgentConfig, sampler: Sampler, board: Board
     from agent.api.service import ApiService
     from agent.api.status import ApiStatus, DaemonStatus
     from agent.runtime.options import EngineOptions
-    from agent.store import BundleStore
-    from agent.updates import ActiveBundle
+    from agent.update.store import BundleStore
+    from agent.update.worker import ActiveBundle
 
     settings = config.api
     providers = tuple(getattr(board, "providers", ()) or ())
     host = ModelHost(EngineOptions(providers=providers), max_pending=settings.max_pending,
-                     switch_wait_s=settings.switch_wait_s)
+                     switch_wait_s=settings.switch_wait_s, knobs=agent.knobs)  # the power governor's
     metrics = ApiMetrics(sink=sampler.counters)
     api: ApiService
 
@@ -128,6 +146,8 @@ def _start_api(agent: Agent, config: AgentConfig, sampler: Sampler, board: Board
         host.switch_in_background(bundle.path)
 
     agent.on_bundle.append(on_bundle)
+    # an update drains the requests running before it downloads (agent/update/worker.py)
+    agent.set_in_flight(lambda: metrics.in_flight)
     return api
 
 

@@ -121,9 +121,9 @@ def run(args: argparse.Namespace) -> int:
 def _unpacked(bundle: Path) -> Iterator[Path]:
     import tempfile
 
-    from agent.bundle import verify_bundle_file
     from agent.errors import FleetgenError
     from agent.runtime.errors import ModelLoadError
+    from agent.update.bundle import verify_bundle_file
 
     with tempfile.TemporaryDirectory(prefix="fleetgen-serve-") as tmp:
         dest = Path(tmp) / "model"

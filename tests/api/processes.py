@@ -11,8 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from agent.bundle import build_bundle
-from agent.store import BundleStore
+from agent.update.bundle import build_bundle
+from agent.update.store import BundleStore
 
 BIN = Path(sys.executable).parent / "fleetgen-agent"
 

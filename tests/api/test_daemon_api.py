@@ -154,7 +154,7 @@ def test_a_committed_bundle_is_handed_to_the_api(tmp_path: Path) -> None:
     from agent.config import AgentConfig
     from agent.daemon import Agent
     from agent.mqtt.settings import MqttSettings
-    from agent.updates import ActiveBundle, UpdateOutcome
+    from agent.update.worker import ActiveBundle, Snapshot
     from controller.brokers import free_port
 
     agent = Agent(AgentConfig(device_id="hook-1", state_dir=str(tmp_path / "s"),
@@ -162,9 +162,15 @@ def test_a_committed_bundle_is_handed_to_the_api(tmp_path: Path) -> None:
     seen: list[ActiveBundle] = []
     agent.on_bundle.append(seen.append)
     bundle = ActiveBundle("austen-3m-int8", "2.0.0", tmp_path)
-    agent._on_update(UpdateOutcome(director_version=3, active=bundle, installed_sha256="ab" * 32))
-    agent._on_update(UpdateOutcome(director_version=4, active=bundle))  # nothing new installed
+
+    def snapshot(active: ActiveBundle | None, version: int) -> Snapshot:
+        return Snapshot(phase="idle", active=active, previous=None, director_version=version, last_error=None,
+                        last_result="committed", health="ok")
+
+    agent.handle(snapshot(bundle, 3))
+    agent.handle(snapshot(bundle, 4))  # the same bundle: nothing new to serve
     assert seen == [bundle]
+    agent.spool.close()
 
 
 def test_daemon_runs_on_without_the_api_when_it_cannot_listen(tmp_path: Path) -> None:

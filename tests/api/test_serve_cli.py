@@ -63,7 +63,7 @@ def test_openai_client_against_serve_model(served: str) -> None:
 
 
 def test_serve_bundle_on_a_socket_with_curl(tmp_path: Path) -> None:
-    from agent.bundle import build_bundle
+    from agent.update.bundle import build_bundle
 
     curl = shutil.which("curl")
     if curl is None:
