@@ -27,6 +27,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
+from agent.api.settings import ApiSettings
 from agent.errors import ConfigError
 from agent.mqtt.settings import MqttSettings
 from agent.protocol.messages import DeviceId
@@ -91,6 +92,7 @@ class AgentConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     update: UpdateSettings = UpdateSettings()
     power: PowerConfig = PowerConfig()
     spool: SpoolSettings = SpoolSettings()
+    api: ApiSettings = ApiSettings()  # the local API (agent/api)
 
     @property
     def state_path(self) -> Path:

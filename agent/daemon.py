@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from agent import __version__
+from agent.api.status import ApiStatus, DaemonStatus
 from agent.config import AgentConfig
 from agent.errors import FleetgenError, ProtocolError
 from agent.fsutil import ensure_private_dir
@@ -49,7 +50,7 @@ from agent.protocol.messages import Details
 from agent.sequence import SequenceCounter
 from agent.spool import Spool
 from agent.telemetry import Sampler
-from agent.update.worker import DesiredApplied, Notice, Snapshot, UpdateWorker, WorkerPost, WorkerSettings
+from agent.update.worker import ActiveBundle, DesiredApplied, Notice, Snapshot, UpdateWorker, WorkerPost, WorkerSettings
 
 if TYPE_CHECKING:
     from agent.trust.fetch import BoundedFetcher
@@ -150,6 +151,12 @@ class Agent:
             ],
             will=Will(self.topic(Channel.STATUS), self._status("offline")),
         )
+        # Wiring for the local API and systemd (agent/cli/run.py fills these): called with the
+        # bundle just made active, and on every turn of the main loop (the watchdog ping).
+        self.on_bundle: list[Callable[[ActiveBundle], None]] = []
+        self.on_tick: list[Callable[[], None]] = []
+        self.started_at = time.monotonic()
+        self._last_sample: TelemetrySample | None = None
         settings = worker_settings or worker_settings_from(config, self.state)
         self.updates = UpdateWorker(self.state_dir, self._fetcher, self.device_id, self.state.board,
                                     self._post, settings, in_flight=in_flight)
@@ -277,7 +284,11 @@ class Agent:
 
     def _apply_snapshot(self, snap: Snapshot) -> None:
         s = self.state
+        before = s.active_bundle
         s.active_bundle = snap.active.label if snap.active else None
+        if snap.active is not None and s.active_bundle != before:
+            for hook in self.on_bundle:  # the local API switches to it
+                hook(snap.active)
         s.slot = snap.active.path.name if snap.active else None
         s.previous_bundle = snap.previous.label if snap.previous else None
         s.desired_version = max(s.desired_version, snap.director_version)
@@ -361,6 +372,7 @@ class Agent:
         power = self.power_report()
         if power is not None:
             sample = msgspec.structs.replace(sample, power=power)
+        self._last_sample = sample
         self.spool.add("sample", msgspec.json.encode(sample))
 
     def flush_telemetry(self) -> None:
@@ -397,6 +409,29 @@ class Agent:
         self._in_flight[id(delivery)] = (delivery, rows)
         return True
 
+    def status_snapshot(self, api: ApiStatus | None = None) -> DaemonStatus:
+        """What `fleetgen-agent status` shows (read from the API's thread: plain reads only)."""
+        s = self.state
+        power = self.power_report()
+        last = self._last_sample
+        draw = power.draw_w if power is not None else (last.power_w if last is not None else None)
+        estimated = power.estimated if power is not None else (last.power_estimated if last is not None else False)
+        return DaemonStatus(
+            device_id=self.device_id,
+            agent_version=__version__,
+            uptime_s=round(time.monotonic() - self.started_at, 1),
+            link="connected" if self.link.connected else "disconnected",
+            broker=str(self.link.broker),
+            active_bundle=s.active_bundle,
+            previous_bundle=s.previous_bundle,
+            update_phase=s.update.phase if s.update is not None else "idle",
+            budget_w=power.budget_w if power is not None else None,
+            draw_w=draw,
+            power_estimated=estimated,
+            spool_depth=self.spool.stats().rows,
+            api=api,
+        )
+
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
@@ -419,6 +454,8 @@ class Agent:
         power_tick = self.power_tick_s if self.power is not None else None
         next_power = next_sample
         while not self._stop.is_set():
+            for tick in self.on_tick:
+                tick()
             now = time.monotonic()
             if power_tick is not None and now >= next_power:
                 self._tick_power()

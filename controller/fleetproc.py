@@ -82,6 +82,10 @@ class FleetProcesses:
             "[board]",
             f"profile = {_toml_str(spec.board_profile)}",
             f"root = {_toml_str(spec.board_root)}",
+            # several agents on one machine would share /run/fleetgen/agent.sock; the demo's
+            # agents generate through the CLI, not the local API
+            "[api]",
+            "enabled = false",
             "",
         ]))
         return path

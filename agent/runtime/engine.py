@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from agent.runtime.errors import RequestError, UnknownEngineError
+from agent.runtime.errors import UnknownEngineError
+from agent.runtime.options import EngineOptions
 
 Dim = int | str | None
 
@@ -25,22 +26,6 @@ class TensorInfo:
     name: str
     dtype: np.dtype
     shape: tuple[Dim, ...]
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """How to run a model. `threads` is what the power governor turns (None: library default);
-    `providers` is the board profile's ONNX Runtime preference, short or full names;
-    `tflite_delegates` the board's TFLite delegate libraries."""
-
-    threads: int | None = None
-    providers: tuple[str, ...] = field(default_factory=tuple)
-    # TFLite delegate libraries to try, best first (firmware TfliteDelegate.library)
-    tflite_delegates: tuple[str, ...] = field(default_factory=tuple)
-
-    def __post_init__(self) -> None:
-        if self.threads is not None and not 1 <= self.threads <= 256:
-            raise RequestError(f"threads must be in 1..256, got {self.threads}")
 
 
 class Engine(Protocol):

@@ -27,9 +27,15 @@ class SamplingParams:
     repetition_penalty: float = 1.1
     seed: int | None = None
     greedy: bool = False
+    # OpenAI semantics, over the tokens generated so far (not the prompt): a token's logit
+    # loses presence_penalty once it has appeared and frequency_penalty per appearance.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         _check("temperature", self.temperature, 0.0, 10.0)
+        _check("presence_penalty", self.presence_penalty, -2.0, 2.0)
+        _check("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
         _check("top_p", self.top_p, 0.0, 1.0, low_open=True)
         _check("repetition_penalty", self.repetition_penalty, 0.0, 10.0, low_open=True)
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
@@ -58,6 +64,7 @@ class Sampler:
         self._rng = np.random.default_rng(self.seed)
         self._seen = np.zeros(vocab_size, dtype=bool)
         self._seen_ids: list[int] = []
+        self._counts: dict[int, int] = {}  # generated tokens, for presence/frequency penalties
 
     def observe(self, token_ids: list[int] | np.ndarray) -> None:
         """Record tokens (prompt and generated) for the repetition penalty."""
@@ -74,8 +81,14 @@ class Sampler:
             idx = np.asarray(self._seen_ids, dtype=np.int64)
             seen = logits[idx]
             logits[idx] = np.where(seen > 0, seen / p.repetition_penalty, seen * p.repetition_penalty)
+        if (p.presence_penalty or p.frequency_penalty) and self._counts:
+            logits = logits.copy()  # never write into the caller's (the decoder's) buffer
+            ids = np.fromiter(self._counts.keys(), dtype=np.int64, count=len(self._counts))
+            counts = np.fromiter(self._counts.values(), dtype=np.float32, count=len(self._counts))
+            logits[ids] -= counts * np.float32(p.frequency_penalty) + np.float32(p.presence_penalty)
         token = int(np.argmax(logits)) if p.is_greedy else self._sample(logits)
         self.observe([token])
+        self._counts[token] = self._counts.get(token, 0) + 1
         return token
 
     def _sample(self, logits: np.ndarray) -> int:

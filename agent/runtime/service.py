@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -40,15 +40,45 @@ class _Reconfigure:
     error: FleetgenError | None = None
 
 
-class Job:
-    """A submitted request: iterate it for streamed text, or call `result()`."""
+class QueueFullError(RequestError):
+    """Every slot of the bounded queue is taken; the caller should retry later (HTTP 429)."""
 
-    def __init__(self, request: TextRequest) -> None:
+
+class Job:
+    """A submitted request: iterate it for streamed text, or call `result()`.
+
+    `listener`, when given, is called on the worker thread after each chunk and once when
+    the job ends, so an event loop can wake up and `drain()` without a thread per job.
+    """
+
+    def __init__(self, request: TextRequest, listener: Callable[[], None] | None = None) -> None:
         self.request = request
         self._chunks: queue.Queue[object] = queue.Queue()
         self._done = threading.Event()
         self._cancel = threading.Event()
         self._outcome = _Outcome()
+        self._listener = listener
+        self.started = False
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def drain(self) -> list[str]:
+        """The chunks streamed since the last call, without blocking."""
+        out: list[str] = []
+        while True:
+            try:
+                item = self._chunks.get_nowait()
+            except queue.Empty:
+                return out
+            if item is not _DONE:
+                out.append(str(item))
+
+    def _emit(self, text: str) -> None:
+        self._chunks.put(text)
+        if self._listener is not None:
+            self._listener()
 
     def cancel(self) -> None:
         """Stop this request (queued: it is skipped; running: it ends before its next step,
@@ -79,6 +109,8 @@ class Job:
         self._outcome = outcome
         self._done.set()
         self._chunks.put(_DONE)
+        if self._listener is not None:
+            self._listener()
 
 
 class Knobs(Protocol):
@@ -108,15 +140,24 @@ class GenerationQueue:
         self._closed = False
         self._thread.start()
 
-    def submit(self, request: TextRequest) -> Job:
+    def submit(self, request: TextRequest, listener: Callable[[], None] | None = None) -> Job:
         if self._closed:
             raise RequestError("generation queue is closed")
-        job = Job(request)
+        job = Job(request, listener)
         try:
             self._jobs.put_nowait(job)
         except queue.Full:
-            raise RequestError(f"generation queue is full ({self._jobs.maxsize} pending)") from None
+            raise QueueFullError(f"generation queue is full ({self._jobs.maxsize} pending)") from None
         return job
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting (not counting the one running)."""
+        return self._jobs.qsize()
+
+    @property
+    def capacity(self) -> int:
+        return self._jobs.maxsize
 
     def reconfigure(self, options: EngineOptions) -> None:
         """Change threads/providers after the requests already queued (power governor).
@@ -156,7 +197,8 @@ class GenerationQueue:
                 continue
             try:
                 self._apply_knobs()
-                result = self.generator.generate(job.request, on_text=job._chunks.put, cancelled=job._cancel.is_set)
+                job.started = True
+                result = self.generator.generate(job.request, on_text=job._emit, cancelled=job._cancel.is_set)
                 job._finish(_Outcome(result=result))
             except FleetgenError as e:
                 log.warning("request failed: %s", e)

@@ -6,6 +6,7 @@ request at a time; `agent.runtime.service.GenerationQueue` serialises concurrent
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import threading
@@ -165,6 +166,8 @@ class TextGenerator:
             repetition_penalty=o.get("repetition_penalty", d.repetition_penalty),
             seed=o.get("seed"),
             greedy=bool(o.get("greedy", False)),
+            presence_penalty=o.get("presence_penalty", 0.0),
+            frequency_penalty=o.get("frequency_penalty", 0.0),
         )
         return TextRequest(
             prompt=prompt,
@@ -286,6 +289,8 @@ class TextGenerator:
             self._reconfigure(options)
 
     def _reconfigure(self, options: EngineOptions) -> None:
+        if options.spin is None:  # keep the spinning decided at load (agent.runtime.spin)
+            options = dataclasses.replace(options, spin=self.options.spin)
         engine = open_engine(self.info.engine, self.info.model_path, options)
         session = getattr(engine, "session", None)
         if session is None:

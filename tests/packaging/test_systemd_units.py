@@ -28,7 +28,8 @@ def localised(unit: str, tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("unit", "threshold"), [("fleetgen-agent.service", 20), ("fleetgen-controller.service", 20)])
+# The agent's unit: exposure <= 1.5 (issue 10 asked for <= 1.7, aiming at 1.5).
+@pytest.mark.parametrize(("unit", "threshold"), [("fleetgen-agent.service", 15), ("fleetgen-controller.service", 20)])
 def test_unit_verifies_cleanly_and_is_hardened(unit: str, threshold: int, tmp_path: Path) -> None:
     path = localised(unit, tmp_path)
     verify = subprocess.run(["systemd-analyze", "verify", "--man=no", str(path)],
@@ -49,3 +50,20 @@ def test_exec_start_is_a_working_command(unit: str) -> None:
     out = subprocess.run([str(script), *argv[1:], "--help"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert "--config" in out.stdout
+
+
+def _service_section(unit: str) -> configparser.SectionProxy:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(UNITS / unit)
+    return parser["Service"]
+
+
+def test_agent_unit_is_notify_with_a_watchdog() -> None:
+    service = _service_section("fleetgen-agent.service")
+    assert service["Type"] == "notify"
+    assert service["NotifyAccess"] == "main"  # only the agent itself, not its children
+    assert service["WatchdogSec"].endswith("s") and int(service["WatchdogSec"][:-1]) >= 10
+    # the agent drains and exits within 10 s of SIGTERM; systemd waits no longer than that
+    assert service["TimeoutStopSec"] == "10s"
+    assert service["RuntimeDirectory"] == "fleetgen"  # /run/fleetgen/agent.sock

@@ -110,3 +110,24 @@ def test_invalid_values_name_the_parameter(kwargs: dict[str, object]) -> None:
     (key,) = kwargs
     with pytest.raises(RequestError, match=key):
         SamplingParams(**kwargs)  # type: ignore[arg-type]
+
+
+def test_frequency_penalty_grows_with_each_repetition() -> None:
+    logits = np.array([5.0, 4.0, 0.0], dtype=np.float32)
+    s = Sampler(SamplingParams(greedy=True, repetition_penalty=1.0, frequency_penalty=0.6), 3)
+    # token 0 loses 0.6 per appearance: 5, 4.4, 3.8 < 4 -> then token 1 (4), then 0 again (3.8 > 3.4)
+    assert [s(logits) for _ in range(5)] == [0, 0, 1, 0, 1]
+    assert np.array_equal(logits, [5.0, 4.0, 0.0])  # the caller's logits are untouched
+
+
+def test_presence_penalty_is_once_per_token_and_ignores_the_prompt() -> None:
+    logits = np.array([5.0, 4.0, 0.0], dtype=np.float32)
+    s = Sampler(SamplingParams(greedy=True, repetition_penalty=1.0, presence_penalty=1.5), 3)
+    s.observe([1])  # the prompt: OpenAI's penalties count generated tokens only
+    assert [s(logits) for _ in range(4)] == [0, 1, 0, 0]  # 5 -> 3.5 once seen; 4 -> 2.5 once seen
+
+
+@pytest.mark.parametrize("name", ["presence_penalty", "frequency_penalty"])
+def test_penalties_are_bounded_like_openai(name: str) -> None:
+    with pytest.raises(RequestError, match=name):
+        SamplingParams(**{name: 2.5})  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -257,4 +258,40 @@ def test_cancel_running_and_queued_jobs(tiny_dir: Path) -> None:
             queued.result(timeout=30)
         assert q.submit(tiny.request(PROMPT, max_tokens=3, greedy=True)).result(timeout=30).text
     finally:
+        q.close()
+
+
+def test_full_queue_raises_queue_full_and_listener_sees_every_chunk(tiny: TextGenerator) -> None:
+    from agent.runtime.service import QueueFullError
+
+    gate = threading.Event()
+
+    class HeldKnobs(FakeKnobs):
+        @property  # type: ignore[override]
+        def admit(self) -> bool:
+            return gate.is_set()
+
+        @admit.setter
+        def admit(self, value: bool) -> None:
+            pass
+
+    knobs = HeldKnobs()
+    knobs.threads = tiny.options.threads or 1
+    q = GenerationQueue(tiny, max_pending=1, knobs=knobs)
+    try:
+        wakes: list[int] = []
+        req = tiny.request(PROMPT, max_tokens=8, greedy=True, ignore_eos=True)
+        first = q.submit(req, listener=lambda: wakes.append(1))
+        deadline = time.monotonic() + 30
+        while q.depth and time.monotonic() < deadline:  # the worker took it and waits at the gate
+            time.sleep(0.01)
+        second = q.submit(req)
+        with pytest.raises(QueueFullError, match="full"):
+            q.submit(req)
+        gate.set()
+        text = first.result(timeout=30).text
+        assert second.result(timeout=30).text == text
+        assert "".join(first.drain()) == text and len(wakes) >= 2  # chunks, then the end
+    finally:
+        gate.set()
         q.close()

@@ -75,11 +75,10 @@ def session_options(options: EngineOptions) -> Any:
     if options.threads is not None:
         so.intra_op_num_threads = options.threads
         so.inter_op_num_threads = 1
-    # Worker threads sleep between parallel sections instead of spinning. A spinning worker
-    # holds a core through the Python work between decode steps and fights every other
-    # process on a small board; measured on 2 busy cores, int8 decode went ~60 -> ~100
-    # tok/s, fp32 and int4 alike (ADR 0011). It also stops burning power while idle.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Spinning workers are ~15 % faster on cores the model has to itself and ~40 % slower on
+    # shared ones, and burn power while waiting (ADR 0011, ADR 0060): load_model decides
+    # from the situation (agent.runtime.spin); unresolved means the safe choice, no spin.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin else "0")
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
