@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--broker", metavar="URL", help="broker URL (over the config)")
     p.add_argument("--db", metavar="URL", help="SQLAlchemy database URL (over the config)")
     p.add_argument("--repo", metavar="DIR", help="TUF image repository to serve (over the config)")
+    p.add_argument("--enroll", metavar="HOST:PORT", help="serve device enrollment over HTTPS here (over the config)")
     p.set_defaults(func=run)
 
 
@@ -36,6 +37,7 @@ def load(args: argparse.Namespace):
         database_url=getattr(args, "db", None),
         repository=getattr(args, "repo", None),
         mqtt={"url": args.broker} if getattr(args, "broker", None) else None,
+        enroll={"listen": args.enroll} if getattr(args, "enroll", None) else None,
     )
 
 
@@ -62,6 +64,11 @@ def run(args: argparse.Namespace) -> int:
             RepositoryResponder(ingestor.link, repo, shared=config.shared),
             ResignSchedule(repo, config.resign_interval_s),
         ]
+
+    if config.enroll.listen is not None:
+        from controller.enroll import enrollment_service
+
+        services.append(enrollment_service(config, store))
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
