@@ -149,10 +149,22 @@ class DevicePki:
 
 @dataclass(frozen=True, slots=True)
 class Enrolled:
+    """What the controller answered, checked, not yet written anywhere."""
+
     device_id: str
     broker_url: str
     root: bytes
-    pki: DevicePki
+    key_pem: bytes
+    cert_pem: bytes
+    ca_pem: bytes
+
+    def write(self, pki_dir: Path) -> DevicePki:
+        """STATE/pki/: the key 0600, certificate and CA 0644, each written atomically."""
+        pki = DevicePki(ensure_private_dir(pki_dir), self.device_id)
+        atomic_write(pki.key, self.key_pem)
+        atomic_write(pki.cert, self.cert_pem, mode=0o644)
+        atomic_write(pki.ca, self.ca_pem, mode=0o644)
+        return pki
 
 
 def _request(controller: Controller, context: ssl.SSLContext, method: str, path: str,
@@ -201,8 +213,8 @@ def fetch_pinned_ca(controller: Controller, ca_sha256: str, timeout: float = 15.
     return data
 
 
-def enroll(controller: Controller, token: EnrollToken, pki_dir: Path, timeout: float = 15.0) -> Enrolled:
-    """Enroll with `token`; on success write STATE/pki/ and return what the device received."""
+def enroll(controller: Controller, token: EnrollToken, timeout: float = 15.0) -> Enrolled:
+    """Enroll with `token`: the checked answer, with the new key; nothing is written here."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -233,13 +245,11 @@ def enroll(controller: Controller, token: EnrollToken, pki_dir: Path, timeout: f
     _check_issued(cert, ca_cert, key, token.device_id)
     if answer.ca.strip() != ca_pem.decode().strip():
         raise EnrollError(f"{controller}: the answer names another CA than the pinned one")
-    pki = DevicePki(ensure_private_dir(pki_dir), token.device_id)
-    atomic_write(pki.key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption()))
-    atomic_write(pki.cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
-    atomic_write(pki.ca, ca_pem, mode=0o644)
     log.info("enrolled as %s with %s; broker %s", token.device_id, controller, answer.broker_url)
-    return Enrolled(token.device_id, answer.broker_url, root, pki)
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return Enrolled(token.device_id, answer.broker_url, root, key_pem,
+                    cert.public_bytes(serialization.Encoding.PEM), ca_pem)
 
 
 def _check_issued(cert: object, ca_cert: object, key: object, device_id: str) -> None:
@@ -282,3 +292,19 @@ def already_enrolled(pki: DevicePki, ca_sha256: str) -> bool:
     import datetime as dt
 
     return cert.not_valid_after_utc > dt.datetime.now(dt.UTC)
+
+
+class EnrollmentRecord(msgspec.Struct, kw_only=True, frozen=True):
+    """STATE/pki/enrollment.json: what a re-run of `install` needs without a new token."""
+
+    device_id: str
+    broker_url: str
+    controller: str
+    schema: int = SCHEMA
+
+
+def read_record(path: Path) -> EnrollmentRecord | None:
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=EnrollmentRecord)
+    except (OSError, msgspec.DecodeError):
+        return None

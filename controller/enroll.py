@@ -181,9 +181,10 @@ class Enrollment:
             fresh = [c for c in certs if c.revoked is None]
             for c in fresh:
                 c.revoked = now
+            serials = tuple(c.serial for c in fresh)
         crl = self.write_crl()
         self.membership.removed(device_id)
-        return Revocation(device_id, tuple(c.serial for c in fresh), len(certs) - len(fresh), n_cancelled, crl)
+        return Revocation(device_id, serials, len(certs) - len(serials), n_cancelled, crl)
 
     def write_crl(self) -> Path:
         with Session(self.store.engine) as s:

@@ -20,7 +20,7 @@ from agent import __version__
 from agent.errors import FleetgenError
 
 # Subcommand modules under agent.cli, in the order `--help` lists them.
-COMMANDS = ("run", "provision", "generate", "hw", "install_bundle")
+COMMANDS = ("run", "install", "provision", "generate", "hw", "install_bundle")
 
 
 class Parser(argparse.ArgumentParser):
