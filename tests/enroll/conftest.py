@@ -124,8 +124,16 @@ class GeneratedBroker(_ChildBroker):
         conf.write_text((self.config_dir / "fleetgen.conf").read_text() + "\n".join([
             "user root" if os.geteuid() == 0 else "",
             f"persistence_location {self.workdir}/",
-            "log_dest stdout", "log_type all", ""]))
+            # A log file, not stdout: Mosquitto flushes it per line, so a test can wait on it.
+            f"log_dest file {self.file_log}", "log_type all", ""]))
         return [binary, "-c", str(conf)]
+
+    @property
+    def file_log(self) -> Path:
+        return self.workdir / "mosquitto.log"
+
+    def log(self) -> str:
+        return super().log() + (self.file_log.read_text(errors="replace") if self.file_log.exists() else "")
 
     def reloads(self) -> int:
         return len(re.findall(r"Reloading config", self.log()))
