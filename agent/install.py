@@ -85,8 +85,12 @@ def render_config(device_id: str, broker_url: str, profile: str) -> bytes:
     ]).encode()
 
 
-def plan_files(device_id: str, broker_url: str, profile: str, venv: str, units: Path) -> list[FileSpec]:
-    """Every file of the installation except the enrolled identity (which only enrollment makes)."""
+def plan_files(device_id: str, broker_url: str, profile: str, board: str, venv: str, units: Path) -> list[FileSpec]:
+    """Every file of the installation except the enrolled identity (which only enrollment makes).
+
+    `profile` is what agent.toml says ("auto": the agent detects at each start); `board` the
+    profile it is installed for now, which picks the unit's drop-in.
+    """
     unit = (units / UNIT).read_text().replace(f"{DEFAULT_VENV}/", f"{venv.rstrip('/')}/")
     files = [
         FileSpec(CONFIG, render_config(device_id, broker_url, profile)),
@@ -94,7 +98,7 @@ def plan_files(device_id: str, broker_url: str, profile: str, venv: str, units: 
         FileSpec(TMPFILES, (units / "tmpfiles.d/fleetgen.conf").read_bytes()),
         FileSpec(UNIT_DIR / UNIT, unit.encode()),
     ]
-    drop_in = units / "boards" / f"{board_family(profile)}.conf"
+    drop_in = units / "boards" / f"{board_family(board)}.conf"
     if drop_in.is_file():
         files.append(FileSpec(DROP_IN, drop_in.read_bytes()))
     return files

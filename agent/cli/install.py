@@ -137,7 +137,7 @@ def run_install(args: argparse.Namespace) -> int:
         broker_url = answer.broker_url
         enrolled_now = True
     installer = Installer(root, staged, systemd_is_running())
-    changed = installer.write(plan_files(token.device_id, broker_url, configured, venv, units))
+    changed = installer.write(plan_files(token.device_id, broker_url, configured, detected, venv, units))
     installer.create_user()
     installer.own_state()
     installer.enable(restart=bool(changed) or enrolled_now)

@@ -58,7 +58,8 @@ def test_controller_identity_cannot_be_enrolled(enrollment: Enrollment) -> None:
         enrollment.add_device(CONTROLLER_IDENTITY)
 
 
-@pytest.mark.parametrize("bad", ["garbage", "", "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"])
+@pytest.mark.parametrize("bad", ["garbage", "",
+                                 "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"])
 def test_malformed_csr_is_refused(enrollment: Enrollment, bad: str) -> None:
     token = enrollment.add_device("kiosk-5").token
     with pytest.raises(EnrollError, match="certificate signing request"):
@@ -130,7 +131,8 @@ def test_revoke_puts_the_serial_on_the_crl_and_cancels_open_tokens(enrollment: E
         enrollment.revoke("never-added")
 
 
-def test_cli_add_prints_a_token_and_revoke_reports(tmp_path: Path, pki: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_add_prints_a_token_and_revoke_reports(tmp_path: Path, pki: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
     db = f"sqlite:///{tmp_path / 'cli.db'}"
     common = ["--db", db, "--pki", str(pki), "--state-dir", str(tmp_path / "state")]
     assert fleetgen(["device", "add", "cli-1", "--ttl", "2h", *common]) == 0

@@ -16,9 +16,10 @@ from agent.config import AgentConfig
 from agent.daemon import Agent
 from agent.mqtt.settings import MqttSettings
 from agent.protocol import Channel, device_topic
-from controller.brokers import Mosquitto
 from controller.broker_config import BrokerLayout, render
+from controller.brokers import Mosquitto
 from controller.pki import CertificateAuthority, IssuedCert
+
 
 @pytest.fixture
 def tls_broker(tmp_path: Path) -> Iterator[tuple[Mosquitto, CertificateAuthority]]:
