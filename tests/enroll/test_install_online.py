@@ -43,7 +43,8 @@ class Proc:
 
 
 @pytest.fixture
-def controller(tmp_path: Path, pki: Path, repo: Path, fleet_broker: GeneratedBroker) -> Iterator[tuple[Path, int, Proc]]:
+def controller(tmp_path: Path, pki: Path, repo: Path,
+               fleet_broker: GeneratedBroker) -> Iterator[tuple[Path, int, Proc]]:
     enroll_port = free_port()
     config = tmp_path / "controller.toml"
     config.write_text("\n".join([
