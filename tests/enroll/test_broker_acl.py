@@ -7,6 +7,8 @@ arrived" is asserted only after the broker has demonstrably delivered what came 
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -102,3 +104,13 @@ def test_anonymous_and_foreign_clients_are_refused(fleet_broker: GeneratedBroker
     assert not Client(fleet_broker, ca.cert_path, Identity(issued.cert, issued.key), "foreign").connect()
     # A self-signed "CA" of the same name does not help either.
     assert not Client(fleet_broker, None, Identity(issued.cert, issued.key), "foreign-noverify").connect()
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_crl_units_verify_without_output(tmp_path: Path) -> None:
+    for name, text in render(BrokerLayout()).items():
+        if name.startswith("fleetgen-crl."):
+            (tmp_path / name).write_text(text)
+    verify = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / "fleetgen-crl.path"),
+                             str(tmp_path / "fleetgen-crl.service")], capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr

@@ -220,3 +220,56 @@ def test_uninstall_keeps_state_unless_purged(service: EnrollmentService, enrollm
     assert "already enrolled" in capsys.readouterr().out
     assert agent_cli(["uninstall", "--purge", "--root", str(root)]) == 0
     assert not (root / "var/lib/fleetgen").exists() and not (root / "etc/fleetgen").exists()
+
+
+def _plan() -> list[object]:
+    from agent.install import plan_files, units_dir
+
+    return plan_files("live-1", "mqtts://fleet:8883", "auto", "jetson-orin-nano", VENV, units_dir())  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("systemd_running", [True, False])
+def test_live_install_drives_systemd_and_a_rerun_only_starts(systemd_running: bool, tmp_path: Path) -> None:
+    """On / (here a temp dir standing in, with the system tools recorded, not run)."""
+    from agent.install import Installer
+
+    ran: list[list[str]] = []
+    inst = Installer(tmp_path, staged=False, systemd_running=systemd_running, run=lambda argv: ran.append(list(argv)),
+                     which=lambda tool: f"/usr/bin/{tool}")
+    changed = inst.write(_plan())  # type: ignore[arg-type]
+    inst.create_user()
+    inst.enable(restart=bool(changed))
+    setup = [["systemd-sysusers", "/etc/sysusers.d/fleetgen.conf"],
+             ["systemd-tmpfiles", "--create", "/etc/tmpfiles.d/fleetgen.conf"]]
+    service = [["systemctl", "daemon-reload"], ["systemctl", "enable", "fleetgen-agent.service"]]
+    assert ran == setup + (service + [["systemctl", "restart", "fleetgen-agent.service"]] if systemd_running else [])
+    ran.clear()
+    assert inst.write(_plan()) == []  # type: ignore[arg-type]
+    inst.enable(restart=False)
+    assert ran == (service + [["systemctl", "start", "fleetgen-agent.service"]] if systemd_running else [])
+
+
+def test_without_sysusers_the_user_comes_from_useradd(tmp_path: Path) -> None:
+    import pwd
+
+    from agent.install import Installer
+
+    ran: list[list[str]] = []
+    inst = Installer(tmp_path, staged=False, systemd_running=False, run=lambda argv: ran.append(list(argv)),
+                     which=lambda tool: None)
+    inst.create_user()
+    try:
+        pwd.getpwnam("fleetgen")
+        assert ran == []
+    except KeyError:
+        assert ran == [["useradd", "--system", "--home-dir", "/var/lib/fleetgen", "--no-create-home",
+                        "--shell", "/usr/sbin/nologin", "fleetgen"]]
+
+
+def test_install_on_the_live_system_needs_root(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    code = agent_cli(["install", "--controller", "https://127.0.0.1:1", "--token",
+                      "fgt1.x-1." + "A" * 43 + "." + "0" * 64])
+    err = capsys.readouterr().err
+    assert code == 2 and "run it as root (or stage the files with --root DIR)" in err, err
