@@ -242,11 +242,11 @@ def test_live_install_drives_systemd_and_a_rerun_only_starts(systemd_running: bo
     setup = [["systemd-sysusers", "/etc/sysusers.d/fleetgen.conf"],
              ["systemd-tmpfiles", "--create", "/etc/tmpfiles.d/fleetgen.conf"]]
     service = [["systemctl", "daemon-reload"], ["systemctl", "enable", "fleetgen-agent.service"]]
-    assert ran == setup + (service + [["systemctl", "restart", "fleetgen-agent.service"]] if systemd_running else [])
+    assert ran == setup + ([*service, ["systemctl", "restart", "fleetgen-agent.service"]] if systemd_running else [])
     ran.clear()
     assert inst.write(_plan()) == []  # type: ignore[arg-type]
     inst.enable(restart=False)
-    assert ran == (service + [["systemctl", "start", "fleetgen-agent.service"]] if systemd_running else [])
+    assert ran == ([*service, ["systemctl", "start", "fleetgen-agent.service"]] if systemd_running else [])
 
 
 def test_without_sysusers_the_user_comes_from_useradd(tmp_path: Path) -> None:
