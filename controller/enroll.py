@@ -48,6 +48,9 @@ from controller.store import DeviceCertRow, DeviceRow, EnrollTokenRow, Store
 log = logging.getLogger(__name__)
 
 MAX_TTL_S = 30 * 86400
+# An oversized body up to this size is read and dropped before the refusal; beyond, the
+# connection is just closed.
+_DRAIN_BYTES = 1024 * 1024
 
 
 class EnrollError(FleetgenError):
@@ -270,6 +273,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._refuse(411, "Content-Length required")
             return
         if not 0 < length <= MAX_REQUEST_BYTES:
+            if 0 < length <= _DRAIN_BYTES:
+                # Read what was sent so the client gets the answer instead of a reset.
+                self.rfile.read(length)
             self._refuse(413, f"request body of {length} bytes (limit {MAX_REQUEST_BYTES})")
             return
         try:
