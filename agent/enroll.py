@@ -300,6 +300,9 @@ class EnrollmentRecord(msgspec.Struct, kw_only=True, frozen=True):
     device_id: str
     broker_url: str
     controller: str
+    # The token this identity was enrolled with (its secret's SHA-256): the same token again
+    # is a re-run; another one is a deliberate re-enrollment (after a revocation, say).
+    token_sha256: str = ""
     schema: int = SCHEMA
 
 

@@ -6,7 +6,8 @@
 
 Enrolls first and writes nothing when enrollment fails; then writes the config, unit, board
 drop-in, sysusers.d/tmpfiles.d files, creates the user and enables and starts the unit. A
-second run with an enrolled identity does not contact the controller and changes nothing.
+second run with the same token finds the identity it enrolled, does not contact the
+controller and changes nothing; a new token re-enrolls (a new key and certificate).
 """
 
 from __future__ import annotations
@@ -120,8 +121,8 @@ def run_install(args: argparse.Namespace) -> int:
     record_path = pki.dir / "enrollment.json"
     record = read_record(record_path)
     enrolled_now = False
-    if (record is not None and record.device_id == token.device_id and trust.provisioned
-            and already_enrolled(pki, token.ca_sha256)):
+    if (record is not None and record.device_id == token.device_id and record.token_sha256 == token.secret_hash
+            and trust.provisioned and already_enrolled(pki, token.ca_sha256)):
         print(f"{token.device_id}: already enrolled ({pki.cert}); not contacting the controller")
         broker_url = record.broker_url
     else:
@@ -130,7 +131,8 @@ def run_install(args: argparse.Namespace) -> int:
         version = pin_root(state, answer.root, f"enrollment at {controller}", force=True)
         answer.write(pki.dir)
         atomic_write(record_path, msgspec.json.encode(EnrollmentRecord(
-            device_id=answer.device_id, broker_url=answer.broker_url, controller=str(controller))), mode=0o644)
+            device_id=answer.device_id, broker_url=answer.broker_url, controller=str(controller),
+            token_sha256=token.secret_hash)), mode=0o644)
         keys = _director_keys(answer.root)
         print(f"{token.device_id}: enrolled with {controller}; certificate {pki.cert}")
         print(f"  trusts root metadata v{version}; director key {', '.join(k[:16] for k in keys) or '(none)'}")

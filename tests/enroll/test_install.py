@@ -207,7 +207,8 @@ def test_unreachable_controller_and_bad_input(tmp_path: Path, pki: Path, capsys:
 def test_uninstall_keeps_state_unless_purged(service: EnrollmentService, enrollment: Enrollment, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "image"
-    assert install(service, enrollment.add_device("jet-1").token, root, "--board", "jetson-orin-nano") == 0
+    token = enrollment.add_device("jet-1").token
+    assert install(service, token, root, "--board", "jetson-orin-nano") == 0
     assert agent_cli(["uninstall", "--root", str(root)]) == 0
     left = set(tree(root))
     assert not {p for p in left if p.startswith(("etc/systemd/system/", "etc/sysusers.d/", "etc/tmpfiles.d/"))
@@ -215,8 +216,7 @@ def test_uninstall_keeps_state_unless_purged(service: EnrollmentService, enrollm
     assert {"etc/fleetgen/agent.toml", "var/lib/fleetgen/pki/jet-1.key",
             "var/lib/fleetgen/trust/root.pinned.json"} <= left
     # Reinstalling needs no new token: the identity was kept.
-    assert install(service, "fgt1.jet-1." + "C" * 43 + "." + enrollment.ca.fingerprint(), root,
-                   "--board", "jetson-orin-nano") == 0
+    assert install(service, token, root, "--board", "jetson-orin-nano") == 0
     assert "already enrolled" in capsys.readouterr().out
     assert agent_cli(["uninstall", "--purge", "--root", str(root)]) == 0
     assert not (root / "var/lib/fleetgen").exists() and not (root / "etc/fleetgen").exists()
@@ -273,3 +273,16 @@ def test_install_on_the_live_system_needs_root(monkeypatch: pytest.MonkeyPatch,
                       "fgt1.x-1." + "A" * 43 + "." + "0" * 64])
     err = capsys.readouterr().err
     assert code == 2 and "run it as root (or stage the files with --root DIR)" in err, err
+
+
+def test_a_new_token_re_enrolls_a_revoked_device(service: EnrollmentService, enrollment: Enrollment,
+                                                 tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "image"
+    assert install(service, enrollment.add_device("re-1").token, root) == 0
+    cert = root / "var/lib/fleetgen/pki/re-1.pem"
+    first = cert.read_bytes()
+    enrollment.revoke("re-1")
+    capsys.readouterr()
+    assert install(service, enrollment.add_device("re-1").token, root) == 0
+    assert "enrolled with" in capsys.readouterr().out
+    assert cert.read_bytes() != first
