@@ -128,6 +128,9 @@ def test_installed_units_verify_without_output(board: str, drop_in: str, service
     verify = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)],
                             capture_output=True, text=True, timeout=60)
     assert verify.returncode == 0 and verify.stderr.strip() == "" and verify.stdout.strip() == "", verify.stderr
+    security = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--threshold=20", str(unit)],
+                              capture_output=True, text=True, timeout=60)
+    assert security.returncode == 0, security.stdout[-2000:]  # the drop-in keeps exposure <= 2.0
     board_conf.write_text(board_conf.read_text() + "NoSuchKey=1\n")
     bad = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True,
                          timeout=60)
