@@ -5,6 +5,8 @@ set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# systemd-analyze verify/security and systemctl --root (the unit and installer tests).
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 for pkg in "$@"; do need+=("$pkg"); done
 
 [ ${#need[@]} -eq 0 ] && exit 0
