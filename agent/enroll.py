@@ -25,6 +25,7 @@ import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import msgspec
@@ -32,6 +33,10 @@ import msgspec
 from agent.errors import FleetgenError, UsageError
 from agent.fsutil import atomic_write, ensure_private_dir
 from agent.protocol import validate_device_id
+
+if TYPE_CHECKING:  # cryptography is imported only when enrolling (agent footprint)
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 log = logging.getLogger(__name__)
 
@@ -252,16 +257,14 @@ def enroll(controller: Controller, token: EnrollToken, timeout: float = 15.0) ->
                     cert.public_bytes(serialization.Encoding.PEM), ca_pem)
 
 
-def _check_issued(cert: object, ca_cert: object, key: object, device_id: str) -> None:
+def _check_issued(cert: x509.Certificate, ca_cert: x509.Certificate, key: PrivateKeyTypes, device_id: str) -> None:
     """The certificate is for our key and id, and issued by the pinned CA."""
-    from cryptography import x509
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import serialization
     from cryptography.x509.oid import NameOID
 
-    assert isinstance(cert, x509.Certificate) and isinstance(ca_cert, x509.Certificate)
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    if cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):  # type: ignore[attr-defined]
+    if cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
         raise EnrollError("the issued certificate is not for this device's key")
     names = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     if names != [device_id]:

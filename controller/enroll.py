@@ -98,7 +98,7 @@ class Revocation:
     crl: Path
 
 
-def _iso(ts: float) -> str:
+def iso_utc(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -124,7 +124,7 @@ class Enrollment:
         with Session(self.store.engine) as s, s.begin():
             s.add(EnrollTokenRow(token_hash=token.secret_hash, device_id=device_id, group_name=group,
                                  created=now, expires=now + ttl_s, used=None))
-        log.info("enrollment token for %s created, expires %s", device_id, _iso(now + ttl_s))
+        log.info("enrollment token for %s created, expires %s", device_id, iso_utc(now + ttl_s))
         return NewToken(token, now + ttl_s, group)
 
     def enroll(self, token_text: str, csr_pem: bytes) -> tuple[str, bytes]:
@@ -145,9 +145,9 @@ class Enrollment:
                 raise TokenRefused(f"unknown enrollment token for {token.device_id!r} "
                                    "(never issued, or cancelled by a revocation)")
             if row.used is not None:
-                raise TokenRefused(f"the token for {row.device_id!r} was already used at {_iso(row.used)}")
+                raise TokenRefused(f"the token for {row.device_id!r} was already used at {iso_utc(row.used)}")
             if now >= row.expires:
-                raise TokenRefused(f"the token for {row.device_id!r} expired at {_iso(row.expires)}")
+                raise TokenRefused(f"the token for {row.device_id!r} expired at {iso_utc(row.expires)}")
             try:
                 cert = self.ca.sign_csr(csr_pem, row.device_id, days=self.cert_days,
                                         now=dt.datetime.fromtimestamp(now, dt.UTC))

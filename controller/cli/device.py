@@ -56,7 +56,7 @@ def _enrollment(args: argparse.Namespace) -> Enrollment:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    from controller.enroll import _iso
+    from controller.enroll import iso_utc
 
     enrollment = _enrollment(args)
     try:
@@ -68,7 +68,7 @@ def run_add(args: argparse.Namespace) -> int:
                           "expires": new.expires, "group": new.group}))
         return 0
     print(new.token)
-    print(f"one-time token for {args.device_id}, valid until {_iso(new.expires)}; on the device:\n"
+    print(f"one-time token for {args.device_id}, valid until {iso_utc(new.expires)}; on the device:\n"
           f"  fleetgen-agent install --controller https://CONTROLLER:8443 --token {new.token}", file=sys.stderr)
     return 0
 
