@@ -330,10 +330,12 @@ class EnrollmentService:
         log.info("enrollment endpoint on https://%s:%d", socket.gethostname(), self.port)
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        # shutdown() waits for serve_forever to end: only ask when it is running.
         if self._thread is not None:
+            self._server.shutdown()
             self._thread.join(10)
+            self._thread = None
+        self._server.server_close()
 
 
 def enrollment_service(config: ControllerConfig, store: Store) -> EnrollmentService:
