@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import http.client
+import os
 import ssl
+import subprocess
+import sys
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -51,10 +55,26 @@ def test_ca_and_crl_are_served_and_unknown_paths_are_404(service: EnrollmentServ
     assert request(service, ca, "GET", "/etc/passwd")[0] == 404
 
 
-def test_broker_config_refusals(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+def test_broker_config_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert fleetgen(["broker", "config", "--out", str(tmp_path / "o"), "--pki", str(tmp_path / "none")]) == 1
     assert "fleetgen ca init" in capsys.readouterr().err
     assert fleetgen(["ca", "init", "--pki", str(tmp_path / "pki")]) == 0
     assert fleetgen(["broker", "config", "--out", str(tmp_path / "o"), "--pki", str(tmp_path / "pki"),
                      "--port", "70000"]) == 2
     assert "--port 70000: not a TCP port" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("with_repo", "message"), [
+    (False, "enroll.broker_url: required with enroll.listen"),
+    (True, "no device CA in"),
+])
+def test_serve_refuses_an_incomplete_enrollment_setup(with_repo: bool, message: str, tmp_path: Path,
+                                                      repo: Path) -> None:
+    argv = [sys.executable, "-m", "controller", "serve", "--enroll", "127.0.0.1:0",
+            "--state-dir", str(tmp_path / "s"), "--broker", "mqtt://127.0.0.1:1"]
+    env = dict(os.environ)
+    if with_repo:
+        argv += ["--repo", str(repo)]
+        env["FLEETGEN_ENROLL_BROKER_URL"] = "mqtts://fleet:8883"
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode in (1, 2) and message in out.stderr and "Traceback" not in out.stderr, out.stderr
