@@ -42,6 +42,9 @@ def load(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from agent.cli import require_extra
+
+    require_extra("serve", "controller", "sqlalchemy")
     from controller.ingest import Ingestor
     from controller.store import Store
 
