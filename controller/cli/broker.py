@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     conf.add_argument("--certs", default="/etc/mosquitto/fleetgen", metavar="DIR",
                       help="where the broker will read certificates and the ACL (default /etc/mosquitto/fleetgen)")
     add_pki_option(conf)
-    conf.set_defaults(func=run_config)
+    conf.set_defaults(func=run_config, log_level="WARNING")  # one-shot: its output is the answer
 
 
 def run_config(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                       help="DNS name or IP devices reach the broker and controller by (repeatable; "
                            "default: this host's name, localhost, 127.0.0.1)")
     init.add_argument("--force", action="store_true", help="replace an existing CA (every device must re-enroll)")
-    init.set_defaults(func=run_init)
+    init.set_defaults(func=run_init, log_level="WARNING")  # one-shot: its output is the answer
 
 
 def add_pki_option(p: argparse.ArgumentParser) -> None:

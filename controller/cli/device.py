@@ -31,12 +31,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                      help="how long the token stays valid (default 24h; at most 30d)")
     add.add_argument("--json", action="store_true", help="machine-readable output")
     _common(add)
-    add.set_defaults(func=run_add)
+    add.set_defaults(func=run_add, log_level="WARNING")  # one-shot: its output is the answer
 
     revoke = verbs.add_parser("revoke", parents=[common], help="revoke a device's certificate (CRL)")
     revoke.add_argument("device_id", metavar="ID")
     _common(revoke)
-    revoke.set_defaults(func=run_revoke)
+    revoke.set_defaults(func=run_revoke, log_level="WARNING")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -45,6 +45,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _enrollment(args: argparse.Namespace) -> Enrollment:
+    from agent.cli import require_extra
+
+    require_extra("device", "controller", "sqlalchemy")
     from controller.cli.serve import load
     from controller.enroll import Enrollment
     from controller.pki import CertificateAuthority

@@ -78,3 +78,12 @@ def test_serve_refuses_an_incomplete_enrollment_setup(with_repo: bool, message: 
         env["FLEETGEN_ENROLL_BROKER_URL"] = "mqtts://fleet:8883"
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode in (1, 2) and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("argv", [["ca", "init"], ["device", "add", "x"], ["device", "revoke", "x"],
+                                  ["broker", "config", "--out", "o"]])
+def test_one_shot_commands_log_at_warning(argv: list[str]) -> None:
+    from controller.cli import build_parser
+
+    assert build_parser().parse_args(argv).log_level == "WARNING"
+    assert build_parser().parse_args(["serve"]).log_level == "INFO"
