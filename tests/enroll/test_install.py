@@ -289,3 +289,18 @@ def test_a_new_token_re_enrolls_a_revoked_device(service: EnrollmentService, enr
     assert install(service, enrollment.add_device("re-1").token, root) == 0
     assert "enrolled with" in capsys.readouterr().out
     assert cert.read_bytes() != first
+
+
+def test_units_come_from_the_wheels_share_dir_outside_a_source_tree(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    import agent.install as install_module
+
+    share = tmp_path / "venv" / "share" / "fleetgen" / "systemd"
+    share.mkdir(parents=True)
+    (share / "fleetgen-agent.service").write_text("[Service]\n")
+    monkeypatch.setattr(install_module, "__file__", str(tmp_path / "site-packages" / "agent" / "install.py"))
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))
+    assert install_module.units_dir() == share
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "elsewhere"))
+    with pytest.raises(install_module.InstallError, match=r"cannot find fleetgen-agent\.service"):
+        install_module.units_dir()
