@@ -15,6 +15,18 @@ from controller.web.settings import HttpSettings
 DEFAULT_CONFIG = Path("/etc/fleetgen/controller.toml")
 
 
+class EnrollSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Device enrollment (controller.enroll, docs/install.md)."""
+
+    # HOST:PORT of the HTTPS enrollment endpoint `serve` runs; unset: no endpoint.
+    listen: str | None = None
+    # The broker URL enrolled devices are given (mqtts://fleet.example.com:8883).
+    broker_url: str | None = None
+    # The device CA and the controller's identities (`fleetgen ca init`); default STATE/pki.
+    pki_dir: str | None = None
+    cert_days: Annotated[int, Meta(ge=1, le=3650)] = 365
+
+
 class ControllerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     state_dir: str = "/var/lib/fleetgen-controller"
     # SQLAlchemy URL; default: a SQLite file in state_dir. PostgreSQL for replicas.
@@ -28,6 +40,11 @@ class ControllerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown
     resign_interval_s: Annotated[float, Meta(ge=1, le=86400)] = 300.0
     # The web face (REST API, dashboard, /metrics); off unless `listen` or `serve --http` is given.
     http: HttpSettings = HttpSettings()
+    enroll: EnrollSettings = EnrollSettings()
+
+    @property
+    def pki_path(self) -> Path:
+        return Path(self.enroll.pki_dir) if self.enroll.pki_dir else Path(self.state_dir) / "pki"
 
     @property
     def shared(self) -> bool:

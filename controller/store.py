@@ -83,6 +83,34 @@ class EventRow(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+# -- enrollment (controller.enroll): one-time tokens and the certificates issued for them --
+
+
+class EnrollTokenRow(Base):
+    """A one-time enrollment token, stored as the SHA-256 of its secret (never the secret)."""
+
+    __tablename__ = "enroll_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(63), index=True)
+    group_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created: Mapped[float] = mapped_column(Float)
+    expires: Mapped[float] = mapped_column(Float)
+    used: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class DeviceCertRow(Base):
+    """A device certificate the CA issued; `revoked` set puts its serial on the CRL."""
+
+    __tablename__ = "device_certs"
+
+    serial: Mapped[str] = mapped_column(String(40), primary_key=True)  # hex
+    device_id: Mapped[str] = mapped_column(String(63), index=True)
+    issued: Mapped[float] = mapped_column(Float)
+    not_after: Mapped[float] = mapped_column(Float)
+    revoked: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
 @dataclass(frozen=True, slots=True)
 class Ingested:
     """A validated document from a device, with the controller's receive time."""

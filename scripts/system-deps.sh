@@ -8,6 +8,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # The dashboard's browser test (tests/web/test_browser.py): headless Chromium and its WebDriver.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# systemd-analyze verify/security and systemctl --root (the unit and installer tests).
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 for pkg in "$@"; do need+=("$pkg"); done
 
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -25,7 +25,7 @@ from agent import __version__
 from agent.errors import FleetgenError
 
 # Subcommand modules under agent.cli, in the order `--help` lists them.
-COMMANDS = ("run", "serve", "status", "provision", "generate", "hw", "install_bundle")
+COMMANDS = ("run", "serve", "status", "install", "provision", "generate", "hw", "install_bundle")
 
 
 class Parser(argparse.ArgumentParser):

@@ -20,22 +20,31 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from agent.config import local_settings
+def pin_root(state_dir: Path, root: bytes, origin: str, *, force: bool) -> int:
+    """Pin `root` in `state_dir` (also what `fleetgen-agent install` does with the root it
+    receives at enrollment); UsageError if it is not a valid root or one is pinned already."""
     from agent.errors import UsageError
     from agent.trust.errors import TrustError
     from agent.trust.layout import TrustPaths, provision
 
-    paths = TrustPaths(local_settings(args.config, args.state_dir).state_dir)
+    paths = TrustPaths(state_dir)
+    if paths.provisioned and not force:
+        raise UsageError(f"{paths.state_dir} is already provisioned (use --force to replace its root)")
+    try:
+        return provision(paths, root, origin=origin)
+    except TrustError as e:  # not a valid, self-signed root
+        raise UsageError(str(e)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from agent.config import local_settings
+    from agent.errors import UsageError
+
+    state_dir = local_settings(args.config, args.state_dir).state_dir
     try:
         root = Path(args.root).read_bytes()
     except OSError as e:
         raise UsageError(f"--root {args.root}: cannot read ({e.strerror})") from None
-    if paths.provisioned and not args.force:
-        raise UsageError(f"{paths.state_dir} is already provisioned (use --force to replace its root)")
-    try:
-        version = provision(paths, root, origin=args.root)
-    except TrustError as e:  # the file the user gave is not a valid, self-signed root
-        raise UsageError(str(e)) from None
-    print(f"{paths.state_dir}: trusts root metadata v{version} from {args.root}", file=sys.stderr)
+    version = pin_root(state_dir, root, args.root, force=args.force)
+    print(f"{state_dir}: trusts root metadata v{version} from {args.root}", file=sys.stderr)
     return 0

@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--repo", metavar="DIR", help="TUF image repository to serve (over the config)")
     p.add_argument("--http", metavar="HOST:PORT", nargs="?", const=DEFAULT_LISTEN,
                    help=f"serve the REST API, dashboard and /metrics (default {DEFAULT_LISTEN}; over the config)")
+    p.add_argument("--enroll", metavar="HOST:PORT", help="serve device enrollment over HTTPS here (over the config)")
     p.set_defaults(func=run)
 
 
@@ -46,6 +47,7 @@ def load(args: argparse.Namespace):
         repository=getattr(args, "repo", None),
         mqtt={"url": args.broker} if getattr(args, "broker", None) else None,
         http={"listen": args.http} if getattr(args, "http", None) else None,
+        enroll={"listen": args.enroll} if getattr(args, "enroll", None) else None,
     )
 
 
@@ -76,6 +78,11 @@ def run(args: argparse.Namespace) -> int:
         ]
     if config.http.listen is not None:
         services.insert(0, _http_service(config, store, ingestor))  # first: a taken port fails the start
+
+    if config.enroll.listen is not None:
+        from controller.enroll import enrollment_service
+
+        services.append(enrollment_service(config, store))
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath
 
 import paho.mqtt.client as paho
 import pytest
@@ -16,28 +16,29 @@ from agent.config import AgentConfig
 from agent.daemon import Agent
 from agent.mqtt.settings import MqttSettings
 from agent.protocol import Channel, device_topic
+from controller.broker_config import BrokerLayout, render
 from controller.brokers import Mosquitto
 from controller.pki import CertificateAuthority, IssuedCert
-
-TEMPLATES = Path(__file__).resolve().parents[2] / "systemd" / "mosquitto"
 
 
 @pytest.fixture
 def tls_broker(tmp_path: Path) -> Iterator[tuple[Mosquitto, CertificateAuthority]]:
+    """Mosquitto with the listener settings and ACL `fleetgen broker config` generates (the
+    shipped systemd/mosquitto/ files are those with default paths: tests/enroll checks)."""
     ca = CertificateAuthority.create(tmp_path / "ca")
-    server = ca.issue_server(["127.0.0.1", "localhost"], tmp_path / "server")
-    acl = tmp_path / "acl"
-    acl.write_text((TEMPLATES / "fleetgen.acl").read_text())
-    # The listener settings of the shipped template, with this test's files.
-    paths = {"/etc/fleetgen/pki/ca.pem": str(ca.cert_path), "/etc/fleetgen/pki/server.pem": str(server.cert),
-             "/etc/fleetgen/pki/server.key": str(server.key), "/etc/mosquitto/fleetgen.acl": str(acl)}
-    keys = ("cafile", "certfile", "keyfile", "require_certificate", "use_identity_as_username", "acl_file")
-    lines = [line for line in (TEMPLATES / "fleetgen.conf").read_text().splitlines() if line.startswith(keys)]
-    listener = "\n".join(lines)
-    for template_path, real in paths.items():
-        listener = listener.replace(template_path, real)
-    assert len(lines) == len(keys) and "/etc/" not in listener
-    broker = Mosquitto(tmp_path / "broker", listener_conf=listener)
+    certs = tmp_path / "certs"
+    server = ca.issue_server(["127.0.0.1", "localhost"], certs)
+    (certs / "ca.pem").write_bytes(ca.cert_path.read_bytes())
+    ca.write_crl([])
+    (certs / "crl.pem").write_bytes(ca.crl_path.read_bytes())
+    assert server.cert == certs / "server.pem"
+    files = render(BrokerLayout(certs=PurePosixPath(certs)))
+    (certs / "fleetgen.acl").write_text(files["fleetgen.acl"])
+    keys = ("cafile", "certfile", "keyfile", "crlfile", "require_certificate", "use_identity_as_username",
+            "allow_anonymous", "acl_file", "tls_version")
+    lines = [line for line in files["fleetgen.conf"].splitlines() if line.startswith(keys)]
+    assert len(lines) == len(keys)
+    broker = Mosquitto(tmp_path / "broker", listener_conf="\n".join(lines))
     broker.start()
     yield broker, ca
     broker.stop()
@@ -56,6 +57,13 @@ def watch_all(broker: Mosquitto, ca: CertificateAuthority, cert: IssuedCert,
     return client, seen
 
 
+def wait_until(condition: Callable[[], bool], what: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
 def test_agent_connects_over_tls_and_acl_confines_it(tls_broker: tuple[Mosquitto, CertificateAuthority],
                                                      tmp_path: Path) -> None:
     broker, ca = tls_broker
@@ -72,19 +80,17 @@ def test_agent_connects_over_tls_and_acl_confines_it(tls_broker: tuple[Mosquitto
         # delivers only its own subtree (a SUBACK says nothing: PITFALLS).
         other = ca.issue_device("tls-2", tmp_path / "dev2")
         spy, seen = watch_all(broker, ca, other, "spy")
-        # And a client with tls-1's own certificate sees tls-1's retained status.
-        own, mine = watch_all(broker, ca, dev, "own")
-        # The controller's identity sees the whole fleet.
-        ctl, fleet_seen = watch_all(broker, ca, ca.issue_device("fleetgen-controller", tmp_path / "ctl"), "ctl")
+        # The controller's identity sees the whole fleet: tls-1's retained status, then its event.
+        ctl, fleet_seen = watch_all(broker, ca, ca.issue_controller(tmp_path / "ctl"), "ctl")
         agent.emit("test.ping")
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and device_topic("tls-1", Channel.STATUS) not in mine:
-            time.sleep(0.05)
-        time.sleep(0.5)
-        assert device_topic("tls-1", Channel.STATUS) in mine
-        assert not [t for t in seen if "/tls-1/" in t], seen
+        wait_until(lambda: device_topic("tls-1", Channel.EVENTS) in fleet_seen, fleet_seen)
         assert device_topic("tls-1", Channel.STATUS) in fleet_seen
-        for client in (spy, own, ctl):
+        # A marker to the spy's own desired state, sent after all of tls-1's messages: once it
+        # is there, anything of tls-1's the broker would have delivered would be there too.
+        ctl.publish(device_topic("tls-2", Channel.DESIRED), b"marker", qos=1).wait_for_publish(5)
+        wait_until(lambda: device_topic("tls-2", Channel.DESIRED) in seen, seen)
+        assert not [t for t in seen if "/tls-1/" in t], seen
+        for client in (spy, ctl):
             client.loop_stop()
     finally:
         agent.stop()
