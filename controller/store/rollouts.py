@@ -147,17 +147,21 @@ class RolloutRepository:
             s.execute(update(RolloutRow).where(RolloutRow.id == rollout_id).values(updated=now))
 
     def finish(self, rollout_id: int, status: RolloutStatus, reason: str, now: float,
-               rolled_back: Mapping[str, int] | None = None) -> None:
+               rolled_back: Mapping[str, str | None] | None = None) -> None:
         with Session(self.engine) as s, s.begin():
             r = s.get(RolloutRow, rollout_id, with_for_update=True)
             assert r is not None
             r.status, r.updated = status.value, now
             if reason:
                 r.reason = reason
-            for device in rolled_back or {}:
-                s.execute(update(RolloutDeviceRow)
-                          .where(RolloutDeviceRow.rollout_id == rollout_id, RolloutDeviceRow.device_id == device)
-                          .values(result=DeviceResult.ROLLED_BACK.value))
+            # Failed devices keep their result (and why); the others become rolled_back.
+            for device, target in (rolled_back or {}).items():
+                row = s.get(RolloutDeviceRow, (rollout_id, device))
+                if row is None:
+                    continue
+                if not DeviceResult(row.result).failed:
+                    row.result = DeviceResult.ROLLED_BACK.value
+                row.detail = (f"{row.detail}; " if row.detail else "") + f"directed back to {target or 'no target'}"
 
     def outcomes(self, view: RolloutView) -> dict[str, tuple[DeviceResult, str]]:
         """New results of the pending devices, read from their events since they were directed.
