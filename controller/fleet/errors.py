@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from agent.errors import FleetgenError, UsageError
+from agent.errors import UsageError
 
 
-class FleetError(FleetgenError):
-    """A fleet operation cannot be done (unknown group, unknown rollout, ...)."""
+class FleetError(UsageError):
+    """A fleet operation names something that is not there or cannot be done to it
+    (unknown group or device, a finished rollout asked to pause): bad input, exit 2."""
 
 
-class RolloutSpecError(UsageError):
-    """A rollout's waves or thresholds are malformed (a usage error: exit 2)."""
+class RolloutSpecError(FleetError):
+    """A rollout's waves or thresholds are malformed."""

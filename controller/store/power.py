@@ -28,6 +28,11 @@ class PowerRepository:
             else:
                 row.priority, row.floor_w, row.cap_w = settings.priority, settings.floor_w, settings.cap_w
 
+    def settings(self, device_id: str) -> PowerSettings | None:
+        with Session(self.engine) as s:
+            r = s.get(DevicePowerRow, device_id)
+            return None if r is None else PowerSettings(r.device_id, r.priority, r.floor_w, r.cap_w)
+
     def members(self, group: str, *, online_only: bool = True) -> list[PowerMember]:
         view = self.groups.get(group)
         ids = list(view.members)
