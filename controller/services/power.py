@@ -74,7 +74,8 @@ class PowerService:
         settled = settle(in_force, allocation)
         push = changed(in_force, settled)
         gone = [d for d in in_force if d not in allocation.shares]
-        for device, watts in push.items():
+        # Lower budgets first, so devices taking more never briefly overlap those giving back.
+        for device, watts in sorted(push.items(), key=lambda kv: kv[1] - in_force.get(kv[0], 0.0)):
             self.publisher.direct([device], power_budget_w=_milliwatts_down(watts))
         if push or gone:
             log.info("power: group %s: pushed %d budgets, %d devices left", group, len(push), len(gone))

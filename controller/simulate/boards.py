@@ -15,13 +15,12 @@ class SimBoard:
     idle_w: float
     peak_w: float
 
-    def draw(self, rng: random.Random, budget_w: float | None) -> float:
-        """A draw between idle and peak (busy half the time), held under a budget as the
+    def draw(self, rng: random.Random, budget_w: float | None, load: float) -> float:
+        """The draw at `load` (0-1) between idle and peak, held under a budget as the
         agent's governor would."""
-        load = rng.betavariate(2, 2)
         watts = self.idle_w + load * (self.peak_w - self.idle_w)
         if budget_w is not None:
-            watts = min(watts, max(self.idle_w * 0.9, budget_w * rng.uniform(0.92, 0.99)))
+            watts = min(watts, max(self.idle_w * 0.9, budget_w * rng.uniform(0.95, 0.99)))
         return round(watts, 3)
 
 

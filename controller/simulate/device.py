@@ -65,6 +65,7 @@ class SimDevice:
     samples_sent: int = 0
     offline: bool = False
     good_bundles: set[str] = field(default_factory=set)
+    load: float = 0.5  # drifts slowly, as a device's workload does
 
     def __post_init__(self) -> None:
         if self.active_bundle:
@@ -92,7 +93,8 @@ class SimDevice:
         samples = []
         for i in range(count):
             self.telemetry_seq += 1
-            watts = self.board.draw(self.rng, self.budget_w)
+            self.load = min(1.0, max(0.0, 0.95 * self.load + 0.05 * self.rng.betavariate(2, 2)))
+            watts = self.board.draw(self.rng, self.budget_w, self.load)
             self.last_draw_w = watts
             samples.append(TelemetrySample(
                 seq=self.telemetry_seq, ts=now - interval_s * (count - 1 - i) / count,

@@ -97,6 +97,7 @@ class Worker:
         self._selector = selectors.DefaultSelector()
         for setup in spec.devices:
             device = SimDevice(setup.device_id, setup.board, keys, random.Random(self.rng.random()),
+                               load=self.rng.uniform(0.3, 0.8),
                                fails_health=setup.fails_health, goes_offline=setup.goes_offline,
                                active_bundle=setup.bundle, labels=dict(setup.labels))
             self.sims.append(_Sim(device, self._client(device)))

@@ -35,6 +35,8 @@ from agent.protocol import Event, Reported, Status, TelemetryBatch
 
 log = logging.getLogger(__name__)
 
+DEMAND_ALPHA = 0.2
+
 
 class StoreError(FleetgenError):
     """The database cannot be opened or written."""
@@ -60,6 +62,9 @@ class DeviceRow(Base):
     desired_version: Mapped[int] = mapped_column(Integer, default=0)
     reported: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     last_sample: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Recent power demand: an exponential moving average of the samples' power_w, what the
+    # power allocator shares a budget by (one noisy sample would make allocations churn).
+    demand_w: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class TelemetryRow(Base):
@@ -212,6 +217,10 @@ class Store:
                         samples.append({"device_id": item.device_id, "seq": s.seq, "ts": s.ts,
                                         "sample": msgspec.to_builtins(s)})
                     row.last_sample = msgspec.to_builtins(msg.samples[-1])
+                    for s in msg.samples:
+                        if s.power_w is not None:
+                            row.demand_w = s.power_w if row.demand_w is None else (
+                                DEMAND_ALPHA * s.power_w + (1 - DEMAND_ALPHA) * row.demand_w)
                 elif isinstance(msg, Event):
                     events.append({"device_id": item.device_id, "seq": msg.seq, "ts": msg.ts,
                                    "received": item.received,

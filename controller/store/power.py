@@ -47,10 +47,9 @@ class PowerRepository:
                 for r in s.scalars(select(DeviceRow).where(DeviceRow.id.in_(chunk)).order_by(DeviceRow.id)):
                     if online_only and not r.online:
                         continue
-                    demand = (r.last_sample or {}).get("power_w")
                     p = settings.get(r.id)
                     out.append(PowerMember(
-                        r.id, r.board, float(demand) if isinstance(demand, int | float) else None,
+                        r.id, r.board, r.demand_w,
                         PowerSettings(r.id, p.priority, p.floor_w, p.cap_w) if p else PowerSettings(r.id),
                         allocs.get(r.id)))
         return out

@@ -97,8 +97,9 @@ class FleetWorld:
                            str(self.repo), "--bundle", "tiny-1.0.0", "--processes", "2", *extra])
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal the process and everything it started (the simulator's workers)."""
         proc = self.procs.pop(name)
-        proc.send_signal(sig)
+        os.killpg(proc.pid, sig)
         proc.wait(timeout=30)
 
     def log(self, name: str) -> str:

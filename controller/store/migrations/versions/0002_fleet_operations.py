@@ -17,6 +17,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("devices") as t:
+        t.add_column(sa.Column("demand_w", sa.Float, nullable=True))
     with op.batch_alter_table("telemetry") as t:
         t.alter_column("seq", type_=sa.BigInteger, existing_type=sa.Integer, existing_nullable=False)
     with op.batch_alter_table("events") as t:
@@ -107,3 +109,5 @@ def downgrade() -> None:
     with op.batch_alter_table("events") as t:
         t.drop_index("ix_events_received")
         t.drop_column("received")
+    with op.batch_alter_table("devices") as t:
+        t.drop_column("demand_w")
