@@ -59,6 +59,8 @@ class Reported(Message, kw_only=True, frozen=True):
     desired_version: Annotated[int, Meta(ge=0)] = 0
     power: PowerReport | None = None
     health: Literal["ok", "degraded", "failed", "unknown"] = "unknown"
+    # Operator-set labels (site, rack, ...) the controller's groups can select on.
+    labels: Details = {}
 
 
 class TelemetrySample(msgspec.Struct, kw_only=True, frozen=True):

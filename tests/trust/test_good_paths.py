@@ -111,7 +111,7 @@ def test_resign_schedule_ticks(tmp_path: Path) -> None:
     import time as _time
 
     from controller.tuf.repository import RepoConfig
-    from controller.tuf.schedule import ResignSchedule
+    from controller.services.resign import ResignSchedule
 
     repo = Repository.create(tmp_path / "short", config=RepoConfig(timestamp_expiry_s=2))
     schedule = ResignSchedule(repo.path, interval_s=0.05)

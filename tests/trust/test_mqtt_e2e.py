@@ -22,7 +22,7 @@ from agent.trust.fetch import DownloadPolicy
 from agent.trust.mqtt_fetcher import MqttFetcher
 from controller.brokers import Mosquitto
 from controller.director import publish_desired
-from controller.responder import RepositoryResponder
+from controller.services.responder import RepositoryResponder
 from tests.trust.conftest import DEVICE, World
 from tests.trust.fakes import Tap
 
