@@ -24,7 +24,6 @@ from controller.cli._storeargs import add_db_option, emit_json, open_store, tabl
 from controller.cli._trustargs import duration
 
 if TYPE_CHECKING:
-    from controller.store import Store
     from controller.store.views import RolloutView
 
 
@@ -55,25 +54,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     ls.set_defaults(func=run_ls)
 
 
-def _previous_target(store: Store, device: str, published: set[str]) -> str | None:
-    """What the device should return to: what the director last named, else what it runs."""
-    desired = store.repos.desired.get(device)
-    if desired is not None and desired.target is not None:
-        return desired.target
-    from controller.fleet.errors import FleetError
-
-    try:
-        running = store.repos.devices.detail(device).active_bundle
-    except FleetError:  # named by a group rule, never registered
-        return None
-    return f"{running}.fgb" if running and f"{running}.fgb" in published else None
-
-
 def run_start(args: argparse.Namespace) -> int:
     from agent.errors import UsageError
     from controller.cli.serve import load
-    from controller.fleet.rollout import RolloutPolicy, parse_ratio, parse_waves, plan_waves
-    from controller.tuf.repository import Repository, RepositoryError
+    from controller.fleet.rollout import RolloutPolicy, parse_ratio, parse_waves
+    from controller.services.rollouts import start_rollout
 
     try:
         timeout = float(duration(args.wave_timeout))
@@ -84,38 +69,17 @@ def run_start(args: argparse.Namespace) -> int:
     repo_dir = args.repo or config.repository
     if repo_dir is None:
         raise UsageError("rollout start: no image repository (give --repo or set `repository` in the config)")
-    try:
-        published = set(Repository(Path(repo_dir)).targets().targets)
-    except RepositoryError as e:
-        raise UsageError(f"--repo: {e}") from None
-    if args.bundle not in published:
-        raise UsageError(f"{args.bundle} is not a published target of {repo_dir} "
-                         "(see `fleetgen bundle publish`)")
     store = open_store(args)
     try:
-        group = store.repos.groups.get(args.group)
-        if not group.members:
-            raise UsageError(f"group {args.group} has no devices: nothing to roll out to")
-        busy = store.repos.rollouts.active_for(group.members)
-        if busy:
-            device, other = next(iter(busy.items()))
-            raise UsageError(f"{len(busy)} devices of {args.group} are in unfinished rollout {other} "
-                             f"(e.g. {device}); wait for it or abort it")
-        online = {d.id for d in store.devices() if d.online}
-        # Online devices first, so the first (canary) wave can answer.
-        ordered = sorted(group.members, key=lambda d: (d not in online, d))
-        plan = plan_waves(ordered, policy.waves)
-        previous = {d: _previous_target(store, d, published) for d in ordered}
-        rollout_id = store.repos.rollouts.create(args.bundle, args.group, policy, args.waves, plan, previous)
-        view = store.repos.rollouts.get(rollout_id)
+        view = start_rollout(store, Path(repo_dir), args.bundle, args.group, policy, args.waves)
     finally:
         store.close()
     if args.json:
         emit_json("rollout", _doc(view))
     else:
-        sizes = ", ".join(str(len(w)) for w in plan)
-        print(f"rollout {rollout_id} started: {args.bundle} to {args.group}, {len(ordered)} devices "
-              f"in {len(plan)} waves ({sizes})")
+        sizes = ", ".join(str(len(w)) for w in view.plan)
+        print(f"rollout {view.id} started: {args.bundle} to {args.group}, {len(view.devices)} devices "
+              f"in {len(view.plan)} waves ({sizes})")
     return 0
 
 

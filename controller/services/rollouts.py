@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.errors import FleetgenError
 from controller.fleet.rollout import (
@@ -20,6 +22,7 @@ from controller.fleet.rollout import (
     Complete,
     DeviceResult,
     Halt,
+    RolloutPolicy,
     RolloutStatus,
     StartWave,
     TimeOut,
@@ -28,6 +31,10 @@ from controller.fleet.rollout import (
 )
 from controller.services.director import DirectorPublisher
 from controller.store.rollouts import RolloutRepository, snapshot
+
+if TYPE_CHECKING:
+    from controller.store import Store
+    from controller.store.views import RolloutView
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +94,49 @@ class RolloutService:
         targets = {d: view.devices[d].previous_target for d in devices}
         self.publisher.direct_each(targets)
         self.rollouts.finish(rollout_id, status, reason, now, rolled_back=targets)
+
+
+def _previous_target(store: Store, device: str, published: set[str]) -> str | None:
+    """What the device should return to: what the director last named, else what it runs."""
+    from controller.fleet.errors import FleetError
+
+    desired = store.repos.desired.get(device)
+    if desired is not None and desired.target is not None:
+        return desired.target
+    try:
+        running = store.repos.devices.detail(device).active_bundle
+    except FleetError:  # named by a group rule, never registered
+        return None
+    return f"{running}.fgb" if running and f"{running}.fgb" in published else None
+
+
+def start_rollout(store: Store, repo_dir: Path, bundle: str, group_name: str, policy: RolloutPolicy,
+                  waves_spec: str) -> RolloutView:
+    """Check and record a rollout (the leader's service carries it out): `fleetgen rollout
+    start` and `POST /api/v1/rollouts` both come here. Raises UsageError (bad input: unpublished
+    bundle, empty or busy group) or FleetError (unknown group)."""
+    from agent.errors import UsageError
+    from controller.fleet.rollout import plan_waves
+    from controller.tuf.repository import Repository, RepositoryError
+
+    try:
+        published = set(Repository(repo_dir).targets().targets)
+    except RepositoryError as e:
+        raise UsageError(f"repository: {e}") from None
+    if bundle not in published:
+        raise UsageError(f"{bundle} is not a published target of {repo_dir} (see `fleetgen bundle publish`)")
+    group = store.repos.groups.get(group_name)
+    if not group.members:
+        raise UsageError(f"group {group_name} has no devices: nothing to roll out to")
+    busy = store.repos.rollouts.active_for(group.members)
+    if busy:
+        device, other = next(iter(busy.items()))
+        raise UsageError(f"{len(busy)} devices of {group_name} are in unfinished rollout {other} "
+                         f"(e.g. {device}); wait for it or abort it")
+    online = {d.id for d in store.devices() if d.online}
+    # Online devices first, so the first (canary) wave can answer.
+    ordered = sorted(group.members, key=lambda d: (d not in online, d))
+    plan = plan_waves(ordered, policy.waves)
+    previous = {d: _previous_target(store, d, published) for d in ordered}
+    rollout_id = store.repos.rollouts.create(bundle, group_name, policy, waves_spec, plan, previous)
+    return store.repos.rollouts.get(rollout_id)

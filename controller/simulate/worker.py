@@ -123,7 +123,7 @@ class Worker:
 
     # -- callbacks (this thread) --------------------------------------------------------
 
-    def _on_connect(self, sim: _Sim):  # noqa: ANN202
+    def _on_connect(self, sim: _Sim):
         def on_connect(client, userdata, flags, reason_code, properties) -> None:
             if reason_code.is_failure:
                 self.stats.connect_failures += 1
@@ -135,7 +135,7 @@ class Worker:
             self._publish(sim, Channel.REPORTED, encode(sim.device.reported(now)))
         return on_connect
 
-    def _on_message(self, sim: _Sim):  # noqa: ANN202
+    def _on_message(self, sim: _Sim):
         def on_message(client, userdata, message) -> None:
             self.stats.desired_received += 1
             for out in sim.device.on_desired(bytes(message.payload), time.time()):
@@ -146,7 +146,7 @@ class Worker:
                 client.disconnect(reasoncode=ReasonCode(paho.PacketTypes.DISCONNECT, identifier=4))
         return on_message
 
-    def _on_disconnect(self, sim: _Sim):  # noqa: ANN202
+    def _on_disconnect(self, sim: _Sim):
         def on_disconnect(client, userdata, flags, reason_code, properties) -> None:
             sim.connected = False
         return on_disconnect
@@ -253,7 +253,7 @@ class Worker:
             self._pump(0.05)
 
 
-def run_worker(spec: WorkerSpec, results) -> None:  # noqa: ANN001  (a multiprocessing queue)
+def run_worker(spec: WorkerSpec, results) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     worker = Worker(spec)
 

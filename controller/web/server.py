@@ -52,8 +52,6 @@ class HttpServer:
         import uvicorn
 
         self._sock = self._bind()
-        if self.ctx.desired is not None:
-            self.ctx.desired.start()
         self.port = self._sock.getsockname()[1]
         config = uvicorn.Config(create_app(self.ctx), log_level="warning", access_log=False,
                                 timeout_keep_alive=5, lifespan="off")
@@ -84,7 +82,5 @@ class HttpServer:
             server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout)
-        if self.ctx.desired is not None:
-            self.ctx.desired.stop()
         if self._sock is not None:
             self._sock.close()
