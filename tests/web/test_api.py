@@ -25,6 +25,7 @@ from tests.trust.models import make_model_dir
 from tests.web.client import RAN, documented_operations
 from tests.web.conftest import HOSTILE, NOW, Web, start_web, wait_until
 
+
 @pytest.fixture(autouse=True)
 def _ran(request: pytest.FixtureRequest) -> None:
     RAN.add((__name__, request.node.originalname))
