@@ -182,16 +182,22 @@ def test_server_keeps_serving_after_garbage(web: Web) -> None:
 def test_a_database_failure_is_503_and_the_server_keeps_serving(web: Web) -> None:
     from sqlalchemy import text
 
+    tables = ("devices", "groups", "rollouts")
     with web.store.engine.begin() as c:
-        c.execute(text("alter table devices rename to devices_away"))
+        for table in tables:
+            c.execute(text(f"alter table {table} rename to {table}_away"))
     for path in ("/api/v1/devices", "/api/v1/devices/sim-00001", "/api/v1/devices/sim-00001/telemetry",
-                 "/api/v1/devices/sim-00001/events", "/metrics"):
+                 "/api/v1/devices/sim-00001/events", "/metrics", "/api/v1/groups", "/api/v1/groups/lab",
+                 "/api/v1/groups/lab/power", "/api/v1/rollouts", "/api/v1/rollouts/1"):
         answer = web.api.get(path)
         assert answer.status == 503 and answer.json()["error"] == "database unavailable", path
-    answer = web.api.request("PUT", "/api/v1/devices/sim-00001/desired", {"power_budget_w": 1}, token=web.token)
-    assert answer.status == 503
+    for method, path, body in (("PUT", "/api/v1/devices/sim-00001/desired", {"power_budget_w": 1}),
+                               ("PUT", "/api/v1/groups/lab/budget", {"budget_w": 1}),
+                               ("POST", "/api/v1/rollouts/1/pause", None)):
+        assert web.api.request(method, path, body, token=web.token).status == 503, path
     with web.store.engine.begin() as c:
-        c.execute(text("alter table devices_away rename to devices"))
+        for table in tables:
+            c.execute(text(f"alter table {table}_away rename to {table}"))
     assert web.api.get("/api/v1/devices/sim-00001").status == 200
 
 

@@ -44,6 +44,7 @@ def test_groups(fleet: fleetops.WebWorld) -> None:
     assert missing.status == 404 and "nope" in missing.json()["error"]
     assert api.get("/api/v1/groups/Bad%20Name").json()["error"].startswith("path.name:")
     assert api.get("/api/v1/groups/nope/power").status == 404
+    assert api.get("/api/v1/groups/-x/power").json()["error"].startswith("path.name:")
 
 
 def test_a_group_budget_is_shared_and_shown(fleet: fleetops.WebWorld) -> None:
@@ -73,6 +74,9 @@ def test_rollout_start_watch_and_refusals(fleet: fleetops.WebWorld) -> None:
     api = fleet.api
     body = {"bundle": "tiny-2.0.0.fgb", "group": "lab", "waves": "1,50%,100%", "wave_timeout_s": 60}
     assert api.request("POST", "/api/v1/rollouts", body).status == 401
+    assert api.request("POST", "/api/v1/rollouts", raw=b"{bundle", token=fleet.token).status == 400
+    big = b'{"bundle": "' + b"x" * 70_000 + b'"}'
+    assert api.request("POST", "/api/v1/rollouts", raw=big, token=fleet.token).status == 413
     for bad, field in (({**body, "waves": "1,50%"}, "body:"), ({**body, "max_failures": "lots"}, "body:"),
                        ({**body, "wave_timeout_s": 0}, "body.wave_timeout_s:"),
                        ({**body, "group": "A B"}, "body.group:"),
@@ -100,6 +104,7 @@ def test_rollout_start_watch_and_refusals(fleet: fleetops.WebWorld) -> None:
     late = api.request("POST", f"/api/v1/rollouts/{rollout['id']}/pause", token=fleet.token)
     assert late.status == 409 and "completed" in late.json()["error"]
     assert api.request("POST", "/api/v1/rollouts/999/pause", token=fleet.token).status == 404
+    assert api.request("POST", f"/api/v1/rollouts/{rollout['id']}/pause").status == 401
     assert api.get("/api/v1/rollouts/999").status == 404
     assert api.get("/api/v1/rollouts/0").json()["error"].startswith("path.rollout_id:")
     assert api.request("POST", f"/api/v1/rollouts/{rollout['id']}/explode", token=fleet.token).status == 422
