@@ -48,6 +48,9 @@ def load(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from agent.cli import require_extra
+
+    require_extra("serve", "controller", "sqlalchemy")
     from controller.services.ingest import Ingestor
     from controller.services.leader import Leadership
     from controller.services.supervisor import Job, Supervisor
@@ -122,6 +125,9 @@ def _open_store(config: ControllerConfig) -> Store:
 
 def _http_service(config: ControllerConfig, store: Store, ingestor: Ingestor,
                   publisher: DirectorPublisher | None) -> Service:
+    from agent.cli import require_extra
+
+    require_extra("serve --http", "controller", "fastapi", "uvicorn", "prometheus_client")
     from controller.web.context import WebContext
     from controller.web.server import HttpServer
 

@@ -31,7 +31,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def _tokens(args: argparse.Namespace):  # -> Tokens (imported lazily)
+    from agent.cli import require_extra
     from controller.cli.serve import load
+
+    require_extra(f"token {args.token_command}", "controller", "sqlalchemy")
     from controller.store import Store
     from controller.web.tokens import Tokens
 

@@ -53,8 +53,9 @@ class HttpServer:
 
         self._sock = self._bind()
         self.port = self._sock.getsockname()[1]
+        # A dashboard left open keeps connections alive; stopping waits for them at most 5 s.
         config = uvicorn.Config(create_app(self.ctx), log_level="warning", access_log=False,
-                                timeout_keep_alive=5, lifespan="off")
+                                timeout_keep_alive=5, timeout_graceful_shutdown=5, lifespan="off")
         server = uvicorn.Server(config)
         self._server = server
         ready = threading.Event()
