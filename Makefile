@@ -7,8 +7,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 PYTEST_ARGS ?=
+DIST   ?= dist
 
-.PHONY: all demo test lint bench models system-deps venv clean
+.PHONY: all demo test lint bench models system-deps venv dist clean
 
 all: test
 
@@ -33,7 +34,15 @@ test: $(STAMP) system-deps
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy agent controller firmware
+	$(BIN)/mypy agent controller firmware models/quantize.py
+
+# The wheel and the sdist, shipped models and board profiles inside, in $(DIST)/. The wheel
+# is built from the sdist (python -m build's default), so what the sdist lacks shows here.
+dist: $(STAMP)
+	@mkdir -p $(DIST) && rm -f $(DIST)/fleetgen-*.whl $(DIST)/fleetgen-*.tar.gz
+	$(BIN)/python -m build --outdir $(DIST) . >$(DIST)/.build.log 2>&1 || { cat $(DIST)/.build.log; exit 1; }
+	@rm -f $(DIST)/.build.log
+	@ls -1 $(DIST)/fleetgen-*
 
 bench: $(STAMP)
 	@for b in tests/bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
@@ -44,4 +53,4 @@ models: $(STAMP)
 	$(BIN)/python -m models.build
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

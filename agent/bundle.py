@@ -28,6 +28,7 @@ from typing import BinaryIO
 
 import msgspec
 
+from agent.errors import UsageError
 from agent.manifest import (
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
@@ -426,6 +427,13 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
+def _open_member(path: Path) -> BinaryIO:
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise ManifestError(f"cannot read {path}: {e.strerror}") from None
+
+
 def build_bundle(
     model_dir: Path, out: Path, *, name: str | None = None, version: str | None = None
 ) -> VerifiedBundle:
@@ -454,14 +462,23 @@ def build_bundle(
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
             tf.addfile(_tarinfo(MANIFEST_NAME, len(data)), io.BytesIO(data))
             for entry in manifest.files:
-                with open(model_dir / entry.path, "rb") as member:
+                with _open_member(model_dir / entry.path) as member:
+                    # tarfile copies exactly `size` bytes: a file that grew would be packed
+                    # as its old prefix, which matches the manifest's hash. Refuse it here.
+                    length = os.fstat(member.fileno()).st_size
+                    if length != entry.length:
+                        raise LengthMismatchError(
+                            f"{entry.path} is {length} bytes, the manifest says {entry.length}"
+                        )
                     tf.addfile(_tarinfo(entry.path, entry.length), member)
         with open(tmp, "rb", buffering=0) as f:
             verified = verify_bundle(f, origin=str(model_dir))
             os.fsync(f.fileno())
         os.replace(tmp, out)
-    except (HashMismatchError, LengthMismatchError, OSError) as e:
+    except (HashMismatchError, LengthMismatchError) as e:
         raise ManifestError(f"{model_dir}: files do not match the manifest ({e})") from None
+    except OSError as e:  # members are opened by _open_member: what is left is the output's
+        raise UsageError(f"cannot write bundle {out}: {e.strerror or e}") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -68,7 +68,8 @@ def load_config(
     """Load and check the agent config; ConfigError (exit 2) names the key on failure."""
     try:
         config = load_settings(
-            AgentConfig, path, default_path=DEFAULT_CONFIG, env=env, overrides=overrides
+            AgentConfig, path, default_path=DEFAULT_CONFIG, env=env, overrides=overrides,
+            check=lambda c: c.mqtt.check(),
         )
     except ConfigError as e:
         if "device_id" in str(e) and "missing required field" in str(e).lower():
@@ -76,7 +77,6 @@ def load_config(
                 "device_id: required; set it in agent.toml or FLEETGEN_DEVICE_ID"
             ) from None
         raise
-    config.mqtt.check()
     return config
 
 

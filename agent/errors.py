@@ -10,8 +10,9 @@ from __future__ import annotations
 class FleetgenError(Exception):
     """Base of every error fleetgen raises on purpose.
 
-    `exit_code` is what a CLI exits with when this error ends a command:
-    2 for bad input (usage, config, a file the user gave us), 1 for operational failures.
+    `exit_code` is what a CLI exits with when this error ends a command: 2 for unusable
+    input (usage, config, a missing file, a model folder that does not load), 1 for
+    refusals (a bundle or metadata that fails verification) and operational failures.
     """
 
     exit_code: int = 1

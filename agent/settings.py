@@ -2,16 +2,19 @@
 
 One loader serves the agent and the controller: a msgspec Struct declares the keys,
 their types and bounds; unknown keys are refused (a typo should not silently fall back
-to a default). Precedence: defaults < file < `{PREFIX}_*` environment < explicit overrides.
-Environment names are the key path in upper case joined by `_`: `mqtt.url` is
-`FLEETGEN_MQTT_URL`.
+to a default) and all of them are named at once. Precedence: defaults < file <
+`{PREFIX}_*` environment < explicit overrides. Environment names are the key path in upper
+case joined by `_`: `mqtt.url` is `FLEETGEN_MQTT_URL`.
+
+Types are strict for the file (TOML has types: `keepalive = "30"` is refused, not read as
+30) and lenient only for the environment, whose values are always strings.
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,26 +39,49 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: {e.strerror}") from None
 
 
-def _struct_fields(cls: type) -> dict[str, type | None]:
-    """Field name -> nested Struct type (or None for a leaf)."""
-    out: dict[str, type | None] = {}
+def _struct_fields(cls: type) -> dict[str, tuple[Any, type | None]]:
+    """Field name -> (its type, the nested Struct type or None for a leaf)."""
+    out: dict[str, tuple[Any, type | None]] = {}
     for f in msgspec.structs.fields(cls):
         t = f.type
-        out[f.encode_name] = t if isinstance(t, type) and issubclass(t, msgspec.Struct) else None
+        nested = t if isinstance(t, type) and issubclass(t, msgspec.Struct) else None
+        out[f.encode_name] = (t, nested)
     return out
 
 
-def _env_layer(cls: type, env: Mapping[str, str], prefix: str) -> dict[str, Any]:
+def _env_layer(cls: type, env: Mapping[str, str], prefix: str, path: str = "") -> dict[str, Any]:
+    """The environment's values, each converted from its string to the key's type here (so
+    that the merged document can be checked strictly)."""
     layer: dict[str, Any] = {}
-    for name, nested in _struct_fields(cls).items():
+    for name, (typ, nested) in _struct_fields(cls).items():
         key = f"{prefix}_{name.upper()}"
+        where = f"{path}{name}"
         if nested is not None:
-            sub = _env_layer(nested, env, key)
+            sub = _env_layer(nested, env, key, f"{where}.")
             if sub:
                 layer[name] = sub
         elif key in env:
-            layer[name] = env[key]
+            try:
+                layer[name] = msgspec.convert(env[key], typ, strict=False)
+            except msgspec.ValidationError as e:
+                raise ConfigError(f"{key} environment: {where}: {_message(e)}") from None
     return layer
+
+
+def _unknown_keys(cls: type, data: Mapping[str, Any], path: str = "") -> list[str]:
+    """Every key of `data` (nested tables too) that `cls` does not declare."""
+    fields = _struct_fields(cls)
+    unknown: list[str] = []
+    for key, value in data.items():
+        if key not in fields:
+            unknown.append(f"{path}{key}")
+        elif (nested := fields[key][1]) is not None and isinstance(value, Mapping):
+            unknown += _unknown_keys(nested, value, f"{path}{key}.")
+    return unknown
+
+
+def _message(e: msgspec.ValidationError) -> str:
+    return str(e).rpartition(" - at `$")[0] or str(e)
 
 
 def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
@@ -68,9 +94,12 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _convert(cls: type[S], data: dict[str, Any], *, strict: bool, origin: str) -> S:
+def _convert(cls: type[S], data: dict[str, Any], *, origin: str) -> S:
+    unknown = _unknown_keys(cls, data)
+    if unknown:
+        raise ConfigError(f"{origin}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
     try:
-        return msgspec.convert(data, cls, strict=strict)
+        return msgspec.convert(data, cls, strict=True)
     except msgspec.ValidationError as e:
         # msgspec says "... - at `$.mqtt.keepalive`"; turn that into the key name.
         text = str(e)
@@ -88,8 +117,12 @@ def load_settings(
     env: Mapping[str, str] | None = None,
     env_prefix: str = "FLEETGEN",
     overrides: Mapping[str, Any] | None = None,
+    check: Callable[[S], object] | None = None,
 ) -> S:
-    """Load `cls` from `path` (must exist) or `default_path` (used if it exists)."""
+    """Load `cls` from `path` (must exist) or `default_path` (used if it exists).
+
+    `check` runs the cross-field checks of the caller; its ConfigError, like every other,
+    is prefixed with where the values came from (the file, the environment, the flags)."""
     env = os.environ if env is None else env
     data: dict[str, Any] = {}
     origin = "defaults"
@@ -101,7 +134,14 @@ def load_settings(
     if env_data:
         data = _merge(data, env_data)
         origin = f"{origin} + {env_prefix}_* environment"
-    if overrides:
-        data = _merge(data, {k: v for k, v in overrides.items() if v is not None})
-    # Lenient conversion so environment strings ("30") become ints; types still checked.
-    return _convert(cls, data, strict=False, origin=origin)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if given:
+        data = _merge(data, given)
+        origin = f"{origin} + command line"
+    settings = _convert(cls, data, origin=origin)
+    if check is not None:
+        try:
+            check(settings)
+        except ConfigError as e:
+            raise ConfigError(f"{origin}: {e}") from None
+    return settings

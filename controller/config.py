@@ -43,6 +43,5 @@ class ControllerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown
 
 
 def load_config(path: Path | None = None, *, env: dict[str, str] | None = None, **overrides: Any) -> ControllerConfig:
-    config = load_settings(ControllerConfig, path, default_path=DEFAULT_CONFIG, env=env, overrides=overrides)
-    config.mqtt.check()
-    return config
+    return load_settings(ControllerConfig, path, default_path=DEFAULT_CONFIG, env=env, overrides=overrides,
+                         check=lambda c: c.mqtt.check())

@@ -4,13 +4,18 @@ Each subcommand lives in its own module exposing `register(subparsers)`; the mod
 sets `func(args) -> int` as the parser default. Modules import heavy libraries inside
 their `func`, never at module level, so `fleetgen-agent --help` stays instant.
 
-Exit codes: 0 ok, 1 operational error, 2 usage or bad input (config, files, arguments).
+Exit codes, one meaning each in every command of both CLIs (docs/trust.md, docs/runtime.md):
+0 ok; 1 refused or failed: a bundle or metadata failed verification (a tampered bundle exits 1
+from `bundle inspect`, `generate --bundle` and `install-bundle` alike), a broker or database
+failed, an extra is missing; 2 unusable input: arguments, config, a file that is not there,
+a model folder that does not load or does not match its manifest.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
@@ -30,14 +35,50 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+# Import name -> the extra of pyproject.toml that installs it. A partial install (a device
+# without the controller extra) that reaches one of these gets one line naming the extra.
+EXTRAS = {
+    "sqlalchemy": "controller",
+    "psycopg": "controller",
+    "amqtt": "controller",
+    "onnx": "release",
+    "onnx_ir": "release",
+    "tflite_runtime": "tflite",
+    "ai_edge_litert": "tflite",
+}
+
+
+class MissingExtraError(FleetgenError):
+    """A command needs an optional part of fleetgen (an extra) that is not installed."""
+
+    def __init__(self, what: str, extra: str, module: str) -> None:
+        super().__init__(
+            f"{what} needs the {extra!r} extra, which is not installed (no module {module!r}): "
+            f"pip install 'fleetgen[{extra}]' from the wheel or clone you installed (README: Install)"
+        )
+        self.extra = extra
+
+
+def require_extra(what: str, extra: str, *modules: str) -> None:
+    """Refuse, before any work is done, a command whose extra is missing."""
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            raise MissingExtraError(what, extra, module)
+
+
 def common_parser(config_default: str) -> argparse.ArgumentParser:
-    """Options every subcommand takes (so several agents can run side by side)."""
+    """Options every subcommand takes (so several agents can run side by side).
+
+    A fresh parser per subcommand: argparse shares the parent's action objects with every
+    child, so one subcommand's `set_defaults(log_level=...)` would otherwise change the
+    default of all of them (it did: `run` ran at generate's WARNING)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="FILE", help=f"config file (default {config_default})")
     common.add_argument("--state-dir", metavar="DIR", help="state directory (over the config)")
     common.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log verbosity (default INFO; WARNING for one-shot commands such as generate)",
+        help="log verbosity (default INFO for the daemons, run and serve; WARNING for one-shot "
+             "commands such as generate, whose output is the answer)",
     )
     return common
 
@@ -48,9 +89,8 @@ def dispatcher(prog: str, description: str, package: str, commands: Sequence[str
     parser = Parser(prog=prog, description=description)
     parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    common = common_parser(config_default)
     for name in commands:
-        importlib.import_module(f"{package}.{name}").register(sub, common)
+        importlib.import_module(f"{package}.{name}").register(sub, common_parser(config_default))
     return parser
 
 
@@ -73,6 +113,13 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     except FleetgenError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except ModuleNotFoundError as e:
+        extra = EXTRAS.get((e.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        missing = MissingExtraError(str(args.command), extra, e.name or "")
+        print(f"{parser.prog}: error: {missing}", file=sys.stderr)
+        return missing.exit_code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -19,15 +19,17 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from agent.errors import FleetgenError, UsageError
+from agent.errors import UsageError
 
 log = logging.getLogger(__name__)
+_native_log = logging.getLogger("agent.runtime.native")  # what native libraries print
 
 SCHEMA = 1
 
@@ -118,22 +120,48 @@ def model_folder(args: argparse.Namespace, state_dir: Path) -> Iterator[Path]:
         yield args.model
     elif args.bundle is not None:
         from agent.bundle import verify_bundle_file
-        from agent.runtime.errors import ModelLoadError
 
         if not args.bundle.is_file():
             raise UsageError(f"bundle {args.bundle} does not exist")
         with tempfile.TemporaryDirectory(prefix="fleetgen-bundle-") as tmp:
             dest = Path(tmp) / "model"
             dest.mkdir()
-            try:
-                verify_bundle_file(args.bundle, dest=dest)  # writes manifest.json there too
-            except FleetgenError as e:
-                # a bundle the user handed us that fails verification is bad input (exit 2)
-                raise ModelLoadError(str(e)) from None
+            # A bundle that fails verification is refused with the TrustError's exit code (1),
+            # as `fleetgen bundle inspect` and `install-bundle` refuse it.
+            verify_bundle_file(args.bundle, dest=dest)  # writes manifest.json there too
             yield dest
     else:
         kind = "image" if args.image else "text"
         yield installed_model(state_dir, f"{kind}-generation") or shipped_model(kind)
+
+
+# How native libraries tag their stderr lines (TFLite: "INFO: Created TensorFlow Lite XNNPACK
+# delegate for CPU." on every load), mapped to our levels.
+_NATIVE_LEVELS = {"INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
+
+
+@contextlib.contextmanager
+def native_stderr_to_log() -> Iterator[None]:
+    """Route what native code writes to fd 2 while a model loads through logging, so that
+    TFLite's INFO line shows only at the user's INFO level. Lines without a level tag are
+    written back unchanged (nothing is hidden that might matter)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines():
+                tag, sep, rest = line.partition(": ")
+                if sep and tag in _NATIVE_LEVELS:
+                    _native_log.log(_NATIVE_LEVELS[tag], "%s", rest)
+                elif line:
+                    print(line, file=sys.stderr)
 
 
 def board_preferences(profile: str | None, root: str = "/") -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -169,7 +197,8 @@ def run(args: argparse.Namespace) -> int:
         providers = tuple(p for p in args.providers.split(",") if p.strip())
     options = EngineOptions(threads=args.threads, providers=providers, tflite_delegates=delegates)
     with model_folder(args, state_dir) as folder:
-        generator = load_model(folder, options)
+        with native_stderr_to_log():
+            generator = load_model(folder, options)
         try:
             if args.image:
                 if not isinstance(generator, ImageGenerator):

@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
         device_id=args.device_id,
         mqtt={"url": args.broker} if args.broker else None,
     )
+    log.info("state in %s (state_dir, or --state-dir)", config.state_path)
     board = open_board(config.board)
     state = DeviceState(board=board.id, accelerators=board.accelerators, providers=board.providers)
     agent = Agent(config, state=state, sampler=Sampler(power=board.meter.read))

@@ -193,7 +193,10 @@ class MqttLink:
         was_connected = self._connected.is_set()
         self._connected.clear()
         if was_connected:
-            log.warning("disconnected from %s: %s", self.broker, reason_code)
+            if self._stop.is_set():  # the disconnect stop() asked for: nothing is wrong
+                log.debug("disconnected from %s: %s", self.broker, reason_code)
+            else:
+                log.warning("disconnected from %s: %s", self.broker, reason_code)
             self._put(LinkDown(reason=str(reason_code)))
 
     def _on_message(self, client, userdata, message) -> None:
@@ -262,13 +265,14 @@ class MqttLink:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Disconnect cleanly (the broker discards the Last Will) and stop the thread."""
+        # Set first, so that the disconnect below reads as asked for, not as a lost link.
+        self._stop.set()
         if self._connected.is_set():
             try:
                 self._client.disconnect()
                 self._client.loop(timeout=0.2)
             except OSError:
                 pass
-        self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
         self._connected.clear()

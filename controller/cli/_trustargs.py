@@ -33,7 +33,8 @@ def add_repo_options(p: argparse.ArgumentParser, *, keys: bool = True) -> None:
         )
         p.add_argument(
             "--passphrase-file", metavar="F",
-            help="passphrase of the offline keys (else $FLEETGEN_PASSPHRASE, else a prompt)",
+            help="a file you create whose first line is the offline keys' passphrase "
+                 "(else $FLEETGEN_PASSPHRASE, else a prompt)",
         )
 
 

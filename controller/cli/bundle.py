@@ -20,6 +20,7 @@ from controller.cli._trustargs import add_repo_options, existing_file, open_repo
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("bundle", parents=[common], help="model bundles: build, inspect, publish, export")
+    p.set_defaults(log_level="WARNING")  # one-shot: its output is the answer; INFO lines are noise
     verbs = p.add_subparsers(dest="bundle_command", metavar="VERB", required=True)
 
     build = verbs.add_parser("build", help="pack a model folder into NAME-VERSION.fgb")
@@ -58,9 +59,22 @@ def run_build(args: argparse.Namespace) -> int:
         manifest = load_manifest(model_dir)
         changes = {k: v for k, v in (("name", args.name), ("version", args.version)) if v}
         out = Path(default_bundle_name(msgspec.structs.replace(manifest, **changes)))
+    _check_output(out, given=args.output)
     verified = build_bundle(model_dir, out, name=args.name, version=args.version)
     print(f"{out}  {verified.length} bytes  sha256 {verified.sha256}")
     return 0
+
+
+def _check_output(out: Path, given: str | None) -> None:
+    """Refuse an output path that cannot be the bundle file, saying why (before packing)."""
+    if out.is_dir() or not out.name or out.name in (".", ".."):
+        raise UsageError(f"-o {given or out}: is a directory; give the bundle file, e.g. "
+                         f"{Path(given or '.') / 'NAME-VERSION.fgb'}")
+    parent = out.parent
+    if parent.exists() and not parent.is_dir():
+        raise UsageError(f"-o {given or out}: {parent} is not a directory")
+    if not parent.is_dir():
+        raise UsageError(f"-o {given or out}: directory {parent} does not exist")
 
 
 def run_inspect(args: argparse.Namespace) -> int:

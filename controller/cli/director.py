@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING
 from controller.cli._trustargs import add_repo_options, duration, open_repo
 
 if TYPE_CHECKING:
+    from agent.mqtt.url import BrokerUrl
     from agent.protocol.messages import SignedEnvelope
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("director", parents=[common], help="sign devices' desired state")
+    p.set_defaults(log_level="WARNING")  # one-shot: its output is the answer; INFO lines are noise
     verbs = p.add_subparsers(dest="director_command", metavar="VERB", required=True)
     s = verbs.add_parser("set", help="sign (and publish) the desired state of one device")
     s.add_argument("device", metavar="DEVICE")
@@ -49,6 +51,8 @@ def run_set(args: argparse.Namespace) -> int:
         validate_device_id(args.device)
     except ProtocolError as e:
         raise UsageError(str(e)) from None
+    # Every check on the arguments comes before signing: a signature uses up a version.
+    broker = _broker(args.broker) if args.broker else None
     director = Director(open_repo(args))
     envelope = director.desired(
         args.device,
@@ -58,24 +62,32 @@ def run_set(args: argparse.Namespace) -> int:
     )
     if args.output:
         write_envelope(Path(args.output), envelope)
-    if args.broker:
-        _publish(args.broker, args.device, envelope)
+    if broker is not None:
+        _publish(broker, args.device, envelope)
     if not args.output and not args.broker:
         sys.stdout.write(encode(envelope).decode() + "\n")
     print(f"{args.device}: desired state signed ({args.target or 'no target'})", file=sys.stderr)
     return 0
 
 
-def _publish(url: str, device: str, envelope: SignedEnvelope) -> None:
-    from agent.errors import UsageError
-    from agent.mqtt.link import MqttLink
-    from agent.mqtt.settings import MqttSettings
+def _broker(url: str) -> BrokerUrl:
+    from agent.errors import ConfigError, UsageError
     from agent.mqtt.url import BrokerUrl
-    from controller.director import publish_desired
 
-    broker = BrokerUrl.parse(url, "--broker")
+    try:
+        broker = BrokerUrl.parse(url, "--broker")
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
     if broker.tls:
         raise UsageError("--broker: mqtts needs the controller's TLS settings; use `fleetgen serve`")
+    return broker
+
+
+def _publish(broker: BrokerUrl, device: str, envelope: SignedEnvelope) -> None:
+    from agent.mqtt.link import MqttLink
+    from agent.mqtt.settings import MqttSettings
+    from controller.director import publish_desired
+
     transport = MqttLink.open(MqttSettings(url=str(broker), protocol="3.1.1"))
     try:
         publish_desired(transport, device, envelope)

@@ -6,8 +6,10 @@ import argparse
 import json
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from controller.store import DeviceView
+if TYPE_CHECKING:  # the store needs the controller extra; `fleetgen --help` must not
+    from controller.store import DeviceView
 
 SCHEMA = 1
 
@@ -18,7 +20,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     ls = verbs.add_parser("ls", parents=[common], help="list devices")
     ls.add_argument("--db", metavar="URL", help="SQLAlchemy database URL (over the config)")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
-    ls.set_defaults(func=run_ls)
+    ls.set_defaults(func=run_ls, log_level="WARNING")  # one-shot: its output is the answer; INFO lines are noise
 
 
 def _ago(ts: float, now: float) -> str:
@@ -58,11 +60,14 @@ def to_json(devices: list[DeviceView]) -> str:
 
 
 def run_ls(args: argparse.Namespace) -> int:
+    from agent.cli import require_extra
+
+    require_extra("fleet ls", "controller", "sqlalchemy")
     from controller.cli.serve import load
-    from controller.store import Store
+    from controller.store import open_existing
 
     config = load(args)
-    store = Store(config.db_url)
+    store = open_existing(config.db_url)  # a read-only command creates nothing
     try:
         devices = store.devices()
     finally:

@@ -19,6 +19,7 @@ from controller.cli._trustargs import add_repo_options, duration, open_repo
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("keys", parents=[common], help="image repository keys (TUF)")
+    p.set_defaults(log_level="WARNING")  # one-shot: its output is the answer; INFO lines are noise
     verbs = p.add_subparsers(dest="keys_command", metavar="VERB", required=True)
 
     init = verbs.add_parser("init", help="create the repository, its metadata and keys")

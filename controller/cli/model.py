@@ -28,6 +28,7 @@ OVERHEAD_MB = 150  # interpreter, runtime and arenas above weights + KV cache
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("model", parents=[common], help="import and quantize models")
+    p.set_defaults(log_level="WARNING")  # one-shot: its output is the answer; INFO lines are noise
     verbs = p.add_subparsers(dest="model_command", metavar="VERB", required=True)
     imp = verbs.add_parser(
         "import", parents=[common], help="turn an Optimum ONNX decoder export into a fleetgen model folder"
@@ -63,9 +64,13 @@ def _prepare_output(out: Path) -> None:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    from agent.cli import require_extra
+
+    # Quantization is release tooling (models/quantize.py), installed by the release extra.
+    require_extra("model import", "release", "onnx", "onnx_ir")
     from agent.runtime import EngineOptions, TextGenerator, load_model
     from agent.runtime.loader import is_optimum_folder
-    from controller.quantize import graph_quantization, model_files
+    from models.quantize import graph_quantization, model_files
 
     source: Path = args.source
     if not source.is_dir() or not is_optimum_folder(source):
@@ -80,15 +85,15 @@ def run_import(args: argparse.Namespace) -> int:
     _prepare_output(out)
     try:
         if args.quantize == "int8":
-            from controller.quantize import quantize_int8
+            from models.quantize import quantize_int8
 
             quantize_int8(source / MODEL_FILE, out / MODEL_FILE)
         elif args.quantize == "int4":
-            from controller.quantize import quantize_int4
+            from models.quantize import quantize_int4
 
             quantize_int4(source / MODEL_FILE, out / MODEL_FILE)
         else:
-            from controller.quantize import EXTERNAL_DATA_MIN_BYTES, externalize, has_external_data
+            from models.quantize import EXTERNAL_DATA_MIN_BYTES, externalize, has_external_data
 
             src_model = source / MODEL_FILE
             if has_external_data(src_model) or src_model.stat().st_size < EXTERNAL_DATA_MIN_BYTES:

@@ -35,6 +35,9 @@ def load(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from agent.cli import require_extra
+
+    require_extra("serve", "controller", "sqlalchemy")
     from controller.services.ingest import Ingestor
     from controller.services.leader import Leadership
     from controller.services.supervisor import Job, Service, Supervisor

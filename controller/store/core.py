@@ -24,10 +24,11 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
     select,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from agent.errors import ConfigError, FleetgenError
@@ -141,11 +142,38 @@ def normalise_url(url: str) -> str:
     return url
 
 
+class NoDatabaseError(StoreError):
+    """A read-only command found no controller database to read."""
+
+
+def open_existing(url: str) -> Store:
+    """Open a controller database that must already exist, creating nothing (for read-only
+    commands such as `fleetgen fleet ls`); NoDatabaseError says what is missing."""
+    url = normalise_url(url)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise NoDatabaseError(
+            f"no controller database at {url.removeprefix('sqlite:///')} "
+            "(`fleetgen serve` creates it; --db or database_url names another)"
+        )
+    store = Store(url, create=False)
+    try:
+        present = inspect(store.engine).has_table(DeviceRow.__tablename__)
+    except OperationalError as e:
+        store.close()
+        raise StoreError(f"cannot open database {store.engine.url!r}: {e.orig}") from None
+    if not present:
+        store.close()
+        raise NoDatabaseError(
+            f"database {store.engine.url!r} holds no controller tables (`fleetgen serve` creates them)"
+        )
+    return store
+
+
 class Store:
     def __init__(self, url: str, *, create: bool = True) -> None:
         url = normalise_url(url)
         try:
-            if url.startswith("sqlite:///"):
+            if create and url.startswith("sqlite:///"):
                 Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
             self.engine = create_engine(url, pool_pre_ping=True)
         except (ArgumentError, ValueError) as e:

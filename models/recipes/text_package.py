@@ -20,7 +20,7 @@ from agent.manifest import (
     file_entries,
     write_manifest,
 )
-from controller.quantize import quantize_int4, quantize_int8
+from models.quantize import quantize_int4, quantize_int8
 from models.recipes import ort_check
 from models.recipes.text_corpus import CORPUS_LICENSE, CORPUS_NAME, DEB_PACKAGE
 from models.recipes.text_export import export_onnx, generation_config, hf_config, write_json

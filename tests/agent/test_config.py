@@ -33,7 +33,7 @@ def test_file_env_and_flags_in_that_order(tmp_path: Path) -> None:
     [
         ('device_id = "d1"\n[mqtt]\nkeepalive = "x"\n', {}, "mqtt.keepalive: Expected `int`"),
         ('device_id = "d1"\n[mqtt]\nkeepalive = 1\n', {}, "mqtt.keepalive: Expected `int` >= 2"),
-        ('device_id = "d1"\n[mqtt]\nkeepalve = 3\n', {}, "unknown field `keepalve`"),
+        ('device_id = "d1"\n[mqtt]\nkeepalve = 3\n', {}, "unknown key mqtt.keepalve"),
         ('device_id = "Bad Id"\n', {}, "device_id: Expected `str` matching"),
         ("[mqtt]\n", {}, "device_id: required"),
         ('device_id = "d1"\n[mqtt]\nurl = "http://h"\n', {}, "mqtt.url: 'http://h': scheme"),

@@ -106,7 +106,7 @@ def test_bundle_is_verified_unpacked_and_run(
     bad = tmp_path / "bad.fgb"
     bad.write_bytes(bytes(data))
     code, _, err = run(capsys, "--bundle", str(bad), "abc")
-    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert code == 1 and len(err.strip().splitlines()) == 1  # refused, as `bundle inspect` refuses it
     assert "sha256" in err
 
 

@@ -219,7 +219,7 @@ def test_manifest_folder_generates(tiny_dir: Path, tmp_path: Path) -> None:
 
 
 def test_optimum_folder_with_external_data(tiny_dir: Path, tmp_path: Path) -> None:
-    from controller.quantize import externalize
+    from models.quantize import externalize
 
     d = tmp_path / "ext"
     d.mkdir()
@@ -227,7 +227,7 @@ def test_optimum_folder_with_external_data(tiny_dir: Path, tmp_path: Path) -> No
         if f.name != "model.onnx":
             shutil.copy2(f, d / f.name)
     externalize(tiny_dir / "model.onnx", d / "model.onnx", external=True)
-    assert (d / "model.onnx_data").is_file()
+    assert (d / "model.onnx.data").is_file()
     gen = load_model(d, ONE_THREAD)
     ref = load_model(tiny_dir, ONE_THREAD)
     assert isinstance(gen, TextGenerator) and isinstance(ref, TextGenerator)

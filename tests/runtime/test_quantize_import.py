@@ -13,7 +13,7 @@ from onnx import numpy_helper
 from agent.manifest import load_manifest, verify_files
 from agent.runtime import TextGenerator, load_model
 from controller.cli import main as controller_main
-from controller.quantize import (
+from models.quantize import (
     QuantizeError,
     externalize,
     model_files,

@@ -3,9 +3,11 @@ another exception, never a file outside the destination."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from agent.trust.errors import TrustError
 from tests.trust.models import make_model_dir
 
 _DIR = Path(tempfile.mkdtemp(prefix="fleetgen-fuzz-"))
+atexit.register(shutil.rmtree, _DIR, ignore_errors=True)  # made at collection: gone with the run
 _BUNDLE = _DIR / "tiny.fgb"
 build_bundle(make_model_dir(_DIR, size=1500), _BUNDLE)
 GOOD = _BUNDLE.read_bytes()

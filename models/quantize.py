@@ -1,12 +1,13 @@
 """Quantize ONNX decoders: int8 dynamic (weights int8, activations quantized at run time)
 and 4-bit weight-only (MatMulNBits, block 32, accuracy level 4 = int8 compute).
 
-    from controller.quantize import quantize_int8, quantize_int4
+    from models.quantize import quantize_int8, quantize_int4
     quantize_int8(Path("fp32/model.onnx"), Path("int8/model.onnx"))
 
 Models of `EXTERNAL_DATA_MIN_BYTES` or more (or any, with `external=True`) are written
 with their weights as ONNX external data next to the graph (`model.onnx` +
-`model.onnx_data`, or `model.onnx.data` from the int8 quantizer): ONNX Runtime maps external
+`model.onnx.data`, the name ONNX Runtime's int8 quantizer uses, so every path writes the
+same one; Optimum's exports call theirs `model.onnx_data`): ONNX Runtime maps external
 data into memory instead of parsing it out of the protobuf, which drops the peak RSS at load
 from ~1.5x to ~0.9x of the file size on GPT-2-small (ADR 0013) and lifts the 2 GiB protobuf
 limit. Smaller models stay one file. `model_files(dst)` lists what was written.
@@ -14,9 +15,11 @@ limit. Smaller models stay one file. `model_files(dst)` lists what was written.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +31,40 @@ log = logging.getLogger(__name__)
 INT4_BLOCK = 32
 INT4_ACCURACY_LEVEL = 4  # int8 activations in the MatMulNBits kernel: the fast path on CPU
 EXTERNAL_DATA_MIN_BYTES = 32 * 2**20
+# What fleetgen names a graph's external data: `model.onnx.data`, as quantize_dynamic does.
+EXTERNAL_DATA_SUFFIX = ".data"
 
 
 class QuantizeError(FleetgenError):
     """Quantization failed; the message names the model and the step."""
 
     exit_code = 2
+
+
+class _OrtDetailToDebug(logging.Filter):
+    """ONNX Runtime's quantizers log ~100 INFO lines per model (one per tensor they skip, on
+    the root logger and their own) and a WARNING advising pre-processing we deliberately
+    skip. They are detail: demoted to DEBUG, shown only when the user asks for DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR and "onnxruntime" in record.pathname:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
+@contextlib.contextmanager
+def _ort_detail_at_debug() -> Iterator[None]:
+    # On the root's handlers: records of every logger (the root's own included) pass there.
+    detail = _OrtDetailToDebug()
+    handlers = list(logging.getLogger().handlers)
+    for h in handlers:
+        h.addFilter(detail)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(detail)
 
 
 def _source_bytes(src: Path) -> int:
@@ -75,14 +106,15 @@ def quantize_int8(src: Path, dst: Path, external: bool | None = None) -> Path:
     src, dst = Path(src), Path(dst)
     _check_paths(src, dst)
     try:
-        quantize_dynamic(
-            src,
-            dst,
-            weight_type=QuantType.QInt8,
-            per_channel=False,
-            use_external_data_format=_external(src, external),
-            extra_options={"MatMulConstBOnly": True},
-        )
+        with _ort_detail_at_debug():
+            quantize_dynamic(
+                src,
+                dst,
+                weight_type=QuantType.QInt8,
+                per_channel=False,
+                use_external_data_format=_external(src, external),
+                extra_options={"MatMulConstBOnly": True},
+            )
     except Exception as e:  # onnxruntime.quantization raises plain Exceptions of many kinds
         raise QuantizeError(f"int8 quantization of {src} failed: {_line(e)}") from None
     _readable(dst)
@@ -110,7 +142,8 @@ def quantize_int4(src: Path, dst: Path, block_size: int = INT4_BLOCK, external: 
             is_symmetric=True,
             accuracy_level=INT4_ACCURACY_LEVEL,
         )
-        quantizer.process()
+        with _ort_detail_at_debug():
+            quantizer.process()
         out: Any = quantizer.model
         _save(out.model if hasattr(out, "model") else out, dst, _external(src, external))
     except QuantizeError:
@@ -122,7 +155,7 @@ def quantize_int4(src: Path, dst: Path, block_size: int = INT4_BLOCK, external: 
 
 
 def externalize(src: Path, dst: Path, external: bool | None = None) -> Path:
-    """Rewrite an ONNX model to `dst`, weights as external data (`<dst name>_data`) when it is
+    """Rewrite an ONNX model to `dst`, weights as external data (`<dst name>.data`) when it is
     large (or `external=True`)."""
     import onnx
 
@@ -171,7 +204,7 @@ def _save(model: Any, dst: Path, external: bool) -> None:
             model,
             str(tmp_path),
             save_as_external_data=external,
-            location=dst.name + "_data" if external else None,
+            location=dst.name + EXTERNAL_DATA_SUFFIX if external else None,
             size_threshold=1024,
         )
         for produced in Path(tmp).iterdir():
