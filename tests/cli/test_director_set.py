@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.brokers import Mosquitto
+from controller.demo.brokers import Mosquitto
 from controller.cli import main as fleetgen
 from tests.cli.support import cli
 from tests.trust.models import make_model_dir

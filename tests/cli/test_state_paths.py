@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main as agent_main
-from controller.brokers import Mosquitto
+from controller.demo.brokers import Mosquitto
 from controller.cli import main as fleetgen
 from tests.cli.support import REPO
 from tests.support.write_guard import snapshot
