@@ -21,8 +21,8 @@ from pathlib import Path
 
 from agent.errors import FleetgenError
 from agent.manifest import load_manifest
-from controller.demo.brokers import start_broker
 from controller.cli.fleet import format_table
+from controller.demo.brokers import start_broker
 from controller.demo.fleetproc import DeviceSpec, FleetProcesses
 
 _REPO = Path(__file__).resolve().parents[2]

@@ -7,6 +7,7 @@ run on this one thread; they only queue what the device answers.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -123,7 +124,7 @@ class Worker:
 
     # -- callbacks (this thread) --------------------------------------------------------
 
-    def _on_connect(self, sim: _Sim):  # noqa: ANN202
+    def _on_connect(self, sim: _Sim):
         def on_connect(client, userdata, flags, reason_code, properties) -> None:
             if reason_code.is_failure:
                 self.stats.connect_failures += 1
@@ -135,7 +136,7 @@ class Worker:
             self._publish(sim, Channel.REPORTED, encode(sim.device.reported(now)))
         return on_connect
 
-    def _on_message(self, sim: _Sim):  # noqa: ANN202
+    def _on_message(self, sim: _Sim):
         def on_message(client, userdata, message) -> None:
             self.stats.desired_received += 1
             for out in sim.device.on_desired(bytes(message.payload), time.time()):
@@ -146,7 +147,7 @@ class Worker:
                 client.disconnect(reasoncode=ReasonCode(paho.PacketTypes.DISCONNECT, identifier=4))
         return on_message
 
-    def _on_disconnect(self, sim: _Sim):  # noqa: ANN202
+    def _on_disconnect(self, sim: _Sim):
         def on_disconnect(client, userdata, flags, reason_code, properties) -> None:
             sim.connected = False
         return on_disconnect
@@ -174,10 +175,8 @@ class Worker:
         sock = sim.client.socket()
         if sock is not None:
             if sim.sock is not None:
-                try:
+                with contextlib.suppress(KeyError, ValueError):
                     self._selector.unregister(sim.sock)  # type: ignore[arg-type]
-                except (KeyError, ValueError):
-                    pass
             self._selector.register(sock, selectors.EVENT_READ, sim)
             sim.sock = sock
         sim.next_telemetry = time.monotonic() + self.rng.uniform(0, self.spec.telemetry_interval_s)
@@ -191,10 +190,8 @@ class Worker:
     def _drop_socket(self, sim: _Sim) -> None:
         sim.connected = False
         if sim.sock is not None:
-            try:
+            with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(sim.sock)  # type: ignore[arg-type]
-            except (KeyError, ValueError):
-                pass
 
     def stop(self, *_: object) -> None:
         self._stop = True
@@ -253,7 +250,7 @@ class Worker:
             self._pump(0.05)
 
 
-def run_worker(spec: WorkerSpec, results) -> None:  # noqa: ANN001  (a multiprocessing queue)
+def run_worker(spec: WorkerSpec, results) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     worker = Worker(spec)
 

@@ -35,9 +35,8 @@ def _config(connection: Connection):  # -> alembic.config.Config (imported lazil
 
 
 def head() -> str:
-    from alembic.script import ScriptDirectory
-
     from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
     cfg = Config()
     cfg.set_main_option("script_location", str(SCRIPTS))

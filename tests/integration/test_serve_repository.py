@@ -11,8 +11,8 @@ from agent.mqtt.link import MqttLink
 from agent.mqtt.settings import MqttSettings
 from agent.trust.fetch import REPOSITORY_URL
 from agent.trust.mqtt_fetcher import MqttFetcher
-from controller.demo.brokers import Mosquitto
 from controller.cli import main as fleetgen
+from controller.demo.brokers import Mosquitto
 from controller.demo.fleetproc import FleetProcesses
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from controller.store.core import Base
 from controller.store import tables  # noqa: F401  (registers the fleet tables on Base)
+from controller.store.core import Base
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=Base.metadata,
