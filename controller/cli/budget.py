@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     d.add_argument("device", metavar="ID")
     d.add_argument("--priority", type=float, default=None, help="weight in the sharing (default 1)")
     d.add_argument("--floor", type=_watts, default=None, metavar="W", help="never less than this")
-    d.add_argument("--cap", type=_watts, default=None, metavar="W", help="never more (and never above the board's peak)")
+    d.add_argument("--cap", type=_watts, default=None, metavar="W",
+                   help="never more (and never above the board's peak)")
     add_db_option(d, json_output=False)
     d.set_defaults(func=run_device)
     show = verbs.add_parser("show", parents=[common], help="allocation, measured draw, headroom")

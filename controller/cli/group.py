@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from controller.cli._storeargs import add_db_option, emit_json, open_store, table
+
+if TYPE_CHECKING:
+    from controller.store.views import GroupRule
 
 
 def _selectors(p: argparse.ArgumentParser) -> None:
@@ -45,13 +49,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     ls.set_defaults(func=run_ls)
 
 
-def rules_from(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
+def rules_from(args: argparse.Namespace) -> list[GroupRule]:
     from agent.errors import ProtocolError, UsageError
     from agent.protocol.topics import validate_device_id
     from controller.store.devices import check_tag
     from controller.store.views import GroupRule
 
-    rules = []
+    rules: list[GroupRule] = []
     for d in args.device:
         try:
             rules.append(GroupRule("device", validate_device_id(d)))

@@ -129,7 +129,8 @@ class Ingestor:
                       type(e).__name__, e)
             return False
         if result.unknown_device:
-            self._drop("unknown_device", "telemetry of unregistered devices", f"{result.unknown_device} batches", result.unknown_device)
+            self._drop("unknown_device", "telemetry of unregistered devices",
+                       f"{result.unknown_device} batches", result.unknown_device)
         self.ingested += len(batch)
         self.samples += sum(len(i.message.samples) for i in batch if isinstance(i.message, TelemetryBatch))
         return True

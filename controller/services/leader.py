@@ -11,6 +11,7 @@ SQLite: one replica only (one database file on one machine), which is always the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from sqlalchemy import text
@@ -62,10 +63,8 @@ class Leadership:
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
+            with contextlib.suppress(SQLAlchemyError):
                 conn.invalidate()
-            except SQLAlchemyError:
-                pass
 
     def release(self) -> None:
         if self._conn is not None:

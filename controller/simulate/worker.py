@@ -7,6 +7,7 @@ run on this one thread; they only queue what the device answers.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -174,10 +175,8 @@ class Worker:
         sock = sim.client.socket()
         if sock is not None:
             if sim.sock is not None:
-                try:
+                with contextlib.suppress(KeyError, ValueError):
                     self._selector.unregister(sim.sock)  # type: ignore[arg-type]
-                except (KeyError, ValueError):
-                    pass
             self._selector.register(sock, selectors.EVENT_READ, sim)
             sim.sock = sock
         sim.next_telemetry = time.monotonic() + self.rng.uniform(0, self.spec.telemetry_interval_s)
@@ -191,10 +190,8 @@ class Worker:
     def _drop_socket(self, sim: _Sim) -> None:
         sim.connected = False
         if sim.sock is not None:
-            try:
+            with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(sim.sock)  # type: ignore[arg-type]
-            except (KeyError, ValueError):
-                pass
 
     def stop(self, *_: object) -> None:
         self._stop = True

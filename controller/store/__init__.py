@@ -10,9 +10,12 @@ from controller.store.core import (
     ApplyResult,
     DeviceView,
     Ingested,
+    NoDatabaseError,
     Store,
     StoreError,
     normalise_url,
+    open_existing,
 )
 
-__all__ = ["ApplyResult", "DeviceView", "Ingested", "Store", "StoreError", "normalise_url"]
+__all__ = ["ApplyResult", "DeviceView", "Ingested", "NoDatabaseError", "Store", "StoreError", "normalise_url",
+           "open_existing"]

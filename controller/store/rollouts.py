@@ -6,6 +6,7 @@ restarted controller (or a new leader) continues from the last committed step.
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -82,7 +83,7 @@ class RolloutRepository:
         with Session(self.engine) as s:
             return [_view(r) for r in s.scalars(select(RolloutRow).order_by(RolloutRow.id))]
 
-    def active(self) -> list[int]:
+    def active(self) -> builtins.list[int]:
         with Session(self.engine) as s:
             return list(s.scalars(select(RolloutRow.id).where(RolloutRow.status.in_(ACTIVE)).order_by(RolloutRow.id)))
 

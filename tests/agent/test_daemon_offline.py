@@ -7,7 +7,7 @@ from pathlib import Path
 from agent.config import AgentConfig, TelemetrySettings
 from agent.daemon import Agent
 from agent.mqtt.settings import MqttSettings
-from controller.brokers import free_port
+from controller.demo.brokers import free_port
 
 
 def test_full_outgoing_queue_drops_instead_of_crashing(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.brokers import Mosquitto
+from controller.demo.brokers import Mosquitto
 from tests.controller.fleetworld import FleetWorld, make_repo, wait_until
 
 pytestmark = pytest.mark.timeout(180)

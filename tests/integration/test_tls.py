@@ -16,7 +16,7 @@ from agent.config import AgentConfig
 from agent.daemon import Agent
 from agent.mqtt.settings import MqttSettings
 from agent.protocol import Channel, device_topic
-from controller.brokers import Mosquitto
+from controller.demo.brokers import Mosquitto
 from controller.pki import CertificateAuthority, IssuedCert
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "systemd" / "mosquitto"
