@@ -12,7 +12,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.bundle import build_bundle
+from agent.update.bundle import build_bundle
 from agent.mqtt.link import MqttLink
 from agent.mqtt.settings import MqttSettings
 from agent.protocol import Channel, decode, device_topic
