@@ -18,7 +18,7 @@ from agent.mqtt.settings import MqttSettings
 from agent.protocol import Channel, decode, device_topic
 from agent.protocol.codec import decode_as
 from agent.protocol.messages import DesiredState, SignedEnvelope
-from controller.brokers import Mosquitto
+from controller.demo.brokers import Mosquitto
 from controller.tuf.repository import Repository
 from controller.web.settings import HttpSettings
 from tests.trust.models import make_model_dir

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from controller.brokers import Mosquitto
+from controller.demo.brokers import Mosquitto
 from tests.web import fleet, fleetops
 from tests.web.browser import OUTPUT, chromium, console_errors, wait_for
 from tests.web.conftest import HOSTILE, wait_until

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.brokers import Mosquitto
+from controller.demo.brokers import Mosquitto
 from tests.controller.fleetworld import wait_until
 from tests.web import fleetops
 from tests.web.client import RAN
