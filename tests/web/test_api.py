@@ -12,12 +12,12 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.update.bundle import build_bundle
 from agent.mqtt.link import MqttLink
 from agent.mqtt.settings import MqttSettings
 from agent.protocol import Channel, decode, device_topic
 from agent.protocol.codec import decode_as
 from agent.protocol.messages import DesiredState, SignedEnvelope
+from agent.update.bundle import build_bundle
 from controller.demo.brokers import Mosquitto
 from controller.tuf.repository import Repository
 from controller.web.settings import HttpSettings
