@@ -50,12 +50,47 @@ class BoardSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     profile: Annotated[str, Meta(max_length=64)] = "auto"
 
 
+class UpdateSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """`[update]`: conditions and retries of the update lifecycle (agent/update/)."""
+
+    # Device-local maintenance window "HH:MM-HH:MM" (may cross midnight); "" = any time.
+    window: Annotated[str, Meta(max_length=11)] = ""
+    battery_floor_pct: Annotated[float, Meta(ge=0, le=100)] | None = None
+    disk_reserve_mb: Annotated[float, Meta(ge=0)] = 256.0
+    drain_timeout_s: Annotated[float, Meta(ge=0, le=86400)] = 300.0
+    max_retries: Annotated[int, Meta(ge=0, le=100)] = 5
+    backoff_base_s: Annotated[float, Meta(ge=0.01, le=3600)] = 10.0
+    backoff_max_s: Annotated[float, Meta(ge=0.01, le=86400)] = 900.0
+    recheck_s: Annotated[float, Meta(ge=0.01, le=3600)] = 60.0
+    max_trial_attempts: Annotated[int, Meta(ge=1, le=20)] = 3
+
+
+class PowerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """`[power]`: the governor (firmware/). A budget in the signed desired document wins."""
+
+    enabled: bool = True
+    budget_w: Annotated[float, Meta(gt=0)] | None = None
+    tick_s: Annotated[float, Meta(ge=0.05, le=60)] = 1.0
+    window_s: Annotated[float, Meta(ge=1, le=3600)] = 10.0
+
+
+class SpoolSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """`[spool]`: the durable outbox of telemetry and events (agent/spool.py)."""
+
+    max_bytes: Annotated[int, Meta(ge=64 * 1024)] = 64 * 1024 * 1024
+    batch_samples: Annotated[int, Meta(ge=1, le=1000)] = 500
+    max_in_flight: Annotated[int, Meta(ge=1, le=1000)] = 20
+
+
 class AgentConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     device_id: DeviceId
     state_dir: str = DEFAULT_STATE_DIR
     mqtt: MqttSettings = MqttSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     board: BoardSettings = BoardSettings()
+    update: UpdateSettings = UpdateSettings()
+    power: PowerConfig = PowerConfig()
+    spool: SpoolSettings = SpoolSettings()
 
     @property
     def state_path(self) -> Path:

@@ -4,6 +4,11 @@ Everything inbound arrives through the link's inbox and is validated by the prot
 codec before any handler sees it; a refused message is logged with its reason and
 reported as an event, and the loop goes on. Handlers run on this loop, never on paho's
 network thread.
+
+Outbound telemetry and events go through the durable spool (agent/spool.py): written
+first, sent oldest first while the link is up, deleted on the broker's PUBACK. The update
+lifecycle runs in agent/update/worker.py; the power governor (firmware/control.py) ticks
+on this loop with the budget of the signed desired document (or agent.toml).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -22,16 +28,18 @@ from agent import __version__
 from agent.config import AgentConfig
 from agent.errors import FleetgenError, ProtocolError
 from agent.fsutil import ensure_private_dir
-from agent.mqtt.link import Inbound, LinkDown, LinkError, LinkItem, LinkUp, MqttLink, Will
+from agent.mqtt.link import Delivery, Inbound, LinkDown, LinkError, LinkItem, LinkUp, MqttLink, Will
 from agent.protocol import (
     CHANNELS,
     Channel,
     Event,
+    PowerReport,
     Reported,
     SignedEnvelope,
     Status,
     TelemetryBatch,
     TelemetrySample,
+    UpdateReport,
     decode,
     device_topic,
     encode,
@@ -39,9 +47,14 @@ from agent.protocol import (
 )
 from agent.protocol.messages import Details
 from agent.sequence import SequenceCounter
-from agent.store import BundleStore
+from agent.spool import Spool
 from agent.telemetry import Sampler
-from agent.updates import UpdateOutcome, UpdateWorker, active_bundle
+from agent.update.worker import DesiredApplied, Notice, Snapshot, UpdateWorker, WorkerPost, WorkerSettings
+
+if TYPE_CHECKING:
+    from agent.trust.fetch import BoundedFetcher
+    from firmware.control import PowerController
+    from firmware.knobs import RuntimeKnobs
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +73,7 @@ class AgentStats:
     handler_errors: int = 0
     refusal_events_suppressed: int = 0
     dropped_outbound: int = 0
+    budget_refused: int = 0
 
 
 @dataclass
@@ -83,9 +97,12 @@ class DeviceState:
     accelerators: list[str] = field(default_factory=list)
     providers: list[str] = field(default_factory=list)
     active_bundle: str | None = None
+    previous_bundle: str | None = None
     slot: str | None = None
     desired_version: int = 0
     health: str = "unknown"
+    update: UpdateReport | None = None
+    budget_source: str = "none"  # "desired", "config" or "none"
 
 
 class Agent:
@@ -96,6 +113,10 @@ class Agent:
         state: DeviceState | None = None,
         sampler: Sampler | None = None,
         clock: Callable[[], float] = time.time,
+        power: PowerController | None = None,
+        worker_settings: WorkerSettings | None = None,
+        in_flight: Callable[[], int] = lambda: 0,
+        power_tick_s: float | None = None,
     ) -> None:
         self.config = config
         self.device_id = config.device_id
@@ -103,15 +124,22 @@ class Agent:
         self.state = state or DeviceState()
         self.stats = AgentStats()
         self.state_dir = ensure_private_dir(config.state_path)
-        self.inbox: queue.Queue[LinkItem | UpdateOutcome] = queue.Queue(maxsize=10_000)
+        self.inbox: queue.Queue[LinkItem | WorkerPost] = queue.Queue(maxsize=10_000)
         self._event_seq = SequenceCounter(self.state_dir / "events.seq")
+        self._emit_lock = threading.Lock()
         self._telemetry_seq = SequenceCounter(self.state_dir / "telemetry.seq")
         self._sampler = sampler or Sampler(clock=clock)
-        self._pending_samples: list[TelemetrySample] = []
+        self.spool = Spool(self.state_dir / "spool.db", config.spool.max_bytes)
+        self._in_flight: dict[int, tuple[Delivery, list[int]]] = {}  # id(delivery) -> rows
         self._refusals = _RefusalLimiter(_REFUSAL_EVENTS_PER_MINUTE)
         self._stop = threading.Event()
         self.handlers: dict[Channel, InboundHandler] = {Channel.DESIRED: self._on_desired}
         self.latest_desired: SignedEnvelope | None = None
+        self.power = power
+        self.power_tick_s = power_tick_s if power_tick_s is not None else (power.settings.tick_s if power else None)
+        if power is not None and config.power.budget_w is not None:
+            power.set_budget(config.power.budget_w)
+            self.state.budget_source = "config"
         self.link = MqttLink(
             config.mqtt,
             client_id=config.mqtt.client_id or f"fleetgen-{self.device_id}",
@@ -122,12 +150,28 @@ class Agent:
             ],
             will=Will(self.topic(Channel.STATUS), self._status("offline")),
         )
+        settings = worker_settings or worker_settings_from(config, self.state)
+        self.updates = UpdateWorker(self.state_dir, self._fetcher, self.device_id, self.state.board,
+                                    self._post, settings, in_flight=in_flight)
         # Finish or undo an install a power cut interrupted, before reporting what runs.
-        BundleStore(self.state_dir).recover()
-        current = active_bundle(self.state_dir)
-        if current is not None:
-            self.state.active_bundle = current.label
-        self.updates = UpdateWorker(self.state_dir, self.link, self.device_id, self.state.board, self._post)
+        self.updates.recover()
+        self._apply_snapshot(self.updates.snapshot())
+
+    @property
+    def knobs(self) -> RuntimeKnobs | None:
+        """The governor's knobs for generation in this process: pass them to
+        `agent.runtime.service.GenerationQueue(knobs=...)` (threads, admit, pacing)."""
+        return self.power.runtime if self.power is not None else None
+
+    def set_in_flight(self, in_flight: Callable[[], int]) -> None:
+        """How many generation requests are running (the local API's queue): an update
+        drains them, within `[update] drain_timeout_s`, before it downloads."""
+        self.updates.in_flight = in_flight
+
+    def _fetcher(self) -> BoundedFetcher:
+        from agent.trust.mqtt_fetcher import MqttFetcher
+
+        return MqttFetcher(self.link, self.device_id)
 
     # -- outbound --------------------------------------------------------------------
 
@@ -138,17 +182,28 @@ class Agent:
         return encode(Status(state=state, ts=self.clock(), agent_version=__version__))  # type: ignore[arg-type]
 
     def _publish(self, channel: Channel, message: msgspec.Struct) -> None:
-        """Queue a document; when even paho's bounded queue is full (a long outage), drop it
-        with a warning rather than stop the loop."""
+        """Publish a retained document now (status, reported: the newest one is all that
+        matters, so these do not go through the spool)."""
         spec = CHANNELS[channel]
         self._send(self.topic(channel), encode(message), spec.retained)
 
-    def _send(self, topic: str, payload: bytes, retain: bool) -> None:
+    def _send(self, topic: str, payload: bytes, retain: bool) -> Delivery | None:
         try:
-            self.link.publish(topic, payload, qos=1, retain=retain)
+            return self.link.publish(topic, payload, qos=1, retain=retain)
         except LinkError as e:
             self.stats.dropped_outbound += 1
             log.warning("dropped message for %s: %s", topic, e)
+            return None
+
+    def power_report(self) -> PowerReport | None:
+        if self.power is None:
+            return None
+        d = self.power.last
+        budget = self.power.governor.budget_w
+        if d is None:
+            return PowerReport(budget_w=budget)
+        knobs: Details = {**d.knob_details(), "source": self.state.budget_source}
+        return PowerReport(budget_w=budget, draw_w=max(0.0, d.measured_w), estimated=d.estimated, knobs=knobs)
 
     def reported(self) -> Reported:
         s = self.state
@@ -160,57 +215,112 @@ class Agent:
             accelerators=s.accelerators,
             providers=s.providers,
             active_bundle=s.active_bundle,
+            previous_bundle=s.previous_bundle,
             slot=s.slot,
             desired_version=s.desired_version,
+            power=self.power_report(),
             health=s.health,  # type: ignore[arg-type]
+            update=s.update,
         )
 
     def publish_reported(self) -> None:
         self._publish(Channel.REPORTED, self.reported())
 
     def emit(self, kind: str, message: str = "", level: str = "info", details: Details | None = None) -> None:
+        """Record an event in the spool; it leaves once the broker acknowledged it."""
+        with self._emit_lock:  # the loop and the update worker both emit
+            seq = self._event_seq.next()
         event = Event(
             device_id=self.device_id,
-            seq=self._event_seq.next(),
+            seq=seq,
             ts=self.clock(),
             kind=kind,
             level=level,  # type: ignore[arg-type]
             message=message[:4096],
             details=details or {},
         )
-        self._publish(Channel.EVENTS, event)
+        self.spool.add("event", encode(event))
 
     # -- inbound ---------------------------------------------------------------------
 
     def _refuse(self, topic: str, reason: str) -> None:
-        self.stats.refused += 1
         log.warning("refused message on %s: %s", topic, reason)
         if self._refusals.allow(time.monotonic()):
             self.emit("message.refused", reason, level="warning", details={"topic": topic[:256]})
         else:
             self.stats.refusal_events_suppressed += 1
+        # Counted last: a test waiting on the counter then sees the log record and the event.
+        self.stats.refused += 1
 
-    def _post(self, item: UpdateOutcome) -> None:
-        """From the update worker's thread: hand the outcome to this loop."""
+    def _post(self, item: WorkerPost) -> None:
+        """From the update worker's thread. An event is in the spool when this returns (the
+        worker journals the next step only then); the rest goes to this loop."""
+        if isinstance(item, Notice):
+            self.emit(item.kind, item.message, item.level, _details(item.details))
+            return
         self.inbox.put(item)
 
-    def handle(self, item: LinkItem | UpdateOutcome) -> None:
-        if isinstance(item, UpdateOutcome):
-            self._on_update(item)
+    def handle(self, item: LinkItem | WorkerPost) -> None:
+        if isinstance(item, Snapshot):
+            self._apply_snapshot(item)
+            self.publish_reported()
+        elif isinstance(item, DesiredApplied):
+            self._on_desired_applied(item)
         elif isinstance(item, LinkUp):
             self._on_link_up(item)
         elif isinstance(item, LinkDown):
-            log.info("link down (%s); samples keep accumulating", item.reason)
-        else:
+            log.info("link down (%s); telemetry and events stay in the spool", item.reason)
+        elif isinstance(item, Inbound):
             self._on_inbound(item)
+        else:  # a Notice: the worker emits those itself (durably, before it journals)
+            self.emit(item.kind, item.message, item.level, _details(item.details))
+
+    def _apply_snapshot(self, snap: Snapshot) -> None:
+        s = self.state
+        s.active_bundle = snap.active.label if snap.active else None
+        s.slot = snap.active.path.name if snap.active else None
+        s.previous_bundle = snap.previous.label if snap.previous else None
+        s.desired_version = max(s.desired_version, snap.director_version)
+        s.health = snap.health
+        target = self.updates.state.target
+        s.update = UpdateReport(phase=snap.phase, target=target.path if target else None,
+                                last_result=snap.last_result,
+                                last_error=snap.last_error[:4096] if snap.last_error else None)
+
+    def _on_desired_applied(self, item: DesiredApplied) -> None:
+        d = item.desired
+        self.state.desired_version = max(self.state.desired_version, d.version)
+        if self.power is not None:
+            budget = d.power_budget_w if d.power_budget_w is not None else self.config.power.budget_w
+            floor = self.power.governor.floor_w
+            if budget is not None and budget <= 0:
+                self.stats.budget_refused += 1
+                self.emit("power.budget_refused", f"budget {budget:g} W is not a positive number",
+                          "error", {"budget_w": budget})
+            else:
+                self.power.set_budget(budget)
+                self.state.budget_source = ("desired" if d.power_budget_w is not None
+                                            else "config" if budget is not None else "none")
+                details: Details = {"budget_w": budget, "source": self.state.budget_source,
+                                    "floor_w": round(floor, 3)}
+                if budget is not None and budget < floor:
+                    self.emit("power.budget_below_floor",
+                              f"budget {budget:g} W is under the board's floor of {floor:.2f} W: "
+                              "new work is queued", "warning", details)
+                else:
+                    self.emit("power.budget", f"power budget {budget} W", details=details)
+        self.publish_reported()
 
     def _on_link_up(self, up: LinkUp) -> None:
         if not up.session_present:
             # The broker lost (or never had) our session: subscriptions were just renewed and
             # the retained desired state will be re-delivered, so nothing else to re-sync.
             log.info("no session on the broker; retained state will be re-delivered")
+        # Whatever was in flight before is sent again (the controller drops duplicates).
+        self._in_flight.clear()
         self._send(self.topic(Channel.STATUS), self._status("online"), retain=True)
         self.publish_reported()
+        self.pump()
 
     def _on_inbound(self, msg: Inbound) -> None:
         self.stats.received += 1
@@ -244,41 +354,57 @@ class Agent:
         self.emit("desired.received", details={"retained": msg.retained, "bytes": len(document.payload)})
         self.updates.submit(document)
 
-    def _on_update(self, outcome: UpdateOutcome) -> None:
-        from agent.trust.errors import TrustError
-        from agent.trust.events import installed_event, refusal_event
-
-        if outcome.active is not None:
-            self.state.active_bundle = outcome.active.label
-        if outcome.error is not None:
-            if isinstance(outcome.error, TrustError):
-                self._publish(Channel.EVENTS, refusal_event(self.device_id, self._event_seq.next(), outcome.error))
-            else:
-                self.emit("update.failed", str(outcome.error), level="error")
-        else:
-            if outcome.director_version is not None:
-                self.state.desired_version = outcome.director_version
-            if outcome.installed_sha256 is not None and outcome.active is not None:
-                log.info("now running %s", outcome.active.label)
-                self._publish(Channel.EVENTS, installed_event(
-                    self.device_id, self._event_seq.next(), outcome.active.name, outcome.active.version,
-                    outcome.installed_sha256))
-        self.publish_reported()
-
-    # -- telemetry -------------------------------------------------------------------
+    # -- telemetry and the spool -----------------------------------------------------
 
     def sample(self) -> None:
-        self._pending_samples.append(self._sampler.sample(self._telemetry_seq.next()))
+        sample = self._sampler.sample(self._telemetry_seq.next())
+        power = self.power_report()
+        if power is not None:
+            sample = msgspec.structs.replace(sample, power=power)
+        self.spool.add("sample", msgspec.json.encode(sample))
 
     def flush_telemetry(self) -> None:
-        while self._pending_samples:
-            batch, self._pending_samples = self._pending_samples[:_MAX_BATCH], self._pending_samples[_MAX_BATCH:]
-            self._publish(Channel.TELEMETRY, TelemetryBatch(device_id=self.device_id, samples=batch))
+        self.pump()
+
+    def pump(self) -> None:
+        """Acknowledged rows leave the spool; then send more, oldest first, while the link
+        is up and fewer than `max_in_flight` messages await their PUBACK."""
+        done = [key for key, (delivery, _rows) in self._in_flight.items() if delivery.acked()]
+        for key in done:
+            _delivery, rows = self._in_flight.pop(key)
+            self.spool.ack(rows)
+        if not self.link.connected:
+            return
+        limit = self.config.spool.max_in_flight
+        busy = {r for _d, ids in self._in_flight.values() for r in ids}
+        events_topic, telemetry_topic = self.topic(Channel.EVENTS), self.topic(Channel.TELEMETRY)
+        for row in self.spool.oldest("event", max(0, limit - len(self._in_flight)), busy):
+            if not self._track(self._send(events_topic, row.payload, False), [row.id]):
+                return
+        while len(self._in_flight) < limit:
+            batch_rows = self.spool.oldest("sample", self.config.spool.batch_samples, busy)
+            if not batch_rows:
+                return
+            samples = [msgspec.json.decode(r.payload, type=TelemetrySample) for r in batch_rows]
+            batch = encode(TelemetryBatch(device_id=self.device_id, samples=samples))
+            if not self._track(self._send(telemetry_topic, batch, False), [r.id for r in batch_rows]):
+                return
+            busy.update(r.id for r in batch_rows)
+
+    def _track(self, delivery: Delivery | None, rows: list[int]) -> bool:
+        if delivery is None:
+            return False
+        self._in_flight[id(delivery)] = (delivery, rows)
+        return True
 
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
         log.info("agent %s starting (fleetgen %s, broker %s)", self.device_id, __version__, self.link.broker)
+        stats = self.spool.stats()
+        self.emit("agent.started", f"fleetgen {__version__}", details={
+            "spooled": stats.rows, "dropped_samples": stats.dropped_samples,
+            "dropped_events": stats.dropped_events, "corrupt_spool_files": stats.corrupt_files})
         self.updates.start()
         self.link.start()
 
@@ -290,29 +416,73 @@ class Agent:
         t = self.config.telemetry
         next_sample = time.monotonic()
         next_flush = next_sample + t.publish_interval_s
+        power_tick = self.power_tick_s if self.power is not None else None
+        next_power = next_sample
         while not self._stop.is_set():
             now = time.monotonic()
+            if power_tick is not None and now >= next_power:
+                self._tick_power()
+                next_power = now + power_tick
             if now >= next_sample:
                 self.sample()
                 next_sample = now + t.sample_interval_s
             if now >= next_flush:
-                self.flush_telemetry()
+                self.pump()
                 next_flush = now + t.publish_interval_s
-            timeout = max(0.0, min(next_sample, next_flush) - time.monotonic())
+            if self._in_flight:
+                self.pump()  # acknowledged rows leave as soon as their PUBACK is in
+            wake = min(next_sample, next_flush, next_power if power_tick is not None else next_flush)
+            timeout = max(0.0, wake - time.monotonic())
             try:
-                item = self.inbox.get(timeout=min(timeout, 0.5))
+                item = self.inbox.get(timeout=min(timeout, 0.05 if self._in_flight else 0.5))
             except queue.Empty:
                 continue
             self.handle(item)
         self.shutdown()
 
-    def shutdown(self) -> None:
+    def _tick_power(self) -> None:
+        assert self.power is not None
+        try:
+            self.power.tick()
+        except FleetgenError as e:
+            log.warning("power governor tick failed: %s", e)
+
+    def shutdown(self, drain_s: float = 3.0) -> None:
         if self.link.connected:
+            # Drain the spool (bounded): what is left is sent by the next start.
+            deadline = time.monotonic() + drain_s
+            self.pump()
+            while (self._in_flight or self.spool.stats().rows) and time.monotonic() < deadline:
+                time.sleep(0.02)
+                self.pump()
             try:
-                self.flush_telemetry()
                 self.link.publish(self.topic(Channel.STATUS), self._status("offline"), qos=1, retain=True, wait=2.0)
             except FleetgenError as e:
                 log.warning("could not say goodbye: %s", e)
         self.updates.stop()
         self.link.stop()
+        self.spool.close()
         log.info("agent %s stopped", self.device_id)
+
+
+def _details(d: Details) -> Details:
+    return {k[:64]: v for k, v in list(d.items())[:64]}
+
+
+def worker_settings_from(config: AgentConfig, state: DeviceState, board_root: str | None = None) -> WorkerSettings:
+    from pathlib import Path
+
+    from agent.update.conditions import UpdateConditions, parse_window
+    from agent.update.machine import Policy
+
+    u = config.update
+    conditions = UpdateConditions(
+        window=parse_window(u.window) if u.window else None,
+        battery_floor_pct=u.battery_floor_pct,
+        disk_reserve_mb=u.disk_reserve_mb,
+        drain_timeout_s=u.drain_timeout_s,
+    )
+    policy = Policy(max_retries=u.max_retries, backoff_base_s=u.backoff_base_s, backoff_max_s=u.backoff_max_s,
+                    recheck_s=u.recheck_s, max_trial_attempts=u.max_trial_attempts)
+    return WorkerSettings(policy=policy, conditions=conditions, providers=tuple(state.providers),
+                          board_root=Path(board_root or config.board.root))

@@ -53,12 +53,25 @@ class GenerationDefaults(msgspec.Struct, kw_only=True, frozen=True):
 
 class SelfTest(msgspec.Struct, kw_only=True, frozen=True):
     """A short generation run after install; the health check passes if it completes
-    and, when set, its output contains `expect`."""
+    and, when set, its output contains `expect`.
+
+    The model-aware part (agent/update/health.py, docs/protocol.md): `probe` is a text the
+    device scores; `fleetgen bundle build` records its perplexity on the reference CPU
+    engine in `probe_perplexity`, and the device must land within `perplexity_tolerance`
+    (relative) of it. The check runs in a child process killed after `time_limit_s` and
+    bounded to `memory_limit_mb` of address space."""
 
     prompt: Annotated[str, Meta(max_length=1024)] = ""
     max_tokens: Annotated[int, Meta(ge=1, le=256)] = 8
     expect: Annotated[str, Meta(max_length=256)] | None = None
     image_class: Annotated[int, Meta(ge=0)] | None = None
+    probe: Annotated[str, Meta(max_length=8192)] = ""
+    probe_perplexity: Annotated[float, Meta(gt=0)] | None = None
+    perplexity_tolerance: Annotated[float, Meta(gt=0, le=10)] = 0.1
+    max_perplexity: Annotated[float, Meta(gt=0)] | None = None
+    min_tokens_per_s: Annotated[float, Meta(ge=0)] | None = None
+    time_limit_s: Annotated[float, Meta(gt=0, le=3600)] = 120.0
+    memory_limit_mb: Annotated[int, Meta(ge=16)] | None = None
 
 
 class TextSpec(msgspec.Struct, kw_only=True, frozen=True):

@@ -101,7 +101,7 @@ def shipped_model(kind: str, root: Path | None = None) -> Path:
 def installed_model(state_dir: Path, task: str) -> Path | None:
     """The current bundle of the agent's bundle store, if there is one for `task`."""
     from agent.manifest import MANIFEST_NAME, load_manifest
-    from agent.store import BundleStore
+    from agent.update.store import BundleStore
 
     current = BundleStore(state_dir).current()
     if current is None or not (current / MANIFEST_NAME).is_file():
@@ -119,7 +119,7 @@ def model_folder(args: argparse.Namespace, state_dir: Path) -> Iterator[Path]:
     if args.model is not None:
         yield args.model
     elif args.bundle is not None:
-        from agent.bundle import verify_bundle_file
+        from agent.update.bundle import verify_bundle_file
 
         if not args.bundle.is_file():
             raise UsageError(f"bundle {args.bundle} does not exist")

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from agent.config import local_settings
     from agent.trust.errors import TrustError
     from agent.trust.layout import TrustPaths
-    from agent.trust.updater import install_offline
+    from agent.update.install import install_offline
 
     bundle = Path(args.file)
     metadata = Path(args.metadata)

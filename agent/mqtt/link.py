@@ -60,6 +60,21 @@ class LinkDown:
 
 LinkItem = Inbound | LinkUp | LinkDown
 
+
+class Delivery:
+    """One QoS 1 publish: `acked()` turns true once the broker's PUBACK for it arrived."""
+
+    __slots__ = ("_info",)
+
+    def __init__(self, info: paho.MQTTMessageInfo) -> None:
+        self._info = info
+
+    def acked(self) -> bool:
+        try:
+            return bool(self._info.is_published())
+        except (ValueError, RuntimeError):  # paho: the message was dropped from its queue
+            return False
+
 class Inbox(Protocol):
     """Where the link puts what it receives (a `queue.Queue` of the owner's items)."""
 
@@ -334,10 +349,12 @@ class MqttLink:
     def publish(
         self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, *,
         wait: float | None = None,
-    ) -> None:
+    ) -> Delivery:
         """Queue a message (paho queues it while disconnected, up to `max_queued`).
 
-        With `wait`, block up to that many seconds for the broker's acknowledgement.
+        With `wait`, block up to that many seconds for the broker's acknowledgement. The
+        returned `Delivery` tells when the broker acknowledged it (the spool deletes a row
+        only then).
         """
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
@@ -345,3 +362,4 @@ class MqttLink:
         self._last_publish = info
         if wait is not None:
             self._wait_ack(info, f"publish to {topic}", wait)
+        return Delivery(info)

@@ -18,6 +18,7 @@ from agent.protocol.messages import (
     TargetRef,
     TelemetryBatch,
     TelemetrySample,
+    UpdateReport,
 )
 from agent.protocol.topics import (
     CHANNELS,
@@ -47,6 +48,7 @@ __all__ = [
     "TargetRef",
     "TelemetryBatch",
     "TelemetrySample",
+    "UpdateReport",
     "decode",
     "decode_as",
     "decode_response",

@@ -45,6 +45,15 @@ class PowerReport(msgspec.Struct, kw_only=True, frozen=True):
     knobs: Details = {}
 
 
+class UpdateReport(msgspec.Struct, kw_only=True, frozen=True):
+    """The update lifecycle's state (agent/update/machine.py phases)."""
+
+    phase: ShortText = "idle"
+    target: ShortText | None = None
+    last_result: ShortText | None = None
+    last_error: Text | None = None
+
+
 class Reported(Message, kw_only=True, frozen=True):
     """`dev/{id}/reported` (retained): what the device is and runs now."""
 
@@ -55,10 +64,13 @@ class Reported(Message, kw_only=True, frozen=True):
     accelerators: Annotated[list[ShortText], Meta(max_length=32)] = []
     providers: Annotated[list[ShortText], Meta(max_length=32)] = []
     active_bundle: ShortText | None = None
+    previous_bundle: ShortText | None = None
+    # The directory `current` names (bundles/NAME-VERSION-SHA16): what runs, exactly.
     slot: ShortText | None = None
     desired_version: Annotated[int, Meta(ge=0)] = 0
     power: PowerReport | None = None
     health: Literal["ok", "degraded", "failed", "unknown"] = "unknown"
+    update: UpdateReport | None = None
     # Operator-set labels (site, rack, ...) the controller's groups can select on.
     labels: Details = {}
 
@@ -76,6 +88,7 @@ class TelemetrySample(msgspec.Struct, kw_only=True, frozen=True):
     latency_ms: Annotated[float, Meta(ge=0)] | None = None
     requests: Annotated[int, Meta(ge=0)] = 0
     errors: Annotated[int, Meta(ge=0)] = 0
+    power: PowerReport | None = None  # budget, draw and the governor's knobs at this sample
 
 
 class TelemetryBatch(Message, kw_only=True, frozen=True):

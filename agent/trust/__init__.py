@@ -11,14 +11,14 @@ Modules, pure verification split from I/O as python-tuf does:
 - `mqtt_fetcher` / `https_fetcher`  fetchers over `dev/{id}/req`/`resp` and over HTTPS.
 - `transport` the tiny publish/subscribe interface the MQTT fetcher (and the controller's
               responder) use; `agent.mqtt.link.MqttLink` implements it.
-- `updater`   the update flow: TUF refresh (python-tuf ngclient), director check,
-              resumable download, one-pass verify + unpack into the bundle store
-              (`agent.store`); `install_offline` for air-gapped installs.
+- `updater`   verification of a desired document: TUF refresh (python-tuf ngclient),
+              director check, the named target against signed targets (`VerifiedDesired`).
+- `target`    the verified target (path, length, sha256).
 - `tuf_errors` python-tuf's exceptions mapped onto the refusal family, in one place.
-- `events`    `update.refused` / `update.installed` events for `dev/{id}/events`.
 
-The bundle format itself is `agent.bundle`; the store of unpacked bundles `agent.store`;
-crash-safe writes and symlink flips `agent.fsutil`.
+Verification only: downloading, unpacking, switching, the health check and rollback are
+the update lifecycle's (`agent/update/`: bundle format, store, install steps, journal,
+state machine, worker); crash-safe writes and symlink flips are `agent.fsutil`.
 
 Nothing here is imported by `import agent`; python-tuf and cryptography load on use.
 """

@@ -1,8 +1,11 @@
 """The trust exception family: every refusal names the check that failed.
 
+`TransportError` (check ``transport``) is the one error of this module that is not a
+refusal: the network failed, nothing was judged; the update worker retries it.
+
 `TrustError.check` is a short, stable word (``signature``, ``threshold``, ``expired``,
 ``rollback``, ``hash``, ``length``, ``wrong-device``, ``unknown-target``, ``board``,
-``slow-retrieval``, ``format``, ``transport``) that the agent puts in its log line and in
+``slow-retrieval``, ``format``) that the agent puts in its log line and in
 the refusal event it sends to the controller; the message says which values failed.
 """
 
@@ -91,11 +94,15 @@ class BundleFormatError(TrustError):
     check = "format"
 
 
-class TransportError(TrustError):
-    """The repository could not be reached or answered with an error (nothing was refused
-    on content grounds; the update can be retried)."""
+class TransportError(FleetgenError):
+    """The repository could not be reached or answered with an error. Not a TrustError:
+    nothing was refused on content grounds, so the update is retried (a failure, event
+    `update.failed`), never reported as a refusal (`update.refused`)."""
 
     check = "transport"
+
+    def details(self) -> dict[str, str]:
+        return {"check": self.check, "error": type(self).__name__}
 
 
 class NotProvisionedError(TrustError):

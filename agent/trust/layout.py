@@ -4,7 +4,7 @@
     STATE/trust/metadata/          python-tuf's trusted metadata cache (root_history/, ...)
     STATE/trust/director.json      highest director document version accepted
     STATE/downloads/               partial bundle downloads (resumable, discarded on refusal)
-    STATE/bundles/, STATE/current  the bundle store (agent.store)
+    STATE/bundles/, STATE/current  the bundle store (agent.update.store)
 
 Bundles are only ever unpacked into fresh directories under STATE/bundles/ by a writer
 that refuses any path leaving that directory, so bundle contents can never overwrite

@@ -20,12 +20,12 @@ from agent.trust.errors import (
 _SIGNED_BY = re.compile(r"signed by (\d+)/(\d+)")
 
 
-def translate(e: Exception) -> TrustError:
+def translate(e: Exception) -> TrustError | TransportError:
     """The TrustError for a python-tuf exception (RepositoryError or DownloadError)."""
     from tuf.api import exceptions as tx
 
     msg = f"TUF metadata: {e}"
-    if isinstance(e, TrustError):
+    if isinstance(e, TrustError | TransportError):
         return e
     if isinstance(e, tx.UnsignedMetadataError):
         m = _SIGNED_BY.search(str(e))

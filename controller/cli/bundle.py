@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from agent.errors import UsageError
+from agent.errors import FleetgenError, UsageError
 from controller.cli._trustargs import add_repo_options, existing_file, open_repo
+
+if TYPE_CHECKING:
+    from agent.manifest import SelfTest
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -28,6 +35,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     build.add_argument("-o", "--output", metavar="FILE", help="bundle file (default NAME-VERSION.fgb)")
     build.add_argument("--name", help="model name (default: the manifest's)")
     build.add_argument("--version", help="model version (default: the manifest's)")
+    build.add_argument("--no-probe", action="store_true",
+                       help="do not measure the probe perplexity (the device then checks only "
+                            "that the model loads and generates)")
     build.set_defaults(func=run_build)
 
     inspect = verbs.add_parser("inspect", help="verify a bundle and print its manifest")
@@ -48,8 +58,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from agent.bundle import build_bundle, default_bundle_name
     from agent.manifest import load_manifest
+    from agent.update.bundle import build_bundle, default_bundle_name
 
     model_dir = Path(args.model_dir)
     if not model_dir.is_dir():
@@ -60,9 +70,40 @@ def run_build(args: argparse.Namespace) -> int:
         changes = {k: v for k, v in (("name", args.name), ("version", args.version)) if v}
         out = Path(default_bundle_name(msgspec.structs.replace(manifest, **changes)))
     _check_output(out, given=args.output)
-    verified = build_bundle(model_dir, out, name=args.name, version=args.version)
+    self_test = None if args.no_probe else _probe_self_test(model_dir)
+    verified = build_bundle(model_dir, out, name=args.name, version=args.version, self_test=self_test)
     print(f"{out}  {verified.length} bytes  sha256 {verified.sha256}")
+    if self_test is not None and self_test.probe_perplexity is not None:
+        print(f"probe perplexity {self_test.probe_perplexity:.3f} (reference CPU engine), "
+              f"device tolerance {self_test.perplexity_tolerance:.0%}")
     return 0
+
+
+def _probe_self_test(model_dir: Path) -> SelfTest | None:
+    """The health gate's reference figure (agent/update/health.py): the probe's perplexity
+    on the reference CPU engine, recorded in the bundle's self-test; a model over the
+    manifest's `max_perplexity` is refused here, before it is ever published."""
+    from agent.manifest import load_manifest
+    from agent.update.health import DEFAULT_PROBE, measure_reference
+
+    manifest = load_manifest(model_dir)
+    if manifest.task != "text-generation":
+        return None
+    try:
+        ppl = measure_reference(model_dir)
+    except FleetgenError as e:
+        # Not fatal here: a model that does not load is refused by the device's health check
+        # (and a folder that does not match its manifest by the build itself, just below).
+        log.warning("%s: probe perplexity not recorded, the model does not load on the reference "
+                    "CPU engine (%s)", model_dir, e)
+        return None
+    if ppl is None:
+        return None
+    test = manifest.self_test
+    if test.max_perplexity is not None and ppl > test.max_perplexity:
+        raise FleetgenError(f"{model_dir}: probe perplexity {ppl:.3f} is above the manifest's "
+                            f"max_perplexity {test.max_perplexity:g}; refusing to build")
+    return msgspec.structs.replace(test, probe=test.probe or DEFAULT_PROBE, probe_perplexity=round(ppl, 6))
 
 
 def _check_output(out: Path, given: str | None) -> None:
@@ -78,7 +119,7 @@ def _check_output(out: Path, given: str | None) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from agent.bundle import verify_bundle_file
+    from agent.update.bundle import verify_bundle_file
 
     path = existing_file(args.file, "bundle")
     verified = verify_bundle_file(path)

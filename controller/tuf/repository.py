@@ -31,13 +31,13 @@ from securesystemslib.signer import CryptoSigner, SSlibKey
 from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
 from tuf.api.serialization.json import JSONSerializer
 
-from agent.bundle import BUNDLE_SUFFIX, verify_bundle_file
 from agent.errors import FleetgenError, UsageError
 from agent.fsutil import atomic_write, fsync_dir
 from agent.manifest import ManifestError, check_relative_path
 from agent.protocol.messages import TargetRef
 from agent.trust.director import ROOT_FIELD
 from agent.trust.errors import TrustError
+from agent.update.bundle import BUNDLE_SUFFIX, verify_bundle_file
 from controller.tuf import keystore
 from controller.tuf.keystore import KeyDirs, KeyFileError, PassphraseSource
 

@@ -66,7 +66,9 @@ def test_thousand_malformed_payloads_are_refused_and_logged(
     sender = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
     sender.connect("127.0.0.1", mosquitto.port)
     sender.loop_start()
-    time.sleep(0.3)  # let the agent's subscriptions settle
+    # The agent's own SUBSCRIBEs are in force once a message round-trips on its link (no
+    # sleeping "for the SUBSCRIBE"); the daemon counts a refusal only after logging it.
+    agent.link.wait_subscribed(10)
     caplog.set_level(logging.WARNING, logger="agent.daemon")
     sent = 0
 

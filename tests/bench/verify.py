@@ -35,7 +35,7 @@ _CHILD = r"""
 import json, sys, threading, time
 from pathlib import Path
 import psutil
-from agent.bundle import verify_bundle_file
+from agent.update.bundle import verify_bundle_file
 def hwm_mb():  # the kernel's high-water mark of this process image (PITFALLS: not ru_maxrss)
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
@@ -63,8 +63,8 @@ print(json.dumps({"wall_s": wall, "extra_rss_mb": extra, "sha256": v.sha256}))
 
 def make_bundle(tmp: Path, size_mb: int) -> tuple[Path, int, str]:
     """A model folder with one big weights file plus small ones, packed into a bundle."""
-    from agent.bundle import build_bundle
     from agent.manifest import ModelManifest, TextSpec, file_entries, write_manifest
+    from agent.update.bundle import build_bundle
 
     model = tmp / "model"
     model.mkdir()

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -302,20 +300,10 @@ def test_a_fifo_in_the_tree_is_not_read_and_never_blocks(
     for path in (root / "proc/stat", hw / "curr1_input"):
         path.unlink()
         os.mkfifo(path)
-    start = time.monotonic()
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING):  # returning at all is the point (a FIFO read blocks)
         r = meter_for(root, FakeClock()).read()
-    assert time.monotonic() - start < 2
     assert r.estimated and r.watts == pytest.approx(4.8)  # no utilisation known: idle
     assert "curr1_input: not a regular file" in caplog.text
 
 
-def test_sensor_read_cost_is_under_a_millisecond() -> None:
-    m = meter_for(TESTDATA / "jetson-agx-orin", FakeClock())  # the most files per sample
-    times = []
-    for _ in range(200):
-        start = time.perf_counter()
-        m.read()
-        times.append(time.perf_counter() - start)
-    # The target, on the median (tens of µs here), so a loaded machine passes.
-    assert statistics.median(times) < 0.001
+# The cost of one sensor read (< 1 ms) is a speed figure: tests/bench/power.py measures it.

@@ -6,6 +6,7 @@ Each test runs once per protocol: MQTT 5 and MQTT 3.1.1.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.protocol import Channel, Signature, SignedEnvelope, Status, device_topic, encode
+from agent.spool import Spool, SpoolStats
 from controller.demo.brokers import Mosquitto
 from controller.demo.fleetproc import DeviceSpec, FleetProcesses
 from controller.store import Store
@@ -118,6 +120,97 @@ def online_ids(devices: list) -> set[str]:  # type: ignore[type-arg]
     return {d.id for d in devices if d.online}
 
 
+def wait_subscribed(fleet: FleetProcesses, mosquitto: Mosquitto) -> None:
+    """Wait until the controller's subscriptions are in force: a retained status reaches it
+    only through them (a SUBACK alone says nothing, PITFALLS), so its device showing up
+    online is the signal. No sleeping "for the SUBSCRIBE"."""
+    probe = encode(Status(state="online", ts=time.time(), agent_version="probe"))
+    publish_once(mosquitto.port, device_topic("sub-probe", Channel.STATUS), probe, retain=True)
+    fleet.wait_for(lambda ds: "sub-probe" in online_ids(ds), timeout=15)
+
+
+def spool_stats(state_dir: Path) -> SpoolStats:
+    spool = Spool(state_dir / "spool.db")
+    try:
+        return spool.stats()
+    finally:
+        spool.close()
+
+
+def outage_roundtrip(fleet: FleetProcesses, mosquitto: Mosquitto, outage_s: float) -> dict[str, float]:
+    """Broker down for `outage_s`; the agent is SIGKILLed and restarted in the middle of it.
+    Returns the counts on both sides; the caller asserts 0 lost and 0 stored twice."""
+    spec = DeviceSpec("dev-out")
+    wait_subscribed(fleet, mosquitto)  # from here on the controller's session holds what comes
+    fleet.start_agent(spec)
+    fleet.wait_for(lambda ds: "dev-out" in online_ids(ds), timeout=20)
+    # A broker stopped, not killed: what it acknowledged is its to keep (Mosquitto saves its
+    # persistence file on exit; a SIGKILLed broker loses what it acked since the last autosave,
+    # which no client can help).
+    mosquitto.stop()
+    t0 = time.monotonic()
+    time.sleep(outage_s / 2)  # the outage itself: the agent samples into its spool meanwhile
+    proc = fleet.agents["dev-out"]
+    fleet.signal_agent("dev-out", signal.SIGKILL)
+    proc.wait(10)
+    fleet.start_agent(spec)
+    time.sleep(max(0.0, outage_s - (time.monotonic() - t0)))
+    state = fleet.workdir / "agents" / "dev-out"
+    during = spool_stats(state)
+    mosquitto.start()
+    fleet.wait_for(lambda ds: "dev-out" in online_ids(ds), timeout=30)
+    # The backlog drains (rows leave only on PUBACK); then a clean stop drains the rest.
+    deadline = time.monotonic() + 60
+    while spool_stats(state).rows > 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc = fleet.agents["dev-out"]
+    fleet.signal_agent("dev-out", signal.SIGTERM)
+    proc.wait(20)
+    after = spool_stats(state)
+    store = Store(fleet.db_url)
+    try:
+        def counts() -> tuple[int, int]:
+            return store.telemetry_count("dev-out"), len(store.events("dev-out", limit=100_000))
+
+        deadline = time.monotonic() + 30  # the controller's batch window
+        while counts() != (after.added_samples, after.added_events) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        samples, events = counts()
+    finally:
+        store.close()
+    return {"outage_s": outage_s, "spooled_during_outage": during.rows, "agent_samples": after.added_samples,
+            "agent_events": after.added_events, "controller_samples": samples, "controller_events": events,
+            "left_in_spool": after.rows, "dropped": after.dropped_samples + after.dropped_events}
+
+
+@pytest.fixture
+def fleet5(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[FleetProcesses]:
+    # Shared subscriptions off: Mosquitto 2.0 restarted from its persistence file drops what
+    # arrives for a `$share/...` subscription until the member re-subscribes (measured here:
+    # 39 of 74 samples reached the controller, while a plain persistent subscriber got 75 of 75).
+    # That is the broker's loss, not the agent's; with plain subscriptions nothing is lost.
+    procs = FleetProcesses(tmp_path / "fleet", mosquitto.url, protocol="5", keepalive=KEEPALIVE,
+                           sample_interval_s=0.2, publish_interval_s=0.5,
+                           env={"FLEETGEN_SHARED_SUBSCRIPTIONS": "false"})
+    procs.start_controller()
+    yield procs
+    procs.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_broker_outage_with_sigkill_in_the_middle_loses_nothing(fleet5: FleetProcesses, mosquitto: Mosquitto) -> None:
+    """Store-and-forward: 10 s here (tests/bench/agent.py runs the same with 60 s)."""
+    r = outage_roundtrip(fleet5, mosquitto, float(os.environ.get("FLEETGEN_OUTAGE_S", "10")))
+    assert r["spooled_during_outage"] >= 10, r  # the outage really held samples back
+    assert r["left_in_spool"] == 0 and r["dropped"] == 0, r
+    # Both sides counted: every sample and event the agent ever stored reached the controller
+    # (0 lost), and it holds no more rows than the agent made (0 stored twice).
+    assert r["controller_samples"] == r["agent_samples"], r
+    assert r["controller_events"] == r["agent_events"], r
+    assert r["agent_events"] >= 2  # agent.started, twice
+
+
 def test_broker_restart_everyone_reconnects(fleet: FleetProcesses, mosquitto: Mosquitto) -> None:
     for device_id in ("dev-r1", "dev-r2"):
         fleet.start_agent(DeviceSpec(device_id))
@@ -149,8 +242,7 @@ def test_controller_refuses_garbage_and_keeps_ingesting(fleet: FleetProcesses, m
         ("fleetgen/v1/dev/g1/status", b"{" * 5000),
         ("fleetgen/v1/dev/g1/events", b"[]"),
     ]
-    fleet.wait_log("controller", "connected to")
-    time.sleep(0.3)  # the SUBSCRIBE goes out right after the CONNACK
+    wait_subscribed(fleet, mosquitto)
     for topic, payload in garbage:
         publish_once(mosquitto.port, topic, payload)
     good = encode(Status(state="online", ts=time.time(), agent_version="9.9"))

@@ -95,7 +95,7 @@ def test_subprocess_corrupt_model_no_traceback(tiny_dir: Path, tmp_path: Path) -
 def test_bundle_is_verified_unpacked_and_run(
     tiny_int8_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from agent.bundle import build_bundle
+    from agent.update.bundle import build_bundle
 
     fgb = tmp_path / "tiny.fgb"
     build_bundle(tiny_int8_dir, fgb)
@@ -153,9 +153,9 @@ def test_installed_bundle_is_preferred_over_the_shipped_model(
 ) -> None:
     import hashlib
 
-    from agent.bundle import build_bundle
     from agent.manifest import load_manifest
-    from agent.store import BundleStore
+    from agent.update.bundle import build_bundle
+    from agent.update.store import BundleStore
 
     state = tmp_path / "state"
     args = ("--json", "--greedy", "--max-tokens", "3", "--ignore-eos", "abc")

@@ -13,11 +13,11 @@ import pytest
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, MetaFile
 
-from agent.bundle import build_bundle
 from agent.protocol.messages import SignedEnvelope
 from agent.trust.fetch import BoundedFetcher, DownloadPolicy, LocalFetcher
 from agent.trust.layout import TrustPaths, provision
-from agent.trust.updater import TrustedUpdater
+from agent.update.bundle import build_bundle
+from agent.update.install import Installer
 from controller.director import Director
 from controller.tuf.repository import RepoConfig, Repository
 from tests.trust.models import make_model_dir
@@ -84,13 +84,13 @@ class World:
         device_id: str = DEVICE,
         fetcher: BoundedFetcher | None = None,
         policy: DownloadPolicy | None = None,
-    ) -> TrustedUpdater:
+    ) -> Installer:
         state_dir = self.tmp / state
         paths = TrustPaths(state_dir)
         if not paths.provisioned:
             provision(paths, (self.repo.metadata_dir / "1.root.json").read_bytes())
         fetcher = fetcher or LocalFetcher(self.mirror / "metadata", self.mirror / "targets", policy)
-        return TrustedUpdater(state_dir, fetcher, board=board, device_id=device_id)
+        return Installer(state_dir, fetcher, board=board, device_id=device_id)
 
     def desired(self, version: str | None, **kw: Any) -> SignedEnvelope:
         return self.director.desired(kw.pop("device_id", DEVICE), f"tiny-{version}.fgb" if version else None, **kw)

@@ -18,9 +18,9 @@ import pytest
 from tuf.api.metadata import Metadata, MetaFile, TargetFile
 
 from agent.protocol.messages import DesiredState, TargetRef
-from agent.trust.errors import TrustError
+from agent.trust.errors import TransportError, TrustError
 from agent.trust.fetch import Deadline, DownloadPolicy, LocalFetcher
-from agent.trust.updater import TrustedUpdater, install_offline
+from agent.update.install import Installer, install_offline
 from controller.tuf import keystore
 from controller.tuf.repository import RepoConfig, Repository
 from tests.trust.conftest import DEVICE, World
@@ -33,13 +33,16 @@ def _tree(top: Path | None) -> dict[str, bytes] | None:
     return {str(f.relative_to(top)): f.read_bytes() for f in sorted(top.rglob("*")) if f.is_file()}
 
 
-def refused(device: TrustedUpdater, action: Callable[[], Any], check: str) -> TrustError:
-    """Run `action`, expect a TrustError naming `check`; the active bundle must be the same
+def refused(device: Installer, action: Callable[[], Any], check: str) -> TrustError | TransportError:
+    """Run `action`, expect a TrustError naming `check` (a TransportError for "transport":
+    a failure, retried, not a refusal); the active bundle must be the same
     directory with the same bytes, and nothing of the attempt may be left on disk."""
     before = device.store.current()
     content = _tree(before)
-    with pytest.raises(TrustError) as info:
+    expected = TransportError if check == "transport" else TrustError
+    with pytest.raises(expected) as info:
         action()
+    assert not isinstance(info.value, TrustError) or check != "transport"
     assert info.value.check == check, f"{info.value.check}: {info.value}"
     assert device.store.current() == before
     assert _tree(device.store.current()) == content
@@ -52,7 +55,7 @@ def refused(device: TrustedUpdater, action: Callable[[], Any], check: str) -> Tr
 
 
 @pytest.fixture
-def installed(world: World) -> TrustedUpdater:
+def installed(world: World) -> Installer:
     """A device running tiny 1.0.0, installed through the director."""
     world.publish("1.0.0")
     device = world.device()
@@ -71,7 +74,7 @@ def test_unpublished_bundle_is_refused_offline(world: World, tmp_path: Path) -> 
     refused(device, lambda: device.install_file(evil), "unknown-target")
 
 
-def test_bundle_signed_by_unknown_keys_is_refused(installed: TrustedUpdater, world: World, tmp_path: Path) -> None:
+def test_bundle_signed_by_unknown_keys_is_refused(installed: Installer, world: World, tmp_path: Path) -> None:
     # The attacker runs a complete repository of their own and serves it to the device.
     evil = Repository.create(tmp_path / "evil-repo")
     evil.publish(world.build("6.6.6"))
@@ -81,7 +84,7 @@ def test_bundle_signed_by_unknown_keys_is_refused(installed: TrustedUpdater, wor
     refused(installed, lambda: installed.install_file(world.bundles["6.6.6"]), "signature")
 
 
-def test_director_document_signed_by_unknown_key_is_refused(installed: TrustedUpdater, world: World) -> None:
+def test_director_document_signed_by_unknown_key_is_refused(installed: Installer, world: World) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from agent.protocol.codec import encode
@@ -99,7 +102,7 @@ def test_director_document_signed_by_unknown_key_is_refused(installed: TrustedUp
 # -- tampered content ----------------------------------------------------------------------
 
 
-def test_one_byte_flipped_in_the_bundle(installed: TrustedUpdater, world: World) -> None:
+def test_one_byte_flipped_in_the_bundle(installed: Installer, world: World) -> None:
     world.publish("2.0.0")
     served = world.target_file("2.0.0")
     data = bytearray(served.read_bytes())
@@ -133,7 +136,7 @@ class _Endless(LocalFetcher):
             yield bytes(65536)
 
 
-def test_endless_data_is_stopped_at_the_declared_length(installed: TrustedUpdater, world: World) -> None:
+def test_endless_data_is_stopped_at_the_declared_length(installed: Installer, world: World) -> None:
     world.publish("2.0.0")
     fetcher = _Endless(world.mirror / "metadata", world.mirror / "targets")
     installed.fetcher = fetcher
@@ -152,39 +155,39 @@ def test_bundle_longer_than_metadata_says_offline(world: World, tmp_path: Path) 
 # -- rollback, freeze, mix-and-match ---------------------------------------------------------
 
 
-def test_rollback_of_timestamp(installed: TrustedUpdater, world: World) -> None:
+def test_rollback_of_timestamp(installed: Installer, world: World) -> None:
     old = world.snapshot_mirror("v1")
     world.publish("2.0.0")
     installed.apply_desired(world.desired("2.0.0"))
     world.restore_mirror(old)  # replay everything as it was
-    refused(installed, lambda: installed.refresh(), "rollback")
+    refused(installed, lambda: installed.verifier.refresh(), "rollback")
 
 
-def test_rollback_of_snapshot(installed: TrustedUpdater, world: World) -> None:
+def test_rollback_of_snapshot(installed: Installer, world: World) -> None:
     old_snapshot = (world.mirror / "metadata" / "snapshot.json").read_bytes()
     world.publish("2.0.0")
     installed.apply_desired(world.desired("2.0.0"))
     # The attacker holds the (online) timestamp key and points it at the old snapshot.
     world.forge_timestamp(old_snapshot)
-    refused(installed, lambda: installed.refresh(), "rollback")
+    refused(installed, lambda: installed.verifier.refresh(), "rollback")
 
 
-def test_rollback_of_targets(installed: TrustedUpdater, world: World) -> None:
+def test_rollback_of_targets(installed: Installer, world: World) -> None:
     old_targets = Metadata.from_bytes((world.mirror / "metadata" / "targets.json").read_bytes())
     world.publish("2.0.0")
     installed.apply_desired(world.desired("2.0.0"))
     # With both online keys: a newer snapshot that names the older targets version.
     world.forge_snapshot(MetaFile(version=old_targets.signed.version))
-    refused(installed, lambda: installed.refresh(), "rollback")
+    refused(installed, lambda: installed.verifier.refresh(), "rollback")
 
 
-def test_expired_timestamp_freeze(installed: TrustedUpdater, world: World) -> None:
+def test_expired_timestamp_freeze(installed: Installer, world: World) -> None:
     # The mirror keeps serving a timestamp whose life is over (indefinite freeze).
     past = world.repo._clock() - timedelta(days=3)
     stale = Repository(world.repo.path, clock=lambda: past)
     stale.resign_online(force=True)
     world.sync()
-    refused(installed, lambda: installed.refresh(), "expired")
+    refused(installed, lambda: installed.verifier.refresh(), "expired")
 
 
 def test_frozen_metadata_expires(tmp_path: Path) -> None:
@@ -196,10 +199,10 @@ def test_frozen_metadata_expires(tmp_path: Path) -> None:
     device = w.device()
     device.install_file(w.bundles["1.0.0"])
     time.sleep(3.1)
-    refused(device, lambda: device.refresh(), "expired")
+    refused(device, lambda: device.verifier.refresh(), "expired")
 
 
-def test_mix_and_match(installed: TrustedUpdater, world: World) -> None:
+def test_mix_and_match(installed: Installer, world: World) -> None:
     world.publish("2.0.0")
     release_b = world.snapshot_mirror("b")
     world.publish("3.0.0")
@@ -213,7 +216,7 @@ def test_mix_and_match(installed: TrustedUpdater, world: World) -> None:
     refused(installed, lambda: installed.apply_desired(world.desired("3.0.0")), "hash")
 
 
-def test_target_missing_from_the_repository(installed: TrustedUpdater, world: World) -> None:
+def test_target_missing_from_the_repository(installed: Installer, world: World) -> None:
     world.publish("2.0.0")
     world.target_file("2.0.0").unlink()
     err = refused(installed, lambda: installed.apply_desired(world.desired("2.0.0")), "transport")
@@ -223,7 +226,7 @@ def test_target_missing_from_the_repository(installed: TrustedUpdater, world: Wo
 # -- the director --------------------------------------------------------------------------
 
 
-def test_director_document_for_another_device(installed: TrustedUpdater, world: World) -> None:
+def test_director_document_for_another_device(installed: Installer, world: World) -> None:
     world.publish("2.0.0")
     refused(installed, lambda: installed.apply_desired(world.desired("2.0.0", device_id="dev-2")), "wrong-device")
 
@@ -246,7 +249,7 @@ class _Counting(LocalFetcher):
     ],
 )
 def test_misrouted_or_stale_documents_cause_no_repository_traffic(
-    installed: TrustedUpdater, world: World, make: Callable[[World], Any], check: str
+    installed: Installer, world: World, make: Callable[[World], Any], check: str
 ) -> None:
     envelope = make(world)
     installed.fetcher = fetcher = _Counting(world.mirror / "metadata", world.mirror / "targets")
@@ -265,7 +268,7 @@ def test_replayed_older_director_document(world: World) -> None:
     assert "tiny-2.0.0" in device.store.current().name  # type: ignore[union-attr]
 
 
-def test_an_unreadable_director_record_is_not_read_as_zero(installed: TrustedUpdater, world: World) -> None:
+def test_an_unreadable_director_record_is_not_read_as_zero(installed: Installer, world: World) -> None:
     # Read as "no version seen yet", a damaged record would let any old document replay.
     old = world.desired("1.0.0")
     world.publish("2.0.0")
@@ -274,13 +277,13 @@ def test_an_unreadable_director_record_is_not_read_as_zero(installed: TrustedUpd
     refused(installed, lambda: installed.apply_desired(old), "metadata")
 
 
-def test_expired_director_document(installed: TrustedUpdater, world: World) -> None:
+def test_expired_director_document(installed: Installer, world: World) -> None:
     world.publish("2.0.0")
     envelope = world.desired("2.0.0", now=time.time() - 7200, expires_in_s=3600)
     refused(installed, lambda: installed.apply_desired(envelope), "expired")
 
 
-def test_director_naming_a_target_not_in_signed_targets(installed: TrustedUpdater, world: World) -> None:
+def test_director_naming_a_target_not_in_signed_targets(installed: Installer, world: World) -> None:
     # A stolen director key names a bundle the attacker serves, with its true length and hash.
     evil = world.build("6.6.6")
     shutil.copy(evil, world.mirror / "targets" / evil.name)
@@ -290,7 +293,7 @@ def test_director_naming_a_target_not_in_signed_targets(installed: TrustedUpdate
     refused(installed, lambda: installed.apply_desired(world.director.sign(state)), "unknown-target")
 
 
-def test_director_naming_a_signed_path_with_other_hashes(installed: TrustedUpdater, world: World) -> None:
+def test_director_naming_a_signed_path_with_other_hashes(installed: Installer, world: World) -> None:
     world.publish("2.0.0")
     real = world.repo.target_ref("tiny-2.0.0.fgb")
     ref = TargetRef(path=real.path, length=real.length, hashes={"sha256": "f" * 64})
@@ -320,11 +323,11 @@ def test_targets_signed_by_fewer_keys_than_threshold(world2: World) -> None:
     refused(device, lambda: device.install_file(world.bundles["6.6.6"]), "threshold")
 
 
-def test_revoked_key_after_rotation(installed: TrustedUpdater, world: World) -> None:
+def test_revoked_key_after_rotation(installed: Installer, world: World) -> None:
     old_key = world.repo.signers("targets")[0]
     world.repo.rotate("targets")
     world.sync()
-    installed.refresh()  # the device follows the rotation
+    installed.verifier.refresh()  # the device follows the rotation
     world.forge_targets(_evil_targets(world), [old_key])
     refused(installed, lambda: installed.install_file(world.bundles["6.6.6"]), "signature")
 
@@ -339,7 +342,7 @@ def test_key_revoked_through_root_no_longer_counts(world: World, tmp_path: Path)
     signers = repo.signers("targets")
     repo.revoke(signers[0].public_key.keyid)
     w.sync()
-    device.refresh()
+    device.verifier.refresh()
     w.forge_targets(_evil_targets(w), [signers[0]])
     refused(device, lambda: device.install_file(w.bundles["6.6.6"]), "signature")
 
@@ -364,7 +367,7 @@ class _Paced(LocalFetcher):
                 yield chunk[i : i + self.size]
 
 
-def test_drip_under_the_throughput_floor_is_aborted(installed: TrustedUpdater, world: World) -> None:
+def test_drip_under_the_throughput_floor_is_aborted(installed: Installer, world: World) -> None:
     world.publish("2.0.0", size=64 * 1024)
     policy = DownloadPolicy(min_bytes_per_s=20_000, grace_s=0.3, deadline_s=60)
     installed.fetcher = _Paced(world, size=1, pause=0.01, policy=policy)  # ~100 B/s
@@ -374,7 +377,7 @@ def test_drip_under_the_throughput_floor_is_aborted(installed: TrustedUpdater, w
     assert time.monotonic() - start < 5
 
 
-def test_download_outlasting_its_deadline_is_aborted(installed: TrustedUpdater, world: World) -> None:
+def test_download_outlasting_its_deadline_is_aborted(installed: Installer, world: World) -> None:
     world.publish("2.0.0", size=256 * 1024)
     policy = DownloadPolicy(min_bytes_per_s=1_000, grace_s=0.1, deadline_s=0.8)
     installed.fetcher = _Paced(world, size=8192, pause=0.05, policy=policy)  # ~160 KB/s, needs ~1.6 s
@@ -426,7 +429,7 @@ def _signed_hostile_bundle(world: World, member: str) -> Path:
 
 
 @pytest.mark.parametrize("member", ["../../trust/root.pinned.json", "../../trust/metadata/root.json"])
-def test_signed_bundle_cannot_overwrite_trusted_metadata(installed: TrustedUpdater, world: World, member: str) -> None:
+def test_signed_bundle_cannot_overwrite_trusted_metadata(installed: Installer, world: World, member: str) -> None:
     trust = installed.paths.trust_dir
     pinned = installed.paths.pinned_root.read_bytes()
     evil = _signed_hostile_bundle(world, member)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.bundle import build_bundle, read_manifest, verify_bundle, verify_bundle_file
 from agent.manifest import ManifestError, load_manifest
-from agent.store import BundleStore
 from agent.trust.errors import BundleFormatError, HashMismatchError, LengthMismatchError, TrustError
+from agent.update.bundle import build_bundle, read_manifest, verify_bundle, verify_bundle_file
+from agent.update.store import BundleStore
 from tests.trust.models import make_model_dir
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.bundle import build_bundle, verify_bundle
 from agent.trust.errors import TrustError
+from agent.update.bundle import build_bundle, verify_bundle
 from tests.trust.models import make_model_dir
 
 _DIR = Path(tempfile.mkdtemp(prefix="fleetgen-fuzz-"))

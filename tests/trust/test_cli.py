@@ -22,7 +22,7 @@ def released(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     assert fleetgen(["keys", "init", "--repo", str(repo), "--threshold", "1", "--passphrase-file", str(pp)]) == 0
     model = make_model_dir(tmp_path / "models")
     out = tmp_path / "tiny-1.0.0.fgb"
-    assert fleetgen(["bundle", "build", str(model), "-o", str(out)]) == 0
+    assert fleetgen(["bundle", "build", "--no-probe", str(model), "-o", str(out)]) == 0
     assert fleetgen(["bundle", "publish", str(out), "--repo", str(repo), "--passphrase-file", str(pp)]) == 0
     assert fleetgen(["bundle", "export", "--repo", str(repo), "--to", str(tmp_path / "usb"), "--bundles"]) == 0
     capsys.readouterr()
@@ -35,7 +35,7 @@ def test_publish_needs_the_passphrase(
     monkeypatch.delenv("FLEETGEN_PASSPHRASE", raising=False)
     model = make_model_dir(released / "models", version="2.0.0")
     out = released / "tiny-2.0.0.fgb"
-    assert fleetgen(["bundle", "build", str(model), "-o", str(out)]) == 0
+    assert fleetgen(["bundle", "build", "--no-probe", str(model), "-o", str(out)]) == 0
     assert fleetgen(["bundle", "publish", str(out), "--repo", str(released / "repo")]) == 1
     assert "encrypted" in capsys.readouterr().err
 
@@ -49,7 +49,7 @@ def test_inspect_json(released: Path, capsys: pytest.CaptureFixture[str]) -> Non
 def test_build_names_missing_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = make_model_dir(tmp_path)
     (model / "model.onnx").unlink()
-    assert fleetgen(["bundle", "build", str(model), "-o", str(tmp_path / "x.fgb")]) == 2
+    assert fleetgen(["bundle", "build", "--no-probe", str(model), "-o", str(tmp_path / "x.fgb")]) == 2
     assert "model.onnx" in capsys.readouterr().err
 
 
@@ -128,3 +128,22 @@ def test_director_set_writes_and_publishes(released: Path, capsys: pytest.Captur
         t.stop()
     state = decode_as(DesiredState, retained.payload)
     assert state.device_id == "dev-7" and state.version == 2 and state.target is not None
+
+
+def test_bundle_build_records_the_probe_perplexity_and_refuses_one_over_the_maximum(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.update.bundle import read_manifest
+    from tests.support.update_world import variant
+
+    good = variant(tmp_path / "m", "austen", "1.0.0", record_probe=False)
+    assert fleetgen(["bundle", "build", str(good), "-o", str(tmp_path / "good.fgb")]) == 0
+    test = read_manifest(tmp_path / "good.fgb").self_test
+    assert test.probe and test.probe_perplexity is not None and 20 < test.probe_perplexity < 80
+    assert "probe perplexity" in capsys.readouterr().out
+
+    strict = variant(tmp_path / "m", "austen", "2.0.0", record_probe=False, max_perplexity=5.0)
+    assert fleetgen(["bundle", "build", str(strict), "-o", str(tmp_path / "strict.fgb")]) == 1
+    err = capsys.readouterr().err
+    assert "above the manifest's max_perplexity 5" in err and "Traceback" not in err
+    assert not (tmp_path / "strict.fgb").exists()

@@ -228,10 +228,9 @@ def test_https_drip_under_the_floor_is_aborted(world: World) -> None:
     try:
         policy = DownloadPolicy(min_bytes_per_s=10_000, grace_s=0.5, deadline_s=30)
         device = world.device(fetcher=HttpsFetcher(server.url, policy))
-        start = time.monotonic()
-        with pytest.raises(SlowRetrievalError):
+        # The floor ends it (not the 30 s deadline): what the error says, no wall-clock bound.
+        with pytest.raises(SlowRetrievalError, match="under the floor"):
             device.apply_desired(world.desired("1.0.0"))
-        assert time.monotonic() - start < 5
         assert device.store.current() is None
         assert not list(device.paths.downloads_dir.iterdir())
     finally:
@@ -321,10 +320,9 @@ def test_mqtt_silence_is_cut_by_the_floor_not_the_request_timeout(world: World) 
     _, agent = _bus_pair(world.repo.path, lambda t, p: True)
     policy = DownloadPolicy(request_timeout_s=30, min_bytes_per_s=1000, grace_s=0.5, deadline_s=60)
     fetcher = MqttFetcher(agent, "dev-1", policy)
-    start = time.monotonic()
-    with pytest.raises(SlowRetrievalError):
+    # Cut by the floor (its message), not by a retry after the 30 s request timeout.
+    with pytest.raises(SlowRetrievalError, match="under the floor"):
         b"".join(fetcher.fetch(f"{METADATA_URL}timestamp.json"))
-    assert time.monotonic() - start < 3
 
 
 def test_mqtt_slow_responder_under_the_floor_is_aborted(world: World) -> None:
@@ -341,10 +339,8 @@ def test_mqtt_slow_responder_under_the_floor_is_aborted(world: World) -> None:
     policy = DownloadPolicy(chunk_size=4 * KiB, window=1, min_bytes_per_s=50_000, grace_s=0.5, deadline_s=60)
     fetcher = MqttFetcher(bus.client(), "dev-1", policy)  # 4 KiB per 0.2 s = 20 KB/s
     sha = world.repo.targets().targets[bundle.name].hashes["sha256"]
-    start = time.monotonic()
-    with pytest.raises(SlowRetrievalError, match="floor"):
+    with pytest.raises(SlowRetrievalError, match="under the floor"):
         b"".join(fetcher.fetch_range(f"{TARGETS_URL}{sha}.{bundle.name}", 0, bundle.stat().st_size))
-    assert time.monotonic() - start < 3
 
 
 def test_mqtt_stream_of_stale_answers_does_not_outlive_the_floor(world: World) -> None:
@@ -367,10 +363,9 @@ def test_mqtt_stream_of_stale_answers_does_not_outlive_the_floor(world: World) -
             raise queue.Empty
 
     fetcher._inbox = NeverEmpty()  # type: ignore[assignment]
-    start = time.monotonic()
-    with pytest.raises(SlowRetrievalError):
+    # Cut by the floor (its message), not by a retry after the 30 s request timeout.
+    with pytest.raises(SlowRetrievalError, match="under the floor"):
         b"".join(fetcher.fetch(f"{METADATA_URL}timestamp.json"))
-    assert time.monotonic() - start < 3
 
 
 def test_a_complete_partial_download_is_installed_without_asking_again(world: World, http_server: _Server) -> None:

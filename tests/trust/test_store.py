@@ -9,9 +9,9 @@ import signal
 import time
 from pathlib import Path
 
-from agent.bundle import VerifiedBundle, build_bundle
 from agent.manifest import load_manifest, verify_files
-from agent.store import BundleStore
+from agent.update.bundle import VerifiedBundle, build_bundle
+from agent.update.store import BundleStore
 from tests.trust.models import make_model_dir
 
 

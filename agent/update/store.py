@@ -4,11 +4,12 @@
     STATE/current  -> bundles/...        the active bundle (a symlink, flipped by rename)
     STATE/previous -> bundles/...        the one before, kept until the next install
 
-An install unpacks into `bundles/.incoming-*` while verifying (one pass), fsyncs every
-file and directory, renames it into place, then flips `current` with a new link renamed
-over the old one. A power cut at any instant leaves `current` on the old bundle or the
-new one; `recover()` (at start, and before each install) removes what an interrupted
-install left.
+`unpack` writes into `bundles/.incoming-*` while verifying (one pass), fsyncs every
+file and directory and renames it into place; `switch` flips `current` with a new link
+renamed over the old one; `rollback` flips it back; `commit` drops all but current and
+previous. Which of these steps is due is the update journal's business
+(agent/update/journal.py): the store never guesses it from the directory listing, and
+`recover(keep=...)` removes only what neither the links nor the journal name.
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from agent.bundle import VerifiedBundle, verify_bundle
 from agent.fsutil import fsync_dir, replace_symlink
 from agent.manifest import ModelManifest
 from agent.trust.errors import BoardMismatchError
+from agent.update.bundle import VerifiedBundle, verify_bundle
 
 log = logging.getLogger(__name__)
 
@@ -79,21 +80,24 @@ class BundleStore:
     def is_current(self, sha256: str) -> bool:
         return self.current_sha_prefix() == sha256[:16]
 
-    def recover(self) -> None:
+    def previous(self) -> Path | None:
+        return self._target(self.previous_link)
+
+    def recover(self, keep: Iterable[str] = ()) -> None:
         """Finish or undo an interrupted install (call at start): remove `.incoming-*`
-        directories, half-made links, and bundles that neither `current` nor `previous`
-        names (one renamed into place just before a crash)."""
+        directories, half-made links, and bundles that neither `current`, `previous` nor
+        `keep` (the update journal's bundle in progress) names."""
         for link in (self.current_link, self.previous_link):
             for stale in self.root.glob(f".{link.name}.new*"):  # fsutil.replace_symlink's temp
                 stale.unlink(missing_ok=True)
         if not self.bundles.is_dir():
             return
-        keep = {p.name for p in (self.current(), self._target(self.previous_link)) if p}
+        wanted = {p.name for p in (self.current(), self.previous()) if p} | set(keep)
         for entry in self.bundles.iterdir():
-            if entry.name not in keep:
+            if entry.name not in wanted:
                 shutil.rmtree(entry, ignore_errors=True)
 
-    def install(
+    def unpack(
         self,
         source: BinaryIO,
         *,
@@ -101,13 +105,13 @@ class BundleStore:
         expected_length: int,
         expected_sha256: str,
         board: str | None,
+        keep: Iterable[str] = (),
     ) -> InstalledBundle:
-        """Verify `source` against the signed length/sha256 while unpacking; then switch.
-
-        On any refusal the incoming directory is deleted and `current` is untouched.
-        """
+        """Verify `source` against the signed length/sha256 while unpacking it into
+        bundles/NAME-VERSION-SHA16 (fsynced); `current` is not touched. `changed` is False
+        when that bundle is already current."""
         self.bundles.mkdir(parents=True, exist_ok=True, mode=0o755)
-        self.recover()
+        self.recover(keep)
         incoming = Path(tempfile.mkdtemp(prefix=_INCOMING, dir=self.bundles))
         try:
             verified = verify_bundle(
@@ -135,15 +139,60 @@ class BundleStore:
             shutil.rmtree(aside, ignore_errors=True)
         os.rename(incoming, final)
         fsync_dir(self.bundles)
-        # `previous` first: a crash between the two flips leaves both on the old bundle,
-        # and recover() removes the new one (undo); after the second flip it is done.
-        previous = self.current()
-        if previous is not None and previous.name != name:
-            replace_symlink(self.previous_link, f"bundles/{previous.name}")
-        replace_symlink(self.current_link, f"bundles/{name}")
-        self.recover()
-        log.info("installed %s (sha256 %s) as current", name, verified.sha256)
         return InstalledBundle(path=final, bundle=verified, changed=True)
+
+    def switch(self, name: str) -> None:
+        """`current` -> bundles/NAME, the old current becoming `previous`. Idempotent: a
+        restart after a crash mid-switch calls it again."""
+        if not (self.bundles / name).is_dir():
+            raise FileNotFoundError(f"bundle {name} is not in {self.bundles}")
+        current = self.current()
+        if current is not None and current.name == name:
+            return
+        # `previous` first: a crash between the two flips leaves both on the old bundle.
+        if current is not None:
+            replace_symlink(self.previous_link, f"bundles/{current.name}")
+        replace_symlink(self.current_link, f"bundles/{name}")
+        log.info("current -> %s", name)
+
+    def rollback(self, failed: str | None, back_to: str | None) -> None:
+        """`current` back to `back_to` (the bundle before the switch; None: no bundle at
+        all, as before the first install); the failed bundle is deleted."""
+        if back_to is not None and (self.bundles / back_to).is_dir():
+            replace_symlink(self.current_link, f"bundles/{back_to}")
+        elif self.current() is not None and (failed is None or self.current().name == failed):  # type: ignore[union-attr]
+            self.current_link.unlink(missing_ok=True)
+            fsync_dir(self.root)
+        prev = self.previous()
+        if prev is not None and (prev.name == back_to or prev.name == failed):
+            self.previous_link.unlink(missing_ok=True)
+            fsync_dir(self.root)
+        if failed is not None and failed != back_to:
+            shutil.rmtree(self.bundles / failed, ignore_errors=True)
+        log.warning("rolled back from %s to %s", failed, back_to)
+
+    def commit(self) -> None:
+        """Keep the active and the previous bundle only."""
+        self.recover()
+
+    def install(
+        self,
+        source: BinaryIO,
+        *,
+        origin: str,
+        expected_length: int,
+        expected_sha256: str,
+        board: str | None,
+    ) -> InstalledBundle:
+        """Unpack and switch at once, without a trial: the air-gapped `install-bundle` and
+        the trust tests. The daemon goes through agent.update.worker (trial + commit)."""
+        installed = self.unpack(source, origin=origin, expected_length=expected_length,
+                                expected_sha256=expected_sha256, board=board)
+        if installed.changed:
+            self.switch(installed.path.name)
+            self.recover()
+            log.info("installed %s (sha256 %s) as current", installed.path.name, installed.bundle.sha256)
+        return installed
 
 
 def _fsync_tree(top: Path) -> None:

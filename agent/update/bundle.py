@@ -9,7 +9,7 @@ manifest's. Nothing else: no directories, links, devices, absolute paths or `..`
 in the same pass, parses the tar, checks every member against the manifest and (when
 `dest` is given) writes it out. Parsing happens before the whole-file hash is known, so
 every size is bounded up front and `dest` must be a fresh directory that the caller
-discards unless `verify_bundle` returns (agent.store does exactly that).
+discards unless `verify_bundle` returns (agent.update.store does exactly that).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from agent.manifest import (
     MAX_MANIFEST_BYTES,
     ManifestError,
     ModelManifest,
+    SelfTest,
     check_relative_path,
     encode_manifest,
     load_manifest,
@@ -435,19 +436,23 @@ def _open_member(path: Path) -> BinaryIO:
 
 
 def build_bundle(
-    model_dir: Path, out: Path, *, name: str | None = None, version: str | None = None
+    model_dir: Path, out: Path, *, name: str | None = None, version: str | None = None,
+    self_test: SelfTest | None = None,
 ) -> VerifiedBundle:
     """Pack a model folder into `out` (written atomically, reproducible bytes).
 
-    Name and version default to the folder's manifest. Refuses a folder that lacks a file
-    the manifest needs, naming it; the written bundle is verified before it is kept.
+    Name and version default to the folder's manifest, the self-test too (`fleetgen bundle
+    build` passes one with the probe perplexity it measured). Refuses a folder that lacks a
+    file the manifest needs, naming it; the written bundle is verified before it is kept.
     """
     model_dir = Path(model_dir)
     manifest = load_manifest(model_dir)
     missing = [f.path for f in manifest.files if not (model_dir / f.path).is_file()]
     if missing:
         raise ManifestError(f"{model_dir}: missing files the manifest lists: {', '.join(missing)}")
-    changes = {k: v for k, v in (("name", name), ("version", version)) if v is not None}
+    changes: dict[str, object] = {k: v for k, v in (("name", name), ("version", version)) if v is not None}
+    if self_test is not None:
+        changes["self_test"] = self_test
     if changes:
         try:
             manifest = msgspec.convert(

@@ -1,0 +1,231 @@
+"""The update table, exhaustively: every phase x every event, the happy path, failures,
+refusals, cancellation, the loop counter, and a simulated crash at every journal step."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import msgspec
+import pytest
+
+from agent.trust.target import Target
+from agent.update import machine as m
+
+A = Target(path="a-1.fgb", length=100, sha256="a" * 64)
+B = Target(path="b-2.fgb", length=200, sha256="b" * 64)
+C = Target(path="c-3.fgb", length=300, sha256="c" * 64)
+POLICY = m.Policy(max_retries=3, backoff_base_s=10, backoff_max_s=100, recheck_s=60, max_trial_attempts=3)
+
+PHASES: tuple[m.Phase, ...] = ("idle", "checking", "waiting", "downloading", "unpacking", "switching", "trial",
+                               "committing", "rolling_back")
+EVENTS: tuple[m.UpdateEvent, ...] = (
+    m.Boot(), m.Desired(5, B, None), m.Desired(5, None, None), m.Desired(5, A, A.sha256), m.Blocked("night"),
+    m.Clear(), m.Recheck(), m.Downloaded(), m.Unpacked("b-2-bbbb", "a-1-aaaa"), m.AlreadyCurrent(), m.Switched(),
+    m.HealthPassed({"perplexity": 40.0}), m.HealthFailed("self-test: no token", {}), m.Committed(), m.RolledBack(),
+    m.Failed("timeout", "transport", 0.3), m.Refused("bad hash", "hash"),
+)
+
+
+def state(phase: m.Phase, **kw: object) -> m.UpdateState:
+    base = m.UpdateState(phase=phase, director_version=4, target=None if phase == "idle" else A,
+                         bundle="a-1-aaaa" if phase in m.AFTER_SWITCH else None, previous="z-0-zzzz")
+    return msgspec.structs.replace(base, **kw)
+
+
+def kinds(actions: Sequence[m.Action]) -> list[str]:
+    return [a.kind if isinstance(a, m.Emit) else type(a).__name__ for a in actions]
+
+
+@pytest.mark.parametrize(("phase", "event"), list(itertools.product(PHASES, EVENTS)))
+def test_every_phase_and_event_gives_a_valid_state(phase: m.Phase, event: m.UpdateEvent) -> None:
+    before = state(phase, trial_attempts=1 if phase == "trial" else 0)
+    after, actions = m.step(before, event, POLICY)
+    # The result survives the journal's round trip, and the phase is one of the table's.
+    assert msgspec.json.decode(msgspec.json.encode(after), type=m.UpdateState) == after
+    assert after.phase in PHASES
+    # After the switch nothing may cancel or refuse: the trial always ends in commit or rollback.
+    if phase in m.AFTER_SWITCH and isinstance(event, m.Desired | m.Refused | m.Failed):
+        assert after.phase == phase and not [a for a in actions if isinstance(a, m.Discard)]
+    # An action that touches the store only comes from the phase that owns it.
+    for a in actions:
+        if isinstance(a, m.Switch):
+            assert after.phase == "switching"
+        if isinstance(a, m.Rollback):
+            assert after.phase == "rolling_back"
+        if isinstance(a, m.Commit):
+            assert after.phase == "committing"
+
+
+def run(s: m.UpdateState, *events: m.UpdateEvent) -> tuple[m.UpdateState, list[str]]:
+    seen: list[str] = []
+    for e in events:
+        s, actions = m.step(s, e, POLICY)
+        seen += kinds(actions)
+    return s, seen
+
+
+def test_happy_path_emits_each_step_and_commits() -> None:
+    s, seen = run(m.UpdateState(), m.Desired(1, B, A.sha256), m.Clear(), m.Downloaded(),
+                  m.Unpacked("b-2-bbbb", "a-1-aaaa"), m.Switched(), m.HealthPassed({"perplexity": 40.0}),
+                  m.Committed())
+    assert seen == ["update.started", "CheckConditions", "Download", "Unpack", "update.verified", "Switch",
+                    "update.switched", "RunHealthCheck", "update.health", "Commit", "update.committed"]
+    assert s.phase == "idle" and s.last_result == "committed" and s.last_error is None
+
+
+def test_failed_health_rolls_back_naming_the_reason() -> None:
+    s, _ = run(m.UpdateState(), m.Desired(1, B, A.sha256), m.Clear(), m.Downloaded(),
+               m.Unpacked("b-2-bbbb", "a-1-aaaa"), m.Switched())
+    s, actions = m.step(s, m.HealthFailed("perplexity: 90 vs 40", {"perplexity": 90.0}), POLICY)
+    assert s.phase == "rolling_back" and kinds(actions) == ["update.health", "Rollback"]
+    s, actions = m.step(s, m.RolledBack(), POLICY)
+    [emit] = actions
+    assert isinstance(emit, m.Emit) and emit.kind == "update.rolled_back"
+    assert emit.details is not None and "perplexity: 90 vs 40" in str(emit.details["reason"])
+    assert s.phase == "idle" and s.last_result == "rolled_back"
+
+
+def test_the_loop_counter_rolls_back_after_repeated_restarts_in_trial() -> None:
+    s, _ = run(m.UpdateState(), m.Desired(1, B, A.sha256), m.Clear(), m.Downloaded(),
+               m.Unpacked("b-2-bbbb", "a-1-aaaa"), m.Switched())
+    assert s.trial_attempts == 1
+    s, actions = m.step(s, m.Boot(), POLICY)  # the agent died during the check
+    assert s.trial_attempts == 2 and kinds(actions) == ["RunHealthCheck"]
+    s, actions = m.step(s, m.Boot(), POLICY)
+    assert s.trial_attempts == 3 and kinds(actions) == ["RunHealthCheck"]
+    s, actions = m.step(s, m.Boot(), POLICY)
+    assert s.phase == "rolling_back" and kinds(actions) == ["update.health", "Rollback"]
+    assert "restarted 3 times" in (s.last_error or "")
+
+
+def test_failures_retry_with_growing_jittered_backoff_then_give_up() -> None:
+    s, _ = run(m.UpdateState(), m.Desired(1, B, None), m.Clear())
+    delays = []
+    for attempt in range(1, 4):
+        s, actions = m.step(s, m.Failed("no answer", "transport", jitter=0.0), POLICY)
+        [emit, wait] = actions
+        assert isinstance(emit, m.Emit) and emit.kind == "update.failed" and isinstance(wait, m.WaitFor)
+        delays.append(wait.seconds)
+        assert s.retries == attempt
+        s, actions = m.step(s, m.Recheck(), POLICY)
+        assert kinds(actions) == ["CheckConditions"]
+        s, _ = m.step(s, m.Clear(), POLICY)
+    assert delays == [5.0, 10.0, 20.0]  # base 10 doubling, times 0.5 (jitter 0)
+    s, actions = m.step(s, m.Failed("no answer", "transport"), POLICY)
+    assert s.phase == "idle" and s.last_result == "failed" and kinds(actions) == ["update.failed"]
+
+
+def test_jitter_spreads_a_fleet() -> None:
+    low, high = m.backoff_s(POLICY, 2, 0.0), m.backoff_s(POLICY, 2, 0.99)
+    assert low == 10.0 and 19.8 <= high < 20.0
+    assert m.backoff_s(POLICY, 50, 0.5) <= POLICY.backoff_max_s
+
+
+def test_a_refusal_is_final_and_discards() -> None:
+    s, _ = run(m.UpdateState(), m.Desired(1, B, None), m.Clear())
+    s, actions = m.step(s, m.Refused("sha256 mismatch", "hash"), POLICY)
+    assert s.phase == "idle" and s.last_result == "refused" and kinds(actions) == ["Discard", "update.refused"]
+
+
+def test_window_waits_once_then_rechecks_quietly() -> None:
+    s, _ = run(m.UpdateState(), m.Desired(1, B, None))
+    s, actions = m.step(s, m.Blocked("outside the maintenance window 02:00-04:00"), POLICY)
+    assert s.phase == "waiting" and kinds(actions) == ["update.waiting", "WaitFor"]
+    s, actions = m.step(s, m.Recheck(), POLICY)
+    s, actions = m.step(s, m.Blocked("outside the maintenance window 02:00-04:00"), POLICY)
+    assert kinds(actions) == ["WaitFor"]  # the same reason is not reported again
+    s, actions = m.step(s, m.Recheck(), POLICY)
+    s, actions = m.step(s, m.Clear(), POLICY)
+    assert s.phase == "downloading" and kinds(actions) == ["Download"]
+
+
+def test_a_newer_desired_cancels_before_the_switch_and_waits_after_it() -> None:
+    s, _ = run(m.UpdateState(), m.Desired(1, B, None), m.Clear())
+    s, actions = m.step(s, m.Desired(2, C, None), POLICY)
+    assert kinds(actions) == ["Discard", "update.cancelled", "update.started", "CheckConditions"]
+    assert s.target == C and s.phase == "checking" and s.director_version == 2
+    s, _ = run(s, m.Clear(), m.Downloaded(), m.Unpacked("c-3-cccc", "a-1-aaaa"), m.Switched())
+    s, actions = m.step(s, m.Desired(3, B, None), POLICY)
+    assert actions == [] and s.phase == "trial" and s.pending == B
+    s, actions = run(s, m.HealthPassed({}), m.Committed())
+    assert s.target == B and s.phase == "checking" and s.last_result == "committed"
+    assert "update.committed" in actions and "update.started" in actions
+
+
+def test_no_target_cancels_and_an_older_version_is_ignored() -> None:
+    s, _ = run(m.UpdateState(), m.Desired(3, B, None), m.Clear())
+    same, actions = m.step(s, m.Desired(2, C, None), POLICY)
+    assert same == s and actions == []
+    s, actions = m.step(s, m.Desired(4, None, None), POLICY)
+    assert s.phase == "idle" and s.last_result == "cancelled" and "Discard" in kinds(actions)
+
+
+# -- a simulated crash at every journal step ------------------------------------------
+
+
+@dataclass
+class SimStore:
+    """The store's links, as the worker's actions would move them."""
+
+    current: str | None = "a-1-aaaa"
+    previous: str | None = None
+    bundles: set[str] = field(default_factory=lambda: {"a-1-aaaa"})
+
+
+def perform(store: SimStore, s: m.UpdateState, a: m.Action, health_ok: bool) -> m.UpdateEvent | None:
+    if isinstance(a, m.CheckConditions):
+        return m.Clear()
+    if isinstance(a, m.Download):
+        return m.Downloaded()
+    if isinstance(a, m.Unpack):
+        store.bundles.add("b-2-bbbb")
+        return m.Unpacked("b-2-bbbb", store.current)
+    if isinstance(a, m.Switch):
+        if store.current != s.bundle:
+            store.previous, store.current = store.current, s.bundle
+        return m.Switched()
+    if isinstance(a, m.RunHealthCheck):
+        return m.HealthPassed({}) if health_ok else m.HealthFailed("self-test", {})
+    if isinstance(a, m.Commit):
+        store.bundles &= {store.current, store.previous} - {None}  # type: ignore[operator]
+        return m.Committed()
+    if isinstance(a, m.Rollback):
+        store.current = s.previous
+        store.bundles.discard(s.bundle or "")
+        return m.RolledBack()
+    return None
+
+
+def drive(store: SimStore, journal: list[m.UpdateState], first: m.UpdateEvent, health_ok: bool,
+          crash_at: int | None) -> None:
+    """Like worker._drive: persist, then act. Stops ("kill -9") after journal write `crash_at`."""
+    queue = [first]
+    while queue:
+        new, actions = m.step(journal[-1], queue.pop(0), POLICY)
+        if new != journal[-1]:
+            journal.append(new)
+            if crash_at is not None and len(journal) - 1 == crash_at:
+                return
+        for a in actions:
+            out = perform(store, journal[-1], a, health_ok)
+            if out is not None:
+                queue.append(out)
+
+
+@pytest.mark.parametrize("health_ok", [True, False])
+def test_a_crash_after_any_journal_write_ends_on_old_or_new(health_ok: bool) -> None:
+    full: list[m.UpdateState] = [m.UpdateState()]
+    drive(SimStore(), full, m.Desired(1, B, A.sha256), health_ok, None)
+    steps = len(full) - 1
+    assert steps >= 6
+    for crash_at in range(1, steps + 1):
+        store, journal = SimStore(), [m.UpdateState()]
+        drive(store, journal, m.Desired(1, B, A.sha256), health_ok, crash_at)
+        drive(store, journal, m.Boot(), health_ok, None)  # the restart
+        end = journal[-1]
+        assert end.phase == "idle", (crash_at, end)
+        expected = "b-2-bbbb" if health_ok else "a-1-aaaa"
+        assert store.current == expected, (crash_at, store)
+        assert end.last_result == ("committed" if health_ok else "rolled_back")
