@@ -70,9 +70,9 @@ class Reported(Message, kw_only=True, frozen=True):
     desired_version: Annotated[int, Meta(ge=0)] = 0
     power: PowerReport | None = None
     health: Literal["ok", "degraded", "failed", "unknown"] = "unknown"
+    update: UpdateReport | None = None
     # Operator-set labels (site, rack, ...) the controller's groups can select on.
     labels: Details = {}
-    update: UpdateReport | None = None
 
 
 class TelemetrySample(msgspec.Struct, kw_only=True, frozen=True):
