@@ -38,6 +38,13 @@ class ControllerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown
     # agents' metadata and bundle requests from it and keeps timestamp/snapshot signed.
     repository: str | None = None
     resign_interval_s: Annotated[float, Meta(ge=1, le=86400)] = 300.0
+    # Fleet operations (leader only): how often rollouts advance and power is re-shared.
+    rollout_tick_s: Annotated[float, Meta(gt=0, le=60)] = 0.5
+    power_interval_s: Annotated[float, Meta(gt=0, le=3600)] = 5.0
+    # Telemetry retention: raw samples for raw_days, then 5-minute means until keep_days.
+    telemetry_raw_days: Annotated[float, Meta(gt=0)] = 7.0
+    telemetry_keep_days: Annotated[float, Meta(gt=0)] = 90.0
+    telemetry_bucket_s: Annotated[float, Meta(ge=1, le=86400)] = 300.0
     # The web face (REST API, dashboard, /metrics); off unless `listen` or `serve --http` is given.
     http: HttpSettings = HttpSettings()
     enroll: EnrollSettings = EnrollSettings()

@@ -5,8 +5,12 @@ targets metadata), carries a per-device monotonic version and an expiry, and is 
 with the director key (an online key; its public half is pinned in root). The controller
 publishes it retained on `dev/{id}/desired`.
 
-Versions are kept in REPO/director/versions.json (atomic writes), so a version is never
-reused even across controller restarts.
+The controller keeps each device's version in its store (controller/store/desired.py: one
+transactional counter per device, shared by replicas); `signed` signs for a version the
+caller took from there. `desired` is the standalone path of `fleetgen director set`: it
+counts in REPO/director/versions.json (atomic writes), and the store's counter never goes
+below what that file says (`legacy_version`), so the two never hand out the same number
+to a device on one controller.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import msgspec
 
 from agent.fsutil import atomic_write
 from agent.protocol.codec import encode
-from agent.protocol.messages import DesiredState, Details, SignedEnvelope
+from agent.protocol.messages import DesiredState, Details, SignedEnvelope, TargetRef
 from agent.protocol.topics import Channel, device_topic, validate_device_id
 from agent.trust.dsse import DESIRED_PAYLOAD_TYPE, sign_envelope
 from agent.trust.transport import Transport
@@ -57,6 +61,14 @@ class Director:
             atomic_write(self._versions_file, msgspec.json.encode(versions))
             return version
 
+    def legacy_version(self, device_id: str) -> int:
+        """The highest version versions.json holds for the device (0 if none)."""
+        try:
+            versions = msgspec.json.decode(self._versions_file.read_bytes(), type=dict[str, int])
+        except (FileNotFoundError, msgspec.DecodeError):
+            return 0
+        return versions.get(device_id, 0)
+
     def sign(self, state: DesiredState) -> SignedEnvelope:
         """Sign an already built desired state (exact bytes; see agent.trust.dsse)."""
         return sign_envelope(DESIRED_PAYLOAD_TYPE, encode(state), self._keys)
@@ -74,17 +86,32 @@ class Director:
         """A signed desired state for `device_id` naming published target `target`."""
         validate_device_id(device_id)
         ref = self.repo.target_ref(target) if target is not None else None
+        return self.signed(device_id, self._next_version(device_id), ref, config=config,
+                           power_budget_w=power_budget_w, expires_in_s=expires_in_s, now=now)
+
+    def signed(
+        self,
+        device_id: str,
+        version: int,
+        ref: TargetRef | None,
+        *,
+        config: Details | None = None,
+        power_budget_w: float | None = None,
+        expires_in_s: float = DEFAULT_EXPIRY_S,
+        now: float | None = None,
+    ) -> SignedEnvelope:
+        """Sign version `version` of `device_id`'s desired state (the caller counted it)."""
         now = time.time() if now is None else now
         state = DesiredState(
             device_id=device_id,
-            version=self._next_version(device_id),
+            version=version,
             expires=now + expires_in_s,
             issued=now,
             target=ref,
             config=config or {},
             power_budget_w=power_budget_w,
         )
-        log.info("director: %s v%d -> %s", device_id, state.version, target)
+        log.debug("director: %s v%d -> %s", device_id, state.version, ref.path if ref else None)
         return self.sign(state)
 
 

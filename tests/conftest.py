@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.brokers import Mosquitto
+from controller.demo.brokers import Mosquitto
 
 
 @pytest.fixture

@@ -45,6 +45,7 @@ class Inbound:
     payload: bytes
     retained: bool
     qos: int
+    mid: int = 0  # for `MqttLink.ack` when the link acknowledges manually
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +109,12 @@ class MqttLink:
         inbox: Inbox,
         subscriptions: Sequence[tuple[str, int]] = (),
         will: Will | None = None,
+        manual_ack: bool = False,
     ) -> None:
         self.settings = settings.check()
+        # With manual acks, a QoS 1 message that goes to the inbox is acknowledged only when
+        # the owner calls `ack` (e.g. after committing it), so the broker keeps it until then.
+        self.manual_ack = manual_ack
         self.broker = settings.broker()
         self.client_id = client_id
         self.inbox = inbox
@@ -154,6 +159,8 @@ class MqttLink:
                 clean_session=s.session_expiry == 0,
             )
         client.max_queued_messages_set(s.max_queued)
+        if self.manual_ack:
+            client.manual_ack_set(True)
         client.max_inflight_messages_set(s.max_inflight)
         if s.username is not None:
             client.username_pw_set(s.username, s.password)
@@ -211,7 +218,8 @@ class MqttLink:
         with self._handlers_lock:
             handlers = [h for f, h in self._handlers.items() if paho.topic_matches_sub(_match_filter(f), message.topic)]
         if not handlers:
-            self._put(Inbound(message.topic, bytes(message.payload), bool(message.retain), message.qos))
+            self._put(Inbound(message.topic, bytes(message.payload), bool(message.retain), message.qos,
+                              message.mid))
             return
         for handler in handlers:
             try:
@@ -219,6 +227,8 @@ class MqttLink:
             except Exception:
                 # A handler bug must not kill paho's network thread.
                 log.exception("handler for %s failed", message.topic)
+        if self.manual_ack:
+            client.ack(message.mid, message.qos)
 
     # -- network loop ---------------------------------------------------------------
 
@@ -304,6 +314,11 @@ class MqttLink:
             self._handlers.pop(topic_filter, None)
         if self._connected.is_set():
             self._client.unsubscribe(topic_filter)
+
+    def ack(self, mid: int, qos: int) -> None:
+        """Acknowledge an inbox message (manual-ack links only); a no-op for QoS 0."""
+        if self.manual_ack and qos > 0:
+            self._client.ack(mid, qos)
 
     def wait_subscribed(self, timeout: float = 5.0) -> None:
         """Round-trip a message through the broker so that earlier SUBSCRIBEs are in force."""

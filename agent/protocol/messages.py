@@ -71,6 +71,8 @@ class Reported(Message, kw_only=True, frozen=True):
     power: PowerReport | None = None
     health: Literal["ok", "degraded", "failed", "unknown"] = "unknown"
     update: UpdateReport | None = None
+    # Operator-set labels (site, rack, ...) the controller's groups can select on.
+    labels: Details = {}
 
 
 class TelemetrySample(msgspec.Struct, kw_only=True, frozen=True):

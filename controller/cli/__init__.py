@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 from agent.cli import dispatcher, run_cli
 
-COMMANDS = ("serve", "fleet", "device", "ca", "broker", "keys", "bundle", "director", "model", "demo", "token")
+COMMANDS = ("serve", "fleet", "device", "group", "rollout", "budget", "simulate", "db", "ca", "broker",
+            "keys", "bundle", "director", "model", "demo", "token")
 
 
 def build_parser() -> argparse.ArgumentParser:

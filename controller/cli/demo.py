@@ -1,4 +1,4 @@
-"""`fleetgen demo`: the whole story on embedded defaults (see controller/demo.py)."""
+"""`fleetgen demo`: the whole story on embedded defaults (see controller/demo/demo.py)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from controller.demo import DemoOptions, run_demo
+    from controller.demo.demo import DemoOptions, run_demo
 
     def say(line: str) -> None:
         print(line, flush=True)

@@ -1,4 +1,5 @@
-"""`fleetgen serve`: run the controller (ingest now; the web API joins later)."""
+"""`fleetgen serve`: run the controller: ingest, repository responder, re-sign schedule,
+director publisher, and (on the leader) rollouts and power allocation, under one supervisor."""
 
 from __future__ import annotations
 
@@ -6,24 +7,21 @@ import argparse
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from controller.web.settings import DEFAULT_LISTEN
 
 if TYPE_CHECKING:
     from controller.config import ControllerConfig
-    from controller.ingest import Ingestor
+    from controller.services.director import DirectorPublisher
+    from controller.services.ingest import Ingestor
+    from controller.services.supervisor import Service
     from controller.store import Store
 
 log = logging.getLogger(__name__)
-
-
-class _Service(Protocol):
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -55,29 +53,51 @@ def run(args: argparse.Namespace) -> int:
     from agent.cli import require_extra
 
     require_extra("serve", "controller", "sqlalchemy")
-    from controller.ingest import Ingestor
+    from controller.services.ingest import Ingestor
+    from controller.services.leader import Leadership
+    from controller.services.supervisor import Job, Supervisor
 
     config = load(args)
     store = _open_store(config)
+    leadership = Leadership(store.engine)
+    if leadership.single:
+        log.info("database %s is SQLite: this controller is the only replica "
+                 "(several replicas need PostgreSQL)", store.engine.url.render_as_string())
     ingestor = Ingestor(config, store)
-    done = threading.Event()
-    services: list[_Service] = []
+    services: list[Service] = []
+    jobs = [Job("telemetry retention", lambda: store.repos.retention.prune(
+        time.time(), raw_days=config.telemetry_raw_days, keep_days=config.telemetry_keep_days,
+        bucket_s=config.telemetry_bucket_s), interval_s=3600.0, leader_only=True)]
     if config.repository is not None:
         from agent.errors import ConfigError
-        from controller.responder import RepositoryResponder
+        from controller.director import Director
+        from controller.services.director import DirectorPublisher
+        from controller.services.power import PowerService
+        from controller.services.resign import ResignSchedule
+        from controller.services.responder import RepositoryResponder
+        from controller.services.rollouts import RolloutService
         from controller.tuf.repository import Repository, RepositoryError
-        from controller.tuf.schedule import ResignSchedule
 
         try:
-            repo = Repository(Path(config.repository)).path
+            repo = Repository(Path(config.repository))
         except RepositoryError as e:
             raise ConfigError(f"repository: {e}") from None
         services = [
-            RepositoryResponder(ingestor.link, repo, shared=config.shared),
-            ResignSchedule(repo, config.resign_interval_s),
+            RepositoryResponder(ingestor.link, repo.path, shared=config.shared),
+            ResignSchedule(repo.path, config.resign_interval_s),
         ]
+        publisher = DirectorPublisher(Director(repo), store.repos.desired, ingestor.link)
+        rollouts = RolloutService(store.repos.rollouts, publisher)
+        power = PowerService(store.repos.groups, store.repos.power, publisher)
+        jobs += [Job("rollouts", rollouts.tick, config.rollout_tick_s, leader_only=True),
+                 Job("power allocation", power.tick, config.power_interval_s, leader_only=True)]
+    else:
+        publisher = None
+        log.info("no repository configured: rollouts and power budgets wait until one is (--repo)")
     if config.http.listen is not None:
-        services.insert(0, _http_service(config, store, ingestor))  # first: a taken port fails the start
+        services.insert(0, _http_service(config, store, ingestor, publisher))  # first: a taken port fails the start
+    supervisor = Supervisor(services, jobs, leadership)
+    done = threading.Event()
 
     if config.enroll.listen is not None:
         from controller.enroll import enrollment_service
@@ -92,12 +112,10 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     log.info("controller serving: broker %s, database %s", config.mqtt.url, store.engine.url)
-    for service in services:
-        service.start()
     ingestor.start()
+    supervisor.start()
     ingestor.run()
-    for service in services:
-        service.stop()
+    supervisor.stop()
     store.close()
     return 0
 
@@ -112,7 +130,8 @@ def _open_store(config: ControllerConfig) -> Store:
     return MeteredStore(config.db_url)
 
 
-def _http_service(config: ControllerConfig, store: Store, ingestor: Ingestor) -> _Service:
+def _http_service(config: ControllerConfig, store: Store, ingestor: Ingestor,
+                  publisher: DirectorPublisher | None) -> Service:
     from agent.cli import require_extra
 
     require_extra("serve --http", "controller", "fastapi", "uvicorn", "prometheus_client")
@@ -121,10 +140,6 @@ def _http_service(config: ControllerConfig, store: Store, ingestor: Ingestor) ->
 
     assert config.http.listen is not None
     repo = Path(config.repository) if config.repository is not None else None
-    ctx = WebContext(store, settings=config.http, repo_dir=repo, transport=ingestor.link,
-                     refused=lambda: ingestor.refused)
-    if repo is not None:
-        from controller.web.desired import DesiredWatch
-
-        ctx.desired = DesiredWatch(ingestor.link, repo)
+    ctx = WebContext(store, settings=config.http, repo_dir=repo, publisher=publisher,
+                     refused=lambda: dict(ingestor.dropped))
     return HttpServer(ctx, config.http.listen)

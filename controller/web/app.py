@@ -18,7 +18,7 @@ from controller.web import metrics
 from controller.web.auth import require_read
 from controller.web.context import WebContext
 from controller.web.limits import BodyLimit
-from controller.web.routes import bundles, devices, errors, pages
+from controller.web.routes import bundles, devices, errors, groups, pages, rollouts
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,8 @@ def create_app(ctx: WebContext) -> ASGIApp:
     app.add_exception_handler(SQLAlchemyError, _store_error)
     app.include_router(devices.router)
     app.include_router(bundles.router)
+    app.include_router(groups.router)
+    app.include_router(rollouts.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC), name="static")
     registry = metrics.registry(ctx.store, ctx.refused)

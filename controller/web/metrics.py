@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent.protocol import TelemetryBatch
-from controller.store import Ingested, Store
+from controller.store import ApplyResult, Ingested, Store
 from controller.web import queries
 
 
@@ -31,8 +31,8 @@ class MeteredStore(Store):
         self.samples = 0
         self.lag_s = 0.0
 
-    def apply(self, batch: Sequence[Ingested]) -> None:
-        super().apply(batch)
+    def apply(self, batch: Sequence[Ingested]) -> ApplyResult:
+        result = super().apply(batch)
         samples = sum(len(i.message.samples) for i in batch if isinstance(i.message, TelemetryBatch))
         oldest = min((i.received for i in batch), default=self._clock())
         with self._meter_lock:
@@ -40,10 +40,11 @@ class MeteredStore(Store):
             self.samples += samples
             # Time from the oldest message's arrival to its commit: queueing plus the write.
             self.lag_s = max(0.0, self._clock() - oldest)
+        return result
 
 
 class FleetCollector(Collector):
-    def __init__(self, store: Store, refused: Callable[[], int]) -> None:
+    def __init__(self, store: Store, refused: Callable[[], Mapping[str, int]]) -> None:
         self.store = store
         self.refused = refused
 
@@ -73,8 +74,28 @@ class FleetCollector(Collector):
                     family.add_metric(labels, value)
         yield up
         yield from per_device.values()
-        yield CounterMetricFamily("fleetgen_ingest_refused", "Messages from devices refused by ingest",
-                                  value=self.refused())
+        refused = CounterMetricFamily("fleetgen_ingest_refused", "Device messages (or samples) ingest refused",
+                                      labels=["reason"])
+        for reason, count in sorted(self.refused().items()):
+            refused.add_metric([reason], count)
+        yield refused
+        rollouts = GaugeMetricFamily("fleetgen_rollouts", "Rollouts by status", labels=["status"])
+        progress = GaugeMetricFamily("fleetgen_rollout_devices", "Devices of unfinished rollouts by result",
+                                     labels=["result"])
+        results: dict[str, int] = {}
+        statuses: dict[str, int] = {}
+        repo = self.store.repos.rollouts
+        for view in repo.list():
+            statuses[view.status] = statuses.get(view.status, 0) + 1
+        for rollout_id in repo.active():
+            for result, n in repo.get(rollout_id).counts().items():
+                results[result] = results.get(result, 0) + n
+        for status, n in sorted(statuses.items()):
+            rollouts.add_metric([status], n)
+        for result, n in sorted(results.items()):
+            progress.add_metric([result], n)
+        yield rollouts
+        yield progress
         if isinstance(self.store, MeteredStore):
             yield CounterMetricFamily("fleetgen_ingest_messages", "Device messages written to the store",
                                       value=self.store.messages)
@@ -121,7 +142,7 @@ class RequestMetrics:
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-def registry(store: Store, refused: Callable[[], int]) -> CollectorRegistry:
+def registry(store: Store, refused: Callable[[], Mapping[str, int]]) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(FleetCollector(store, refused))
     return reg

@@ -15,7 +15,8 @@ from sqlalchemy import Integer, and_, cast, func, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from controller.store import DeviceRow, EventRow, Store, TelemetryRow
+from controller.store import Store
+from controller.store.core import DeviceRow, EventRow, TelemetryRow
 
 SortKey = Literal["id", "board", "status", "bundle", "health", "last_seen", "power_w", "budget_w",
                   "tokens_per_s", "temp_c"]
@@ -56,7 +57,7 @@ class DevicePage:
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceDetail:
+class DeviceTwin:
     summary: DeviceSummary
     first_seen: float
     status_ts: float
@@ -151,12 +152,12 @@ def list_devices(store: Store, f: DeviceFilter, *, sort: SortKey = "id", desc: b
         return DevicePage(int(total), [_summary_of(r) for r in session.execute(q).all()])
 
 
-def device(store: Store, device_id: str) -> DeviceDetail | None:
+def device(store: Store, device_id: str) -> DeviceTwin | None:
     with Session(store.engine) as session:
         row = session.get(DeviceRow, device_id)
         if row is None:
             return None
-        return DeviceDetail(summary(row), row.first_seen, row.status_ts, row.slot, row.desired_version,
+        return DeviceTwin(summary(row), row.first_seen, row.status_ts, row.slot, row.desired_version,
                             row.reported, row.last_sample)
 
 

@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from controller.web.desired import DesiredView
-from controller.web.queries import DeviceDetail, DeviceSummary, EventView, Series
+from controller.store.views import DeviceDetail, RolloutView
+from controller.web.queries import DeviceSummary, DeviceTwin, EventView, Series
 
 
 class Out(BaseModel):
@@ -46,19 +46,12 @@ class DeviceListOut(Out):
     devices: list[DeviceSummaryOut]
 
 
-class DesiredDocumentOut(Out):
-    version: int
-    target: str | None = Field(description="the bundle it names (TUF target path); null: none")
-    power_budget_w: float | None
-    issued: float
-    expires: float
-
-
 class DesiredOut(Out):
     applied_version: int = Field(description="version of the last director document the device applied")
-    document: DesiredDocumentOut | None = Field(
-        description="the newest director-signed document retained for the device; null when none is known "
-                    "(or the controller runs without an image repository)")
+    version: int | None = Field(description="version of the last document the controller signed for it; "
+                                            "null: never directed")
+    target: str | None = Field(description="the bundle the controller wants it to run (TUF target path)")
+    power_budget_w: float | None = Field(description="its power budget: allocated from its group's, or set")
 
 
 class DeviceOut(Out):
@@ -66,18 +59,19 @@ class DeviceOut(Out):
     first_seen: float
     status_ts: float
     slot: str | None
+    tags: list[str] = Field(description="set by operators (`fleetgen device tag`)")
+    labels: dict[str, str | int | float | bool | None] = Field(description="reported by the device")
     reported: dict[str, Any] | None = Field(description="the device's last `reported` document")
     desired: DesiredOut
     last_sample: dict[str, Any] | None = Field(description="the newest telemetry sample")
 
     @classmethod
-    def of(cls, d: DeviceDetail, doc: DesiredView | None) -> DeviceOut:
+    def of(cls, d: DeviceTwin, fleet: DeviceDetail) -> DeviceOut:
+        desired = DesiredOut(applied_version=d.desired_version, version=fleet.desired_version,
+                             target=fleet.desired_target, power_budget_w=fleet.power_budget_w)
         return cls(device=DeviceSummaryOut.of(d.summary), first_seen=d.first_seen, status_ts=d.status_ts,
-                   slot=d.slot, reported=d.reported, desired=DesiredOut(applied_version=d.desired_version, document=(
-                       None if doc is None else DesiredDocumentOut(version=doc.version, target=doc.target,
-                                                                   power_budget_w=doc.power_budget_w,
-                                                                   issued=doc.issued, expires=doc.expires))),
-                   last_sample=d.last_sample)
+                   slot=d.slot, tags=list(fleet.tags), labels=dict(fleet.labels), reported=d.reported,
+                   desired=desired, last_sample=d.last_sample)
 
 
 class SeriesOut(Out):
@@ -132,9 +126,10 @@ class DesiredIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     target: str | None = Field(None, min_length=1, max_length=512,
-                               description="a published bundle (TUF target path); null: none")
-    power_budget_w: float | None = Field(None, ge=0, le=100_000)
-    expires_in_s: float = Field(7 * 86400, ge=60, le=366 * 86400)
+                               description="a published bundle (TUF target path); null: none; "
+                                           "omitted: keep the one it has")
+    power_budget_w: float | None = Field(None, ge=0, le=100_000,
+                                         description="watts; null: none; omitted: keep the one it has")
 
 
 class DesiredSetOut(Out):
@@ -142,4 +137,117 @@ class DesiredSetOut(Out):
     version: int
     target: str | None
     power_budget_w: float | None
-    expires: float
+
+
+class GroupOut(Out):
+    name: str
+    rules: list[str] = Field(description="selectors: device=ID, board=B, tag=T, label=K=V")
+    members: list[str]
+    budget_w: float | None
+
+
+class GroupListOut(Out):
+    groups: list[GroupOut]
+
+
+class MemberPowerOut(Out):
+    device_id: str
+    board: str
+    online: bool
+    allocated_w: float | None = Field(description="its share of the group's budget, as last pushed")
+    draw_w: float | None = Field(description="recent measured draw (moving average of its samples)")
+    priority: float
+    floor_w: float
+    cap_w: float | None
+
+
+class GroupPowerOut(Out):
+    name: str
+    budget_w: float | None
+    allocated_w: float
+    draw_w: float
+    devices: list[MemberPowerOut]
+
+
+class BudgetIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    budget_w: float | None = Field(description="watts shared among the group's online devices; null: none",
+                                   ge=0, le=10_000_000)
+
+
+class RolloutIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bundle: str = Field(min_length=1, max_length=512, description="a published target, e.g. tiny-2.0.0.fgb")
+    group: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    waves: str = Field("1,10%,50%,100%", max_length=256, description="cumulative wave sizes")
+    max_failures: str = Field("5%", max_length=16, description="failure share of a wave that halts it")
+    wave_timeout_s: float = Field(600, gt=0, le=7 * 86400, description="a device silent this long has failed")
+
+
+class RolloutDeviceOut(Out):
+    device_id: str
+    result: str = Field(description="waiting, pending, committed, failed, timed_out or rolled_back")
+    detail: str
+    director_version: int | None
+    previous_target: str | None
+
+
+class WaveOut(Out):
+    index: int
+    size: int
+    state: Literal["waiting", "running", "done"]
+    counts: dict[str, int]
+    devices: list[RolloutDeviceOut]
+
+
+class RolloutSummaryOut(Out):
+    id: int
+    bundle: str
+    group: str
+    status: str = Field(description="running, paused, aborting, completed, halted or aborted")
+    reason: str
+    current_wave: int = Field(description="index of the wave in progress (0-based)")
+    wave_count: int
+    counts: dict[str, int] = Field(description="devices by result")
+    created: float
+    updated: float
+
+    @classmethod
+    def of(cls, v: RolloutView) -> RolloutSummaryOut:
+        return cls(id=v.id, bundle=v.bundle, group=v.group, status=v.status, reason=v.reason,
+                   current_wave=v.current_wave, wave_count=len(v.plan), counts=v.counts(), created=v.created,
+                   updated=v.updated)
+
+
+class RolloutListOut(Out):
+    rollouts: list[RolloutSummaryOut]
+
+
+class RolloutOut(RolloutSummaryOut):
+    waves_spec: str
+    max_failure_ratio: float
+    wave_timeout_s: float
+    wave_started: float | None
+    waves: list[WaveOut]
+
+    @classmethod
+    def of(cls, v: RolloutView) -> RolloutOut:
+        finished = v.status in ("completed", "halted", "aborted")
+        waves = []
+        for i, wave in enumerate(v.plan):
+            devices = [RolloutDeviceOut(device_id=d, result=v.devices[d].result, detail=v.devices[d].detail,
+                                        director_version=v.devices[d].director_version,
+                                        previous_target=v.devices[d].previous_target)
+                       for d in wave if d in v.devices]
+            counts: dict[str, int] = {}
+            for d in devices:
+                counts[d.result] = counts.get(d.result, 0) + 1
+            state: Literal["waiting", "running", "done"] = (
+                "done" if i < v.current_wave or (finished and i == v.current_wave and v.status == "completed")
+                else "running" if i == v.current_wave and not finished else "waiting")
+            waves.append(WaveOut(index=i, size=len(wave), state=state, counts=counts, devices=devices))
+        summary = RolloutSummaryOut.of(v)
+        return cls(**summary.model_dump(), waves_spec=v.waves_spec, max_failure_ratio=v.max_failure_ratio,
+                   wave_timeout_s=v.wave_timeout_s, wave_started=v.wave_started, waves=waves)

@@ -52,8 +52,6 @@ class HttpServer:
         import uvicorn
 
         self._sock = self._bind()
-        if self.ctx.desired is not None:
-            self.ctx.desired.start()
         self.port = self._sock.getsockname()[1]
         # A dashboard left open keeps connections alive; stopping waits for them at most 5 s.
         config = uvicorn.Config(create_app(self.ctx), log_level="warning", access_log=False,
@@ -85,7 +83,5 @@ class HttpServer:
             server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout)
-        if self.ctx.desired is not None:
-            self.ctx.desired.stop()
         if self._sock is not None:
             self._sock.close()

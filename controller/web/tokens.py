@@ -2,7 +2,7 @@
 
 A token is 256 random bits, so a fast hash is enough (nothing to brute-force); the
 database never holds the token itself, only its digest, and a token is shown once.
-The table lives beside the store's own and is created on first use.
+The table is the store's (migration 0003), the code that uses it lives here.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from agent.errors import FleetgenError, UsageError
-from controller.store import Base, Store
+from controller.store import Store
+from controller.store.core import Base
 
 PREFIX = "fgt_"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -51,7 +52,6 @@ class Tokens:
     def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
         self._engine = store.engine
         self._clock = clock
-        ApiTokenRow.__table__.create(self._engine, checkfirst=True)  # type: ignore[attr-defined]
 
     def create(self, name: str) -> str:
         """A new token for `name`, returned once (only its digest is kept)."""

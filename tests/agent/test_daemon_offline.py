@@ -7,7 +7,7 @@ from pathlib import Path
 from agent.config import AgentConfig, SpoolSettings, TelemetrySettings
 from agent.daemon import Agent
 from agent.mqtt.settings import MqttSettings
-from controller.brokers import free_port
+from controller.demo.brokers import free_port
 
 
 def test_a_long_outage_keeps_everything_in_the_bounded_spool(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from agent.config import AgentConfig
 from agent.daemon import Agent
 from agent.mqtt.settings import MqttSettings
 from agent.protocol import Channel, device_topic
-from controller.brokers import Mosquitto
+from controller.demo.brokers import Mosquitto
 
 VALID_ENVELOPE = {"payloadType": "application/vnd.fleetgen.desired+json", "payload": "e30=",
                   "signatures": [{"keyid": "k", "sig": "c2ln"}]}

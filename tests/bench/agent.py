@@ -42,8 +42,8 @@ from agent.trust.errors import TransportError  # noqa: E402
 from agent.trust.fetch import DownloadPolicy  # noqa: E402
 from agent.trust.mqtt_fetcher import MqttFetcher  # noqa: E402
 from agent.trust.target import Target  # noqa: E402
-from controller.brokers import Mosquitto  # noqa: E402
-from controller.responder import RepositoryResponder  # noqa: E402
+from controller.demo.brokers import Mosquitto  # noqa: E402
+from controller.services.responder import RepositoryResponder  # noqa: E402
 
 MiB = 2**20
 DEVICE = "bench-1"
@@ -162,7 +162,7 @@ class Transfer:
 
 
 def director_to_committed(work: Path) -> dict[str, float]:
-    from controller.fleetproc import DeviceSpec, FleetProcesses
+    from controller.demo.fleetproc import DeviceSpec, FleetProcesses
     from controller.store import Store
 
     env = {**os.environ, "FLEETGEN_PASSPHRASE": "bench passphrase"}
@@ -205,7 +205,7 @@ def director_to_committed(work: Path) -> dict[str, float]:
 
 
 def outage(work: Path, seconds: float) -> dict[str, float]:
-    from controller.fleetproc import FleetProcesses
+    from controller.demo.fleetproc import FleetProcesses
     from tests.integration.test_fleet_mqtt import outage_roundtrip
 
     broker = Mosquitto(workdir=work / "mosquitto3")

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from controller.brokers import Mosquitto  # noqa: E402
+from controller.demo.brokers import Mosquitto  # noqa: E402
 from controller.store import Store  # noqa: E402
 from tests.web import fleet  # noqa: E402
 from tests.web.browser import chromium  # noqa: E402

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.brokers import Mosquitto
 from controller.cli import main as fleetgen
+from controller.demo.brokers import Mosquitto
 from tests.cli.support import cli
 from tests.trust.models import make_model_dir
 

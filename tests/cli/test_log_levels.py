@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from agent.cli import build_parser as agent_parser
-from controller.brokers import Mosquitto
 from controller.cli import build_parser as controller_parser
+from controller.demo.brokers import Mosquitto
 from tests.cli.support import REPO, cli
 
 

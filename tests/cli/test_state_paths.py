@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main as agent_main
-from controller.brokers import Mosquitto
 from controller.cli import main as fleetgen
+from controller.demo.brokers import Mosquitto
 from tests.cli.support import REPO
 from tests.support.write_guard import snapshot
 from tests.trust.models import make_model_dir

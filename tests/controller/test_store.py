@@ -63,6 +63,7 @@ def test_registry_follows_status_and_reported(store: Store) -> None:
 
 
 def test_telemetry_and_events_dedup_by_device_and_seq(store: Store) -> None:
+    store.apply([Ingested("d1", 0.5, Status(state="online", ts=0.5))])
     batch = TelemetryBatch(device_id="d1", samples=[sample(1), sample(2)])
     store.apply([Ingested("d1", 1.0, batch)])
     # The agent re-sends after a reconnect: overlapping batch, plus one new sample.
@@ -80,3 +81,10 @@ def test_bad_database_url_is_a_config_error(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="database_url"):
         Store("nonsense://")
+
+
+def test_telemetry_of_an_unknown_device_is_dropped_and_counted(store: Store) -> None:
+    result = store.apply([Ingested("ghost", 1.0, TelemetryBatch(device_id="ghost", samples=[sample(1)]))])
+    assert result.unknown_device == 1
+    assert store.telemetry_count("ghost") == 0
+    assert store.devices() == []

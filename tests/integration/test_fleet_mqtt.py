@@ -20,8 +20,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.protocol import Channel, Signature, SignedEnvelope, Status, device_topic, encode
 from agent.spool import Spool, SpoolStats
-from controller.brokers import Mosquitto
-from controller.fleetproc import DeviceSpec, FleetProcesses
+from controller.demo.brokers import Mosquitto
+from controller.demo.fleetproc import DeviceSpec, FleetProcesses
 from controller.store import Store
 
 KEEPALIVE = 2

@@ -15,8 +15,8 @@ import pytest
 
 from agent.protocol import Channel, Signature, SignedEnvelope, device_topic, encode
 from agent.trust.dsse import DESIRED_PAYLOAD_TYPE
-from controller.brokers import Mosquitto
-from controller.fleetproc import DeviceSpec, FleetProcesses
+from controller.demo.brokers import Mosquitto
+from controller.demo.fleetproc import DeviceSpec, FleetProcesses
 from controller.store import Store
 from tests.integration.test_fleet_mqtt import publish_once
 

@@ -11,9 +11,9 @@ from agent.mqtt.link import MqttLink
 from agent.mqtt.settings import MqttSettings
 from agent.trust.fetch import REPOSITORY_URL
 from agent.trust.mqtt_fetcher import MqttFetcher
-from controller.brokers import Mosquitto
 from controller.cli import main as fleetgen
-from controller.fleetproc import FleetProcesses
+from controller.demo.brokers import Mosquitto
+from controller.demo.fleetproc import FleetProcesses
 
 
 def test_serve_answers_metadata_requests(mosquitto: Mosquitto, tmp_path: Path) -> None:

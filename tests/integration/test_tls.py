@@ -17,7 +17,7 @@ from agent.daemon import Agent
 from agent.mqtt.settings import MqttSettings
 from agent.protocol import Channel, device_topic
 from controller.broker_config import BrokerLayout, render
-from controller.brokers import Mosquitto
+from controller.demo.brokers import Mosquitto
 from controller.pki import CertificateAuthority, IssuedCert
 
 

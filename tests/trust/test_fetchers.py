@@ -21,7 +21,7 @@ from agent.trust.errors import SlowRetrievalError, TransportError
 from agent.trust.fetch import METADATA_URL, TARGETS_URL, Deadline, DownloadPolicy
 from agent.trust.https_fetcher import HttpsFetcher
 from agent.trust.mqtt_fetcher import MqttFetcher
-from controller.responder import RepositoryResponder
+from controller.services.responder import RepositoryResponder
 from tests.trust.conftest import World
 from tests.trust.fakes import Bus, Tap
 

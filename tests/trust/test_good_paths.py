@@ -110,8 +110,8 @@ def test_offline_install_from_an_export(world: World, tmp_path: Path) -> None:
 def test_resign_schedule_ticks(tmp_path: Path) -> None:
     import time as _time
 
+    from controller.services.resign import ResignSchedule
     from controller.tuf.repository import RepoConfig
-    from controller.tuf.schedule import ResignSchedule
 
     repo = Repository.create(tmp_path / "short", config=RepoConfig(timestamp_expiry_s=2))
     schedule = ResignSchedule(repo.path, interval_s=0.05)

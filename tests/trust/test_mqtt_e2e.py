@@ -20,9 +20,9 @@ from agent.protocol.topics import CHANNELS, Channel, device_topic
 from agent.trust.errors import TransportError, TrustError
 from agent.trust.fetch import DownloadPolicy
 from agent.trust.mqtt_fetcher import MqttFetcher
-from controller.brokers import Mosquitto
+from controller.demo.brokers import Mosquitto
 from controller.director import publish_desired
-from controller.responder import RepositoryResponder
+from controller.services.responder import RepositoryResponder
 from tests.trust.conftest import DEVICE, World
 from tests.trust.fakes import Tap
 

@@ -29,8 +29,9 @@ class Web:
     devices: list[fleet.SimDevice]
 
 
-def start_web(tmp_path: Path, *, n: int = 12, settings: HttpSettings | None = None, **ctx_kw: object) -> Web:
-    store = MeteredStore(f"sqlite:///{tmp_path / 'controller.db'}", clock=lambda: NOW)
+def start_web(tmp_path: Path, *, n: int = 12, settings: HttpSettings | None = None, store: MeteredStore | None = None,
+              **ctx_kw: object) -> Web:
+    store = store or MeteredStore(f"sqlite:///{tmp_path / 'controller.db'}", clock=lambda: NOW)
     devices = fleet.devices(n)
     fleet.fill(store, devices, NOW, history_s=3600, every_s=30)
     # A device whose reported board is hostile HTML: the dashboard must show it as text.

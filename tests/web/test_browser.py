@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from controller.brokers import Mosquitto
-from tests.web import fleet
+from controller.demo.brokers import Mosquitto
+from tests.web import fleet, fleetops
 from tests.web.browser import OUTPUT, chromium, console_errors, wait_for
 from tests.web.conftest import HOSTILE, wait_until
 from tests.web.mqttfleet import ServedController, link_for, publish
@@ -119,3 +119,81 @@ def test_unknown_device_page_says_so(dashboard: tuple[ServedController, Any, Any
     assert "ghost" in text
     # The only console entry is the browser's own note of the 404 answer.
     assert all("404" in e["message"] for e in console_errors(driver))
+
+
+@pytest.fixture
+def ops(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[tuple[fleetops.WebWorld, Any]]:
+    web = fleetops.start(tmp_path, mosquitto.url, 12)
+    try:
+        with chromium(tmp_path / "chrome") as driver:
+            yield web, driver
+    finally:
+        web.stop()
+
+
+def _done_waves(driver: Any) -> tuple[int, str]:
+    states = driver.execute_script(
+        "return [...document.querySelectorAll('#rollout-waves .wave')].map(w => w.dataset.state)")
+    return sum(s == "done" for s in states), driver.execute_script("return document.body.dataset.status")
+
+
+def test_fleet_operations_pages(ops: tuple[fleetops.WebWorld, Any]) -> None:
+    """The simulator's fleet (fleetgen simulate): a rollout page shows its waves advancing, a
+    group's power page its allocation, and a label with HTML in it is text."""
+    web, driver = ops
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    api = web.api
+
+    driver.get(web.url + "/")
+    wait_for(driver, _ready("fleet"), what="the fleet table")
+    assert len(_rows(driver)) == 12
+    assert console_errors(driver) == []
+
+    # The simulated devices carry a label with HTML in it: text on the device page.
+    device = _rows(driver)[0]
+    driver.get(f"{web.url}/devices/{device}")
+    wait_for(driver, lambda d: d.execute_script("return document.body.dataset.ready === 'device' && "
+                                                "Number(document.body.dataset.points) > 0"),
+             timeout=30, what="a device page with telemetry points")
+    facts = driver.execute_script("return document.getElementById('device-facts').textContent")
+    assert f"site={fleetops.HOSTILE_LABEL}" in facts
+    assert driver.execute_script("return window.__pwned === undefined && !document.querySelector('main img')")
+    assert console_errors(driver) == []
+
+    # A rollout, paused at once so the page can be seen mid-way, then resumed to the end.
+    body = {"bundle": "tiny-2.0.0.fgb", "group": "lab", "waves": "1,50%,100%", "wave_timeout_s": 60}
+    rollout = api.request("POST", "/api/v1/rollouts", body, token=web.token).json()
+    api.request("POST", f"/api/v1/rollouts/{rollout['id']}/pause", token=web.token)
+    driver.get(f"{web.url}/rollouts/{rollout['id']}")
+    wait_for(driver, _ready("rollout"), what="the rollout page")
+    seen = [_done_waves(driver)]
+    assert seen[0][1] == "paused" and seen[0][0] < 3
+    driver.save_screenshot(str(OUTPUT / "rollout-paused.png"))
+    api.request("POST", f"/api/v1/rollouts/{rollout['id']}/resume", token=web.token)
+
+    def finished(d: Any) -> bool:
+        seen.append(_done_waves(d))
+        return seen[-1] == (3, "completed")
+
+    wait_for(driver, finished, timeout=90, what="the rollout page to show every wave done")
+    done = [n for n, _ in seen]
+    assert done == sorted(done) and done[0] < 3 == done[-1]  # waves only ever advance
+    outcomes = driver.execute_script(
+        "return [...document.querySelectorAll('#rollout-table tbody td:nth-child(3)')].map(td => td.textContent)")
+    assert outcomes == ["committed"] * 12
+    driver.save_screenshot(str(OUTPUT / "rollout.png"))
+    assert console_errors(driver) == []
+
+    # A group's power page: budget, allocation per device, measured draw.
+    api.request("PUT", "/api/v1/groups/lab/budget", {"budget_w": 30}, token=web.token)
+    driver.get(web.url + "/groups/lab")
+    wait_for(driver, lambda d: d.execute_script(
+        "return document.body.dataset.ready === 'group' && "
+        "document.getElementById('chart-allocation').data[0].y.some(v => v > 0)"), timeout=30,
+        what="allocations on the group page")
+    assert len(driver.find_elements("css selector", "#group-table tbody tr")) == 12
+    driver.save_screenshot(str(OUTPUT / "group-power.png"))
+    for page, ready in (("/rollouts", "rollouts"), ("/groups", "groups")):
+        driver.get(web.url + page)
+        wait_for(driver, _ready(ready), what=page)
+    assert console_errors(driver) == []

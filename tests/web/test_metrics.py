@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.protocol import TelemetryBatch
@@ -47,7 +49,19 @@ def test_ingest_counters_follow_what_the_store_wrote(web: Web) -> None:
     assert after["fleetgen_telemetry_samples_ingested"][0][1] == samples_before + 7
     assert after["fleetgen_ingest_messages"][0][1] == before["fleetgen_ingest_messages"][0][1] + 1
     assert after["fleetgen_ingest_lag_seconds"][0][1] == 2.5  # the store's clock is NOW
-    assert after["fleetgen_ingest_refused"][0][1] == 0
+    assert after["fleetgen_ingest_refused"] == []  # nothing refused: no reason has a count
+
+
+def test_refusals_by_reason(tmp_path: Path) -> None:
+    from tests.web.conftest import start_web
+
+    web = start_web(tmp_path, n=1, refused=lambda: {"invalid": 3, "future_timestamp": 2})
+    try:
+        refused = {labels["reason"]: v for labels, v in _families(web)["fleetgen_ingest_refused"]}
+        assert refused == {"invalid": 3, "future_timestamp": 2}
+    finally:
+        web.server.stop()
+        web.store.close()
 
 
 def test_grafana_dashboard_reads_metrics_we_export(web: Web) -> None:
@@ -58,8 +72,9 @@ def test_grafana_dashboard_reads_metrics_we_export(web: Web) -> None:
     dashboard = json.loads((Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     used = {m for e in exprs for m in re.findall(r"\bfleetgen_[a-z_]+", e)}
-    exported = {s.name for f in text_string_to_metric_families(web.api.get("/metrics").body.decode())
-                for s in f.samples}
+    families = list(text_string_to_metric_families(web.api.get("/metrics").body.decode()))
+    exported = {s.name for f in families for s in f.samples} | {
+        f.name + ("_total" if f.type == "counter" else "") for f in families}
     assert used and used <= exported, used - exported
     assert all(p["datasource"]["uid"] == "${datasource}" for p in dashboard["panels"])
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.brokers import Mosquitto
+from controller.demo.brokers import Mosquitto
 from tests.web import fleet
 from tests.web.client import Api
 from tests.web.conftest import wait_until

@@ -7,8 +7,6 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 
-from agent.protocol.codec import decode_as
-from agent.protocol.messages import DesiredState
 from controller.web import queries
 from controller.web.auth import require_read, require_write
 from controller.web.queries import SERIES_FIELDS, DeviceFilter, SortKey
@@ -54,11 +52,11 @@ def list_devices(
 @router.get("/{device_id}", response_model=DeviceOut, dependencies=[Depends(require_read)],
             responses=errors(401, 404, 422, 503), summary="One device: reported, desired, last sample")
 def get_device(request: Request, device_id: DeviceIdPath) -> DeviceOut:
-    context = ctx(request)
-    detail = queries.device(context.store, device_id)
-    if detail is None:
+    store = ctx(request).store
+    twin = queries.device(store, device_id)
+    if twin is None:
         raise not_found("device", device_id)
-    return DeviceOut.of(detail, context.desired.get(device_id) if context.desired else None)
+    return DeviceOut.of(twin, store.repos.devices.detail(device_id))
 
 
 @router.get("/{device_id}/telemetry", response_model=SeriesOut, dependencies=[Depends(require_read)],
@@ -112,23 +110,25 @@ def get_events(
 
 @router.put("/{device_id}/desired", response_model=DesiredSetOut,
             responses=errors(400, 401, 404, 413, 422, 503),
-            summary="Sign and publish a device's desired state (as `fleetgen director set`)")
+            summary="Sign and publish a device's desired state (what rollouts and power allocation use)")
 def put_desired(request: Request, device_id: DeviceIdPath, body: DesiredIn,
                 _token: Annotated[str, Depends(require_write)]) -> DesiredSetOut:
-    from controller.director import publish_desired
+    from controller.store.desired import KEEP
     from controller.tuf.repository import RepositoryError
 
     context = ctx(request)
-    if context.repo_dir is None or context.transport is None:
-        raise HTTPException(503, "desired state needs an image repository and a broker link (serve --repo)")
+    if context.publisher is None:
+        raise HTTPException(503, "desired state needs an image repository (serve --repo)")
     if not queries.device_exists(context.store, device_id):
         raise not_found("device", device_id)
+    given = body.model_fields_set
     try:
-        envelope = context.director().desired(device_id, body.target, power_budget_w=body.power_budget_w,
-                                              expires_in_s=body.expires_in_s, now=context.clock())
+        [version] = context.publisher.direct(
+            [device_id], target=body.target if "target" in given else KEEP,
+            power_budget_w=body.power_budget_w if "power_budget_w" in given else KEEP).values()
     except RepositoryError as e:
         raise not_found("target", body.target or "") from e
-    publish_desired(context.transport, device_id, envelope)
-    state = decode_as(DesiredState, envelope.payload)
-    return DesiredSetOut(device_id=device_id, version=state.version, target=body.target,
-                         power_budget_w=body.power_budget_w, expires=state.expires)
+    desired = context.store.repos.desired.get(device_id)
+    assert desired is not None
+    return DesiredSetOut(device_id=device_id, version=version, target=desired.target,
+                         power_budget_w=desired.power_budget_w)

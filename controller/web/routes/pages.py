@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse, Response
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
-PAGES = ("/", "/devices/{device_id}", "/rollouts/{rollout_id}", "/groups/{group}")
+PAGES = ("/", "/devices/{device_id}", "/rollouts", "/rollouts/{rollout_id}", "/groups", "/groups/{group}")
 
 router = APIRouter(include_in_schema=False)
 

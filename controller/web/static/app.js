@@ -68,8 +68,8 @@ function askToken(main) {
   main.replaceChildren(form);
 }
 
-// Run `tick` now and every POLL_MS; a failed tick shows its error and keeps polling.
-function poll(main, tick) {
+// Run `tick` now and every `every` ms; a failed tick shows its error and keeps polling.
+function poll(main, tick, every = POLL_MS) {
   let timer = null;
   const run = async () => {
     try {
@@ -84,7 +84,7 @@ function poll(main, tick) {
       const msg = main.querySelector(".error") || main.appendChild(el("p", { class: "error" }));
       msg.textContent = String(e.message || e);
     }
-    timer = setTimeout(run, POLL_MS);
+    timer = setTimeout(run, every);
   };
   run();
   return () => clearTimeout(timer);
@@ -313,11 +313,10 @@ function eventsTable(events) {
 }
 
 function desiredText(desired) {
-  const doc = desired.document;
   const applied = `applied v${desired.applied_version}`;
-  if (!doc) return applied;
-  const budget = doc.power_budget_w === null ? "" : `, budget ${fmt(doc.power_budget_w)} W`;
-  return `v${doc.version}: ${doc.target || "no bundle"}${budget} (${applied})`;
+  if (desired.version === null) return applied;
+  const budget = desired.power_budget_w === null ? "" : `, budget ${fmt(desired.power_budget_w)} W`;
+  return `v${desired.version}: ${desired.target || "no bundle"}${budget} (${applied})`;
 }
 
 function deviceView(main, id) {
@@ -343,6 +342,8 @@ function deviceView(main, id) {
     const rows = [["status", d.status], ["board", d.board], ["bundle", d.active_bundle || "–"],
       ["health", d.health], ["agent", d.agent_version], ["slot", dev.slot || "–"],
       ["accelerators", (rep.accelerators || []).join(", ") || "–"],
+      ["tags", dev.tags.join(", ") || "–"],
+      ["labels", Object.entries(dev.labels).map(([k, v]) => `${k}=${v}`).join(", ") || "–"],
       ["power / budget", `${fmt(d.power_w)} / ${fmt(d.budget_w)} W`],
       ["desired", desiredText(dev.desired)], ["last seen", ago(d.last_seen)]];
     facts.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
@@ -410,7 +411,7 @@ function rolloutView(main, id) {
     devices.replaceChildren(el("table", { id: "rollout-table" }, el("thead", {}, head), body));
     document.body.dataset.ready = "rollout";
     document.body.dataset.status = r.status;
-  });
+  }, 1000); // waves move in seconds
 }
 
 function rolloutsView(main) {
@@ -452,10 +453,10 @@ function groupView(main, name) {
         el("td", { text: d.board }), el("td", { class: d.online ? "status-online" : "status-offline",
           text: d.online ? "online" : "offline" }),
         el("td", { class: "num", text: fmt(d.priority) }), el("td", { class: "num", text: fmt(d.floor_w) }),
-        el("td", { class: "num", text: fmt(d.cap_w) }), el("td", { class: "num", text: fmt(d.demand_w) }),
+        el("td", { class: "num", text: fmt(d.cap_w) }),
         el("td", { class: "num", text: fmt(d.allocated_w) }), el("td", { class: "num", text: fmt(d.draw_w) })));
     }
-    const head = el("tr", {}, ...["device", "board", "status", "priority", "floor (W)", "cap (W)", "demand (W)",
+    const head = el("tr", {}, ...["device", "board", "status", "priority", "floor (W)", "cap (W)",
       "allocated (W)", "draw (W)"].map((h) => el("th", { text: h })));
     table.replaceChildren(el("table", { id: "group-table" }, el("thead", {}, head), body));
     await loadPlotly();

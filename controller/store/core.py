@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Float,
     Integer,
@@ -34,6 +35,8 @@ from agent.errors import ConfigError, FleetgenError
 from agent.protocol import Event, Reported, Status, TelemetryBatch
 
 log = logging.getLogger(__name__)
+
+DEMAND_ALPHA = 0.2
 
 
 class StoreError(FleetgenError):
@@ -60,13 +63,16 @@ class DeviceRow(Base):
     desired_version: Mapped[int] = mapped_column(Integer, default=0)
     reported: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     last_sample: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Recent power demand: an exponential moving average of the samples' power_w, what the
+    # power allocator shares a budget by (one noisy sample would make allocations churn).
+    demand_w: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class TelemetryRow(Base):
     __tablename__ = "telemetry"
 
     device_id: Mapped[str] = mapped_column(String(63), primary_key=True)
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     ts: Mapped[float] = mapped_column(Float, index=True)
     sample: Mapped[dict[str, Any]] = mapped_column(JSON)
 
@@ -75,8 +81,11 @@ class EventRow(Base):
     __tablename__ = "events"
 
     device_id: Mapped[str] = mapped_column(String(63), primary_key=True)
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     ts: Mapped[float] = mapped_column(Float, index=True)
+    # The controller's clock when the event was ingested: rollouts compare it with the time
+    # they directed the device (device clocks may be off).
+    received: Mapped[float] = mapped_column(Float, index=True, default=0.0)
     kind: Mapped[str] = mapped_column(String(64))
     level: Mapped[str] = mapped_column(String(16))
     message: Mapped[str] = mapped_column(Text, default="")
@@ -118,6 +127,11 @@ class Ingested:
     device_id: str
     received: float
     message: msgspec.Struct
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    unknown_device: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,32 +212,35 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         if create:
             self._create_schema()
+        from controller.store.repositories import Repositories
+
+        self.repos = Repositories(self.engine)
 
     def _create_schema(self) -> None:
-        # Two processes opening a new database at once can both see "no table" and race on
-        # CREATE; the loser's second pass then finds the tables and does nothing.
-        for attempt in range(2):
-            try:
-                Base.metadata.create_all(self.engine)
-                return
-            except OperationalError as e:
-                if attempt == 1 or "already exists" not in str(e.orig):
-                    raise StoreError(f"cannot open database {self.engine.url!r}: {e.orig}") from None
+        from controller.store.migrate import upgrade
+
+        upgrade(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
 
     # -- ingest ----------------------------------------------------------------------
 
-    def apply(self, batch: Sequence[Ingested]) -> None:
-        """Write a batch of documents in one transaction."""
+    def apply(self, batch: Sequence[Ingested]) -> ApplyResult:
+        """Write a batch of documents in one transaction.
+
+        Telemetry of a device the registry does not know (it never said status or reported)
+        is dropped and counted: nothing lands in the store for an id nobody registered."""
+        unknown = 0
         samples: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
         with Session(self.engine) as session, session.begin():
             devices: dict[str, DeviceRow] = {}
 
-            def device(item: Ingested) -> DeviceRow:
+            def device(item: Ingested, create: bool = True) -> DeviceRow | None:
                 row = devices.get(item.device_id) or session.get(DeviceRow, item.device_id)
+                if row is None and not create:
+                    return None
                 if row is None:
                     row = DeviceRow(id=item.device_id, first_seen=item.received, board="", agent_version="",
                                     online=False, status_ts=0.0, health="unknown", desired_version=0)
@@ -234,7 +251,10 @@ class Store:
 
             for item in batch:
                 msg = item.message
-                row = device(item)
+                row = device(item, create=not isinstance(msg, TelemetryBatch))
+                if row is None:
+                    unknown += 1
+                    continue
                 if isinstance(msg, Status):
                     row.online = msg.state == "online"
                     row.status_ts = msg.ts
@@ -253,8 +273,13 @@ class Store:
                         samples.append({"device_id": item.device_id, "seq": s.seq, "ts": s.ts,
                                         "sample": msgspec.to_builtins(s)})
                     row.last_sample = msgspec.to_builtins(msg.samples[-1])
+                    for s in msg.samples:
+                        if s.power_w is not None:
+                            row.demand_w = s.power_w if row.demand_w is None else (
+                                DEMAND_ALPHA * s.power_w + (1 - DEMAND_ALPHA) * row.demand_w)
                 elif isinstance(msg, Event):
                     events.append({"device_id": item.device_id, "seq": msg.seq, "ts": msg.ts,
+                                   "received": item.received,
                                    "kind": msg.kind, "level": msg.level, "message": msg.message,
                                    "details": dict(msg.details)})
             session.flush()
@@ -262,6 +287,7 @@ class Store:
                 session.execute(_insert_ignore(self.engine, TelemetryRow), samples)
             if events:
                 session.execute(_insert_ignore(self.engine, EventRow), events)
+        return ApplyResult(unknown_device=unknown)
 
     # -- queries ---------------------------------------------------------------------
 

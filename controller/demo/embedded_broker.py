@@ -1,6 +1,6 @@
 """A pure-Python MQTT 3.1.1 broker (amqtt) for the demo when Mosquitto is not installed.
 
-Run as `python -m controller.embedded_broker --port N`.
+Run as `python -m controller.demo.embedded_broker --port N`.
 """
 
 from __future__ import annotations

@@ -141,7 +141,7 @@ class EmbeddedBroker(_ChildBroker):
     protocol = "3.1.1"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "controller.embedded_broker", "--port", str(self.port)]
+        return [sys.executable, "-m", "controller.demo.embedded_broker", "--port", str(self.port)]
 
 
 def start_broker(kind: str, workdir: Path) -> _ChildBroker:

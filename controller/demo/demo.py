@@ -21,11 +21,11 @@ from pathlib import Path
 
 from agent.errors import FleetgenError
 from agent.manifest import load_manifest
-from controller.brokers import start_broker
 from controller.cli.fleet import format_table
-from controller.fleetproc import DeviceSpec, FleetProcesses
+from controller.demo.brokers import start_broker
+from controller.demo.fleetproc import DeviceSpec, FleetProcesses
 
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = Path(__file__).resolve().parents[2]
 _FIXTURES = _REPO / "firmware" / "testdata"
 DEMO_MODEL = _REPO / "models" / "text" / "austen-3m-int8"
 DEMO_PROMPT = "Tell me a story about summer"

@@ -1,0 +1,142 @@
+"""The rollout service: the adapter that carries out the rollout engine's decisions.
+
+Each tick, for every unfinished rollout: read the devices' new outcomes from their events,
+ask `controller.fleet.rollout.decide` for the next step, do it (direct devices through the
+director publisher, record in the store), and ask again until the answer is to wait.
+Every step is committed before the next one, and the engine's input is only what the
+store holds, so a controller killed between two steps repeats nothing on restart beyond
+re-publishing one wave's documents (harmless: each carries a new version, same target).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from agent.errors import FleetgenError
+from controller.fleet.rollout import (
+    Abort,
+    Complete,
+    DeviceResult,
+    Halt,
+    RolloutPolicy,
+    RolloutStatus,
+    StartWave,
+    TimeOut,
+    Wait,
+    decide,
+)
+from controller.services.director import DirectorPublisher
+from controller.store.rollouts import RolloutRepository, snapshot
+
+if TYPE_CHECKING:
+    from controller.store import Store
+    from controller.store.views import RolloutView
+
+log = logging.getLogger(__name__)
+
+_MAX_STEPS_PER_TICK = 16
+
+
+class RolloutService:
+    def __init__(self, rollouts: RolloutRepository, publisher: DirectorPublisher,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.rollouts = rollouts
+        self.publisher = publisher
+        self.clock = clock
+
+    def tick(self) -> None:
+        for rollout_id in self.rollouts.active():
+            try:
+                self.advance(rollout_id)
+            except FleetgenError as e:
+                log.error("rollout %d: %s", rollout_id, e)
+
+    def advance(self, rollout_id: int) -> None:
+        for _ in range(_MAX_STEPS_PER_TICK):
+            view = self.rollouts.get(rollout_id)
+            now = self.clock()
+            outcomes = self.rollouts.outcomes(view)
+            if outcomes:
+                self.rollouts.set_results(rollout_id, outcomes, now)
+                view = self.rollouts.get(rollout_id)
+            decision = decide(snapshot(view), now)
+            if isinstance(decision, Wait):
+                return
+            if isinstance(decision, StartWave):
+                log.info("rollout %d: wave %d of %d, %d devices -> %s", rollout_id, decision.wave + 1,
+                         len(view.plan), len(decision.devices), view.bundle)
+                versions = self.publisher.direct(decision.devices, target=view.bundle)
+                self.rollouts.start_wave(rollout_id, decision.wave, versions, now)
+            elif isinstance(decision, TimeOut):
+                log.warning("rollout %d: %d devices timed out", rollout_id, len(decision.devices))
+                self.rollouts.set_results(rollout_id, {
+                    d: (DeviceResult.TIMED_OUT, f"no outcome within {view.wave_timeout_s:g}s")
+                    for d in decision.devices}, now)
+            elif isinstance(decision, Halt):
+                log.warning("rollout %d halted: %s; directing %d devices back", rollout_id, decision.reason,
+                            len(decision.rollback))
+                self._roll_back(rollout_id, decision.rollback, RolloutStatus.HALTED, decision.reason, now)
+            elif isinstance(decision, Abort):
+                log.warning("rollout %d aborted; directing %d devices back", rollout_id, len(decision.rollback))
+                self._roll_back(rollout_id, decision.rollback, RolloutStatus.ABORTED, "", now)
+            elif isinstance(decision, Complete):
+                log.info("rollout %d completed", rollout_id)
+                self.rollouts.finish(rollout_id, RolloutStatus.COMPLETED, "", now)
+                return
+
+    def _roll_back(self, rollout_id: int, devices: tuple[str, ...], status: RolloutStatus, reason: str,
+                   now: float) -> None:
+        view = self.rollouts.get(rollout_id)
+        targets = {d: view.devices[d].previous_target for d in devices}
+        self.publisher.direct_each(targets)
+        self.rollouts.finish(rollout_id, status, reason, now, rolled_back=targets)
+
+
+def _previous_target(store: Store, device: str, published: set[str]) -> str | None:
+    """What the device should return to: what the director last named, else what it runs."""
+    from controller.fleet.errors import FleetError
+
+    desired = store.repos.desired.get(device)
+    if desired is not None and desired.target is not None:
+        return desired.target
+    try:
+        running = store.repos.devices.detail(device).active_bundle
+    except FleetError:  # named by a group rule, never registered
+        return None
+    return f"{running}.fgb" if running and f"{running}.fgb" in published else None
+
+
+def start_rollout(store: Store, repo_dir: Path, bundle: str, group_name: str, policy: RolloutPolicy,
+                  waves_spec: str) -> RolloutView:
+    """Check and record a rollout (the leader's service carries it out): `fleetgen rollout
+    start` and `POST /api/v1/rollouts` both come here. Raises UsageError (bad input: unpublished
+    bundle, empty or busy group) or FleetError (unknown group)."""
+    from agent.errors import UsageError
+    from controller.fleet.rollout import plan_waves
+    from controller.tuf.repository import Repository, RepositoryError
+
+    try:
+        published = set(Repository(repo_dir).targets().targets)
+    except RepositoryError as e:
+        raise UsageError(f"repository: {e}") from None
+    if bundle not in published:
+        raise UsageError(f"{bundle} is not a published target of {repo_dir} (see `fleetgen bundle publish`)")
+    group = store.repos.groups.get(group_name)
+    if not group.members:
+        raise UsageError(f"group {group_name} has no devices: nothing to roll out to")
+    busy = store.repos.rollouts.active_for(group.members)
+    if busy:
+        device, other = next(iter(busy.items()))
+        raise UsageError(f"{len(busy)} devices of {group_name} are in unfinished rollout {other} "
+                         f"(e.g. {device}); wait for it or abort it")
+    online = {d.id for d in store.devices() if d.online}
+    # Online devices first, so the first (canary) wave can answer.
+    ordered = sorted(group.members, key=lambda d: (d not in online, d))
+    plan = plan_waves(ordered, policy.waves)
+    previous = {d: _previous_target(store, d, published) for d in ordered}
+    rollout_id = store.repos.rollouts.create(bundle, group_name, policy, waves_spec, plan, previous)
+    return store.repos.rollouts.get(rollout_id)

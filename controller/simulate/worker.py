@@ -1,0 +1,263 @@
+"""One simulator process: many devices, one paho client each, one event loop for all.
+
+Thousands of clients cannot each have a network thread, so the worker drives paho's
+external loop itself (`loop_read`, `loop_write`, `loop_misc`) over a selector. Callbacks
+run on this one thread; they only queue what the device answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import random
+import selectors
+import signal
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.mqtt.url import BrokerUrl
+from agent.protocol import Channel, device_topic, encode
+from agent.protocol.topics import CHANNELS
+from agent.trust.director import DirectorKeys
+from controller.simulate.boards import SimBoard
+from controller.simulate.device import SimDevice
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeviceSetup:
+    device_id: str
+    board: SimBoard
+    fails_health: bool
+    goes_offline: bool
+    bundle: str | None
+    labels: dict[str, str]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    broker: str
+    devices: tuple[DeviceSetup, ...]
+    director_keys: dict[str, bytes]
+    director_threshold: int
+    seed: int
+    telemetry_interval_s: float = 2.0
+    samples_per_batch: int = 2
+    duration_s: float | None = None
+    keepalive: int = 30
+
+
+@dataclass
+class WorkerStats:
+    devices: int = 0
+    samples_sent: int = 0
+    batches_sent: int = 0
+    events_sent: int = 0
+    desired_received: int = 0
+    connect_failures: int = 0
+
+
+@dataclass
+class _Sim:
+    device: SimDevice
+    client: paho.Client
+    connected: bool = False
+    gone: bool = False  # went offline on purpose
+    next_telemetry: float = 0.0
+    sock: object = None
+
+
+@dataclass(order=True)
+class _Due:
+    at: float
+    n: int
+    sim: _Sim = field(compare=False)
+    channel: Channel = field(compare=False)
+    payload: bytes = field(compare=False)
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.broker = BrokerUrl.parse(spec.broker, "--broker")
+        self.rng = random.Random(spec.seed)
+        keys = DirectorKeys(spec.director_keys, spec.director_threshold)
+        self.sims: list[_Sim] = []
+        self.stats = WorkerStats(devices=len(spec.devices))
+        self._due: list[_Due] = []
+        self._n = itertools.count()
+        self._stop = False
+        self._selector = selectors.DefaultSelector()
+        for setup in spec.devices:
+            device = SimDevice(setup.device_id, setup.board, keys, random.Random(self.rng.random()),
+                               load=self.rng.uniform(0.3, 0.8),
+                               fails_health=setup.fails_health, goes_offline=setup.goes_offline,
+                               active_bundle=setup.bundle, labels=dict(setup.labels))
+            self.sims.append(_Sim(device, self._client(device)))
+
+    def _client(self, device: SimDevice) -> paho.Client:
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"fleetgen-{device.device_id}",
+                             protocol=paho.MQTTv5)
+        client.will_set(device_topic(device.device_id, Channel.STATUS),
+                        encode(device.status("offline", time.time())), qos=1, retain=True)
+        client.max_queued_messages_set(1000)
+        return client
+
+    # -- publishing -------------------------------------------------------------------
+
+    def _publish(self, sim: _Sim, channel: Channel, payload: bytes) -> None:
+        spec = CHANNELS[channel]
+        sim.client.publish(device_topic(sim.device.device_id, channel), payload, qos=1, retain=spec.retained)
+        if channel is Channel.EVENTS:
+            self.stats.events_sent += 1
+
+    def _schedule(self, sim: _Sim, delay: float, channel: Channel, payload: bytes) -> None:
+        heapq.heappush(self._due, _Due(time.monotonic() + delay, next(self._n), sim, channel, payload))
+
+    # -- callbacks (this thread) --------------------------------------------------------
+
+    def _on_connect(self, sim: _Sim):
+        def on_connect(client, userdata, flags, reason_code, properties) -> None:
+            if reason_code.is_failure:
+                self.stats.connect_failures += 1
+                return
+            sim.connected = True
+            now = time.time()
+            client.subscribe(device_topic(sim.device.device_id, Channel.DESIRED), qos=1)
+            self._publish(sim, Channel.STATUS, encode(sim.device.status("online", now)))
+            self._publish(sim, Channel.REPORTED, encode(sim.device.reported(now)))
+        return on_connect
+
+    def _on_message(self, sim: _Sim):
+        def on_message(client, userdata, message) -> None:
+            self.stats.desired_received += 1
+            for out in sim.device.on_desired(bytes(message.payload), time.time()):
+                self._schedule(sim, out.delay_s, out.channel, encode(out.message))
+            if sim.device.offline and not sim.gone:
+                sim.gone = True
+                # MQTT 5 reason 0x04: disconnect and have the broker publish the Last Will.
+                client.disconnect(reasoncode=ReasonCode(paho.PacketTypes.DISCONNECT, identifier=4))
+        return on_message
+
+    def _on_disconnect(self, sim: _Sim):
+        def on_disconnect(client, userdata, flags, reason_code, properties) -> None:
+            sim.connected = False
+        return on_disconnect
+
+    # -- loop ---------------------------------------------------------------------------
+
+    def _connect_all(self) -> None:
+        for sim in self.sims:
+            sim.client.on_connect = self._on_connect(sim)
+            sim.client.on_message = self._on_message(sim)
+            sim.client.on_disconnect = self._on_disconnect(sim)
+            self._connect(sim)
+            self._pump()
+
+    def _connect(self, sim: _Sim) -> None:
+        try:
+            if sim.sock is None:
+                sim.client.connect(self.broker.host, self.broker.port, self.spec.keepalive)
+            else:
+                sim.client.reconnect()
+        except OSError as e:
+            self.stats.connect_failures += 1
+            log.debug("%s: connect failed: %s", sim.device.device_id, e)
+            return
+        sock = sim.client.socket()
+        if sock is not None:
+            if sim.sock is not None:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._selector.unregister(sim.sock)  # type: ignore[arg-type]
+            self._selector.register(sock, selectors.EVENT_READ, sim)
+            sim.sock = sock
+        sim.next_telemetry = time.monotonic() + self.rng.uniform(0, self.spec.telemetry_interval_s)
+
+    def _pump(self, timeout: float = 0.0) -> None:
+        for key, _ in self._selector.select(timeout):
+            sim: _Sim = key.data
+            if sim.client.loop_read() != paho.MQTT_ERR_SUCCESS:
+                self._drop_socket(sim)
+
+    def _drop_socket(self, sim: _Sim) -> None:
+        sim.connected = False
+        if sim.sock is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(sim.sock)  # type: ignore[arg-type]
+
+    def stop(self, *_: object) -> None:
+        self._stop = True
+
+    def run(self) -> WorkerStats:
+        self._connect_all()
+        started = time.monotonic()
+        last_misc = 0.0
+        last_retry = time.monotonic()
+        while not self._stop:
+            now = time.monotonic()
+            if self.spec.duration_s is not None and now - started >= self.spec.duration_s:
+                break
+            while self._due and self._due[0].at <= now:
+                due = heapq.heappop(self._due)
+                if due.sim.connected:
+                    self._publish(due.sim, due.channel, due.payload)
+            wall = time.time()
+            for sim in self.sims:
+                if sim.connected and now >= sim.next_telemetry:
+                    sim.next_telemetry = now + self.spec.telemetry_interval_s
+                    batch = sim.device.telemetry(wall, self.spec.samples_per_batch, self.spec.telemetry_interval_s)
+                    self._publish(sim, Channel.TELEMETRY, encode(batch))
+                    self.stats.batches_sent += 1
+                    self.stats.samples_sent += len(batch.samples)
+                if sim.client.want_write():
+                    sim.client.loop_write()
+            if now - last_misc >= 1.0:
+                last_misc = now
+                for sim in self.sims:
+                    if sim.sock is not None and not sim.gone:
+                        sim.client.loop_misc()
+            if now - last_retry >= 1.0:
+                last_retry = now
+                for sim in self.sims:
+                    if not sim.connected and not sim.gone:
+                        self._connect(sim)
+            wait = 0.05
+            if self._due:
+                wait = max(0.0, min(wait, self._due[0].at - time.monotonic()))
+            self._pump(wait)
+        self._goodbye()
+        return self.stats
+
+    def _goodbye(self) -> None:
+        """Say offline (retained) and disconnect cleanly, flushing what is queued."""
+        for sim in self.sims:
+            if sim.connected:
+                self._publish(sim, Channel.STATUS, encode(sim.device.status("offline", time.time())))
+                sim.client.disconnect()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(s.client.want_write() for s in self.sims if s.connected):
+            for sim in self.sims:
+                if sim.connected and sim.client.want_write():
+                    sim.client.loop_write()
+            self._pump(0.05)
+
+
+def run_worker(spec: WorkerSpec, results) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    worker = Worker(spec)
+
+    def _term(signum: int, frame: FrameType | None) -> None:
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGINT, _term)
+    stats = worker.run()
+    results.put(stats)
