@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.bundle import build_bundle
+from agent.update.bundle import build_bundle
 from controller.cli import main as fleetgen
 from controller.store import Store
 from controller.tuf.repository import RepoConfig, Repository
