@@ -110,6 +110,7 @@ def run_revoke(args: argparse.Namespace) -> int:
     print(what)
     print(f"CRL re-signed: {done.crl}; the broker refuses {done.device_id} from its next reload "
           "(fleetgen-crl.path does it; by hand: systemctl reload mosquitto)", file=sys.stderr)
+    return 0
 
 
 def run_ls(args: argparse.Namespace) -> int:

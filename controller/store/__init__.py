@@ -20,5 +20,5 @@ from controller.store.core import (
     open_existing,
 )
 
-__all__ = ["ApplyResult", "DeviceCertRow", "DeviceRow", "DeviceView", "EnrollTokenRow", "Ingested", "NoDatabaseError", "Store", "StoreError", "normalise_url",
-           "open_existing"]
+__all__ = ["ApplyResult", "DeviceCertRow", "DeviceRow", "DeviceView", "EnrollTokenRow", "Ingested",
+           "NoDatabaseError", "Store", "StoreError", "normalise_url", "open_existing"]

@@ -20,7 +20,7 @@ import httpx2 as httpx  # what this openai release uses (httpx under its new nam
 import openai
 import pytest
 
-from controller.brokers import Mosquitto
+from controller.demo.brokers import Mosquitto
 from tests.api.conftest import IMAGE, IMAGE_ID, TEXT, TEXT_ID, wait_for
 from tests.api.processes import BIN, FakeSystemd, env_for, install
 
@@ -155,7 +155,7 @@ def test_a_committed_bundle_is_handed_to_the_api(tmp_path: Path) -> None:
     from agent.daemon import Agent
     from agent.mqtt.settings import MqttSettings
     from agent.update.worker import ActiveBundle, Snapshot
-    from controller.brokers import free_port
+    from controller.demo.brokers import free_port
 
     agent = Agent(AgentConfig(device_id="hook-1", state_dir=str(tmp_path / "s"),
                               mqtt=MqttSettings(url=f"mqtt://127.0.0.1:{free_port()}")))
@@ -174,7 +174,7 @@ def test_a_committed_bundle_is_handed_to_the_api(tmp_path: Path) -> None:
 
 
 def test_daemon_runs_on_without_the_api_when_it_cannot_listen(tmp_path: Path) -> None:
-    from controller.brokers import free_port
+    from controller.demo.brokers import free_port
 
     config = tmp_path / "agent.toml"
     config.write_text(f'device_id = "api-dev-2"\nstate_dir = "{tmp_path / "state"}"\n'

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
-from controller.brokers import _ChildBroker, free_port, mosquitto_binary
 from controller.cli import main as fleetgen
+from controller.demo.brokers import _ChildBroker, free_port, mosquitto_binary
 from controller.enroll import Enrollment, EnrollmentService, newest_root
 from controller.pki import CertificateAuthority
 from controller.store import Store

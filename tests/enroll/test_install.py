@@ -191,7 +191,7 @@ def test_token_pinning_another_ca_is_refused_before_it_is_sent(service: Enrollme
 
 
 def test_unreachable_controller_and_bad_input(tmp_path: Path, pki: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from controller.brokers import free_port
+    from controller.demo.brokers import free_port
 
     token = EnrollToken("lost-1", "B" * 43, CertificateAuthority.open(pki).fingerprint())
     root = tmp_path / "image"

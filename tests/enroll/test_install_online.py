@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.brokers import free_port, wait_for_port
+from controller.demo.brokers import free_port, wait_for_port
 from controller.store import Store
 from tests.enroll.conftest import GeneratedBroker
 
