@@ -94,15 +94,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         publisher = None
         log.info("no repository configured: rollouts and power budgets wait until one is (--repo)")
+    if config.enroll.listen is not None:
+        from controller.enroll import enrollment_service
+
+        services.append(enrollment_service(config, store))
     if config.http.listen is not None:
         services.insert(0, _http_service(config, store, ingestor, publisher))  # first: a taken port fails the start
     supervisor = Supervisor(services, jobs, leadership)
     done = threading.Event()
 
-    if config.enroll.listen is not None:
-        from controller.enroll import enrollment_service
-
-        services.append(enrollment_service(config, store))
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
