@@ -34,6 +34,7 @@ from agent.api.metrics import ApiMetrics
 from agent.errors import FleetgenError
 
 if TYPE_CHECKING:
+    from agent.runtime.service import Job
     from agent.runtime.text import TextRequest, TextResult
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,10 @@ class Routes:
         metrics_enabled: bool = False,
         status: StatusProvider | None = None,
         clock: Callable[[], float] = time.time,
+        stream_interval_s: float = 0.0,
     ) -> None:
         self.host = host
+        self.stream_interval_s = stream_interval_s
         self.metrics = metrics or ApiMetrics()
         self.api_key = api_key
         self.metrics_enabled = metrics_enabled
@@ -303,29 +306,34 @@ class Routes:
         return _Prepared(request, len(ids))
 
     async def _run(self, model: ServedModel, prep: _Prepared, gone: asyncio.Event,
-                   on_text: Callable[[str], Awaitable[None]]) -> TextResult:
-        """Submit one generation and relay its text to `on_text` as it comes.
+                   on_text: Callable[[str], Awaitable[None]] | None) -> TextResult:
+        """Submit one generation and relay its text to `on_text` as it comes (None: only the
+        result is wanted, and the loop wakes once, at the end).
 
-        The worker thread wakes this coroutine through the loop (no thread per request).
-        A client that disconnects cancels the job (counted); so does this coroutine being
-        cancelled or closed (a stream the server gave up on)."""
+        The worker thread wakes this coroutine through the loop (no thread per request), and
+        only when it is waiting: while a chunk is sent and for `stream_interval_s` after it,
+        tokens gather in the job and the worker pays one flag check per token. The first
+        token goes out at once; a fast model sends one chunk per interval, a slow one (a
+        token per interval or slower) a chunk per token (ADR 0061). A client that
+        disconnects cancels the job (counted); so does this coroutine being cancelled or
+        closed (a stream the server gave up on)."""
         from agent.runtime.errors import RequestError
         from agent.runtime.service import QueueFullError
 
         assert model.queue is not None
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
-        # one wake-up in flight at a time: a worker that streams faster than this loop runs
-        # does not queue a callback (and a self-pipe write) per token
-        wake_pending = threading.Event()
+        # set while this coroutine waits for text: the next chunk wakes it (one call_soon_threadsafe
+        # and self-pipe write), the ones after it do not until it waits again
+        armed = threading.Event()
+        submitted_job: list[Job] = []
 
-        def listener() -> None:
-            if wake_pending.is_set():
-                return
-            wake_pending.set()
-            # RuntimeError: the loop is gone (shutdown); the job is being cancelled anyway
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(wake.set)
+        def listener() -> None:  # on the worker thread, after each chunk and at the end
+            if armed.is_set() or (submitted_job and submitted_job[0].done):
+                armed.clear()
+                # RuntimeError: the loop is gone (shutdown); the job is being cancelled anyway
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(wake.set)
 
         try:
             job = model.queue.submit(prep.request, listener)
@@ -334,8 +342,10 @@ class Routes:
                 from None
         except RequestError as e:
             raise ApiError(503, str(e), code="unavailable", retry_after_s=1) from None
+        submitted_job.append(job)
         submitted = time.perf_counter()
         first: float | None = None
+        interval = self.stream_interval_s
 
         async def relay() -> None:
             await gone.wait()
@@ -345,9 +355,15 @@ class Routes:
         finished = False
         try:
             while True:
-                await wake.wait()
+                if on_text is None:
+                    if not job.done and not gone.is_set():
+                        await wake.wait()  # the end (or the client leaving) sets it
+                elif not job.has_output() and not gone.is_set():
+                    armed.set()
+                    if not job.has_output():  # checked again after arming: no wake-up is lost
+                        await wake.wait()
+                    armed.clear()
                 wake.clear()
-                wake_pending.clear()
                 if gone.is_set():
                     raise _ClientGone
                 done = job.done  # read before draining: every chunk precedes `done`
@@ -355,10 +371,13 @@ class Routes:
                 if pieces and first is None:
                     first = time.perf_counter()
                     self.metrics.first_token((first - submitted) * 1000)
-                if pieces:
-                    # what arrived since the last wake-up goes out as one chunk: one token per
-                    # chunk while the loop keeps up, fewer, larger chunks when it falls behind
+                if pieces and on_text is not None:
                     await on_text("".join(pieces))
+                    if not done and interval > 0:
+                        # tokens gather meanwhile; the end of the job or the client leaving cut it short
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(interval):
+                                await wake.wait()
                 if done:
                     break
             try:
@@ -368,6 +387,8 @@ class Routes:
             finished = True
             latency_ms = (time.perf_counter() - submitted) * 1000
             t = result.timings
+            if first is None and t.generated_tokens:  # not streamed: woken once, at the end
+                self.metrics.first_token(max(0.0, latency_ms - t.decode_ms))
             self.metrics.generation_done(t.prompt_tokens, t.generated_tokens, (t.prefill_ms + t.decode_ms) / 1000,
                                          latency_ms)
             return result
@@ -379,10 +400,7 @@ class Routes:
                 log.info("client went away: generation cancelled")
 
     async def _collect(self, model: ServedModel, prep: _Prepared, gone: asyncio.Event) -> TextResult:
-        async def ignore(text: str) -> None:
-            return None
-
-        return await self._run(model, prep, gone, ignore)
+        return await self._run(model, prep, gone, None)
 
     def _retry_after(self, model: ServedModel) -> int:
         p50 = self.metrics.snapshot().latency_ms_p50 or 1000.0

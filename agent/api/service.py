@@ -42,7 +42,8 @@ class ApiService:
         self.host = host
         self.metrics = metrics or ApiMetrics()
         api_key = read_api_key(settings.api_key_file) if settings.api_key_file else None
-        self.routes = Routes(host, self.metrics, api_key=api_key, metrics_enabled=settings.metrics, status=status)
+        self.routes = Routes(host, self.metrics, api_key=api_key, metrics_enabled=settings.metrics, status=status,
+                             stream_interval_s=settings.stream_interval_ms / 1000)
         self.limits = Limits(max_body_bytes=settings.max_body_bytes, header_timeout_s=settings.header_timeout_s,
                              write_timeout_s=settings.write_timeout_s, max_connections=settings.max_connections)
         self._tcp = settings.tcp_address()

@@ -28,6 +28,9 @@ class ApiSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     write_timeout_s: Annotated[float, Meta(gt=0, le=600)] = 30.0
     switch_wait_s: Annotated[float, Meta(ge=0, le=600)] = 10.0  # new requests wait this long at a bundle switch
     drain_s: Annotated[float, Meta(ge=0, le=60)] = 8.0  # at stop, in-flight requests get this long
+    # a stream sends at most one chunk per interval (the first token at once): tokens that
+    # come faster share a chunk. 0 sends every token as it comes (ADR 0061)
+    stream_interval_ms: Annotated[float, Meta(ge=0, le=1000)] = 10.0
 
     def tcp_address(self) -> tuple[str, int] | None:
         if self.listen is None:

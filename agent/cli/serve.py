@@ -48,6 +48,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--spin", choices=["auto", "on", "off"], default="auto",
                    help="ONNX Runtime worker threads spin between steps: auto decides from how busy the "
                         "cores are at load (default)")
+    p.add_argument("--stream-interval-ms", type=float, metavar="MS", default=10.0,
+                   help="a stream sends at most one chunk per MS (faster tokens share it; 0: every token "
+                        "at once; default 10)")
     p.set_defaults(func=run)
 
 
@@ -72,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     listen = args.listen if args.listen or args.socket else DEFAULT_LISTEN
     try:
         settings = ApiSettings(socket=args.socket or "", listen=listen, api_key_file=args.api_key_file,
-                               metrics=args.metrics, max_pending=args.max_pending)
+                               metrics=args.metrics, max_pending=args.max_pending,
+                               stream_interval_ms=args.stream_interval_ms)
     except msgspec.ValidationError as e:
         raise UsageError(str(e)) from None
     try:

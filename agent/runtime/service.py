@@ -75,6 +75,10 @@ class Job:
             if item is not _DONE:
                 out.append(str(item))
 
+    def has_output(self) -> bool:
+        """Chunks wait to be drained, or the job ended (a loop's check before it sleeps)."""
+        return self._done.is_set() or not self._chunks.empty()
+
     def _emit(self, text: str) -> None:
         self._chunks.put(text)
         if self._listener is not None:

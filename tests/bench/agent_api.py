@@ -148,16 +148,43 @@ def bench_daemon() -> dict[str, Any]:
 
 
 def direct_worker(folder: Path) -> None:
+    """Direct engine calls, one per line read from stdin (the API side runs in between)."""
     from agent.runtime import EngineOptions, TextGenerator, load_model
 
     gen = load_model(folder, EngineOptions(threads=THREADS, spin=False))  # as the server below
     assert isinstance(gen, TextGenerator)
-    rates = []
-    for _ in range(3):
-        req = gen.request(PROMPT, max_tokens=API_TOKENS, greedy=True, ignore_eos=True)
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        req = gen.request(PROMPT, max_tokens=int(line), greedy=True, ignore_eos=True)
         result = gen.generate(req, on_text=lambda _t: None)
-        rates.append(result.timings.decode_tokens_per_s)
-    print(json.dumps({"decode_tok_s": statistics.median(rates), "spin": gen.options.spin}))
+        print(json.dumps({"decode_tok_s": result.timings.decode_tokens_per_s}), flush=True)
+
+
+class DirectEngine:
+    """A process holding the same model as the server, asked for one generation at a time."""
+
+    def __init__(self, folder: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, __file__, "--direct-worker", str(folder)], env=env(),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._read()
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit("direct worker died")
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    def rate(self, max_tokens: int) -> float:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{max_tokens}\n")
+        self.proc.stdin.flush()
+        return float(self._read()["decode_tok_s"])
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(30)
 
 
 def stream_once(base: str, max_tokens: int, model: str = "austen-3m-int8") -> dict[str, float]:
@@ -165,18 +192,19 @@ def stream_once(base: str, max_tokens: int, model: str = "austen-3m-int8") -> di
 
     body = {"model": model, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0,
             "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
-    t0 = time.perf_counter()
     times = []
     tokens = 0
-    with httpx.Client(timeout=120) as c, c.stream("POST", f"{base}/v1/completions", json=body) as r:
-        for line in r.iter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]":
-                doc = json.loads(line[6:])
-                if doc["choices"] and doc["choices"][0]["text"]:
-                    times.append(time.perf_counter())
-                if doc.get("usage"):
-                    tokens = doc["usage"]["completion_tokens"]
-    end = time.perf_counter()
+    with httpx.Client(timeout=120) as c:
+        t0 = time.perf_counter()  # after the client's set-up (an SSL context even for http://)
+        with c.stream("POST", f"{base}/v1/completions", json=body) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    doc = json.loads(line[6:])
+                    if doc["choices"] and doc["choices"][0]["text"]:
+                        times.append(time.perf_counter())
+                    if doc.get("usage"):
+                        tokens = doc["usage"]["completion_tokens"]
+        end = time.perf_counter()
     # a chunk may carry several tokens when the loop falls behind: count tokens, not chunks;
     # the first token comes with prefill, decode is the rest (as the engine's timings count)
     rate = (tokens - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
@@ -184,54 +212,84 @@ def stream_once(base: str, max_tokens: int, model: str = "austen-3m-int8") -> di
             "chunks": len(times), "tokens": tokens}
 
 
-def bench_api(folder: Path = TEXT, model: str = "austen-3m-int8", rounds: int = 5,
-              concurrency_check: bool = True) -> dict[str, Any]:
+def start_serve(folder: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen([str(BIN), "serve", "--model", str(folder), "--listen", f"127.0.0.1:{port}",
-                             "--threads", str(THREADS), "--spin", "off", "--max-pending", "16"], env=env(),
+                             "--threads", str(THREADS), "--spin", "off", "--max-pending", "16", *extra], env=env(),
                             stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
+    import httpx2 as httpx
+
+    wait_health(lambda path: httpx.get(base + path, timeout=5).status_code)
+    return proc, base
+
+
+def api_against_direct(base: str, direct: DirectEngine, model: str, rounds: int) -> dict[str, Any]:
+    """One streamed request, one direct call, `rounds` times, the order swapped every round
+    (the shared machine's load drifts); the median of the pairs' ratios."""
+    stream_once(base, 8, model)  # warm
+    direct.rate(8)
+    api_rates, direct_rates, ttfts, chunks = [], [], [], []
+    for i in range(rounds):
+        order = ("api", "direct") if i % 2 == 0 else ("direct", "api")
+        for side in order:
+            if side == "api":
+                r = stream_once(base, API_TOKENS, model)
+                api_rates.append(r["tok_s"])
+                ttfts.append(r["ttft_ms"])
+                chunks.append(r["chunks"])
+            else:
+                direct_rates.append(direct.rate(API_TOKENS))
+    ratios = [a / d for a, d in zip(api_rates, direct_rates, strict=True)]
+    return {"api_stream_tok_s": round(statistics.median(api_rates), 1),
+            "direct_tok_s": round(statistics.median(direct_rates), 1),
+            "ratio": round(statistics.median(ratios), 3), "pairs": rounds,
+            "ttft_ms_p50": round(statistics.median(ttfts), 1), "chunks_per_stream": statistics.median(chunks)}
+
+
+def bench_api(folder: Path = TEXT, model: str = "austen-3m-int8", rounds: int = 15,
+              concurrency_check: bool = True) -> dict[str, Any]:
+    """The API's streaming rate against direct calls: with the default stream interval (10 ms)
+    and with every token sent as it comes (--stream-interval-ms 0, how it was before ADR 0061)."""
+    direct = DirectEngine(folder)
+    out: dict[str, Any] = {}
     try:
-        import httpx2 as httpx
-
-        wait_health(lambda path: httpx.get(base + path, timeout=5).status_code)
-        stream_once(base, 8, model)  # warm
-        api_rates, direct_rates, ttfts = [], [], []
-        for _ in range(rounds):  # alternate API and direct, as the machine's load drifts
-            runs = [stream_once(base, API_TOKENS, model) for _ in range(3)]
-            api_rates.append(statistics.median(r["tok_s"] for r in runs))
-            ttfts += [r["ttft_ms"] for r in runs]
-            worker = subprocess.run([sys.executable, __file__, "--direct-worker", str(folder)], capture_output=True,
-                                    text=True, env=env(), timeout=900)
-            direct_rates.append(json.loads(worker.stdout.strip().splitlines()[-1])["decode_tok_s"])
-        concurrency = {}
-        for clients in (1, 2, 4) if concurrency_check else ():
-            latencies: list[float] = []
-            lock = threading.Lock()
-
-            def client(lat: list[float] = latencies, lk: threading.Lock = lock) -> None:
-                for _ in range(4):
-                    r = stream_once(base, 32)
-                    with lk:
-                        lat.append(r["latency_ms"])
-
-            threads = [threading.Thread(target=client) for _ in range(clients)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            ordered = sorted(latencies)
-            concurrency[str(clients)] = {"p50_ms": round(statistics.median(ordered), 1),
-                                         "p95_ms": round(ordered[max(0, round(0.95 * len(ordered)) - 1)], 1),
-                                         "requests": len(ordered)}
-        api, direct = statistics.median(api_rates), statistics.median(direct_rates)
-        pair_ratio = statistics.median(a / d for a, d in zip(api_rates, direct_rates, strict=True))
-        return {"api_stream_tok_s": round(api, 1), "direct_tok_s": round(direct, 1),
-                "ratio": round(pair_ratio, 3), "api_runs": api_rates, "direct_runs": direct_rates,
-                "ttft_ms_p50": round(statistics.median(ttfts), 1),
-                "latency_by_clients": concurrency}
+        for label, interval in (("per_token", "0"), ("default", "10")):
+            proc, base = start_serve(folder, "--stream-interval-ms", interval)
+            try:
+                out[label] = api_against_direct(base, direct, model, rounds)
+                if label == "default" and concurrency_check:
+                    out["latency_by_clients"] = concurrency(base)
+            finally:
+                stop(proc)
     finally:
-        stop(proc)
+        direct.close()
+    d = out["default"]
+    return {**d, "per_token": out["per_token"], "latency_by_clients": out.get("latency_by_clients", {})}
+
+
+def concurrency(base: str) -> dict[str, Any]:
+    out = {}
+    for clients in (1, 2, 4):
+        latencies: list[float] = []
+        lock = threading.Lock()
+
+        def client(lat: list[float] = latencies, lk: threading.Lock = lock) -> None:
+            for _ in range(4):
+                r = stream_once(base, 32)
+                with lk:
+                    lat.append(r["latency_ms"])
+
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        ordered = sorted(latencies)
+        out[str(clients)] = {"p50_ms": round(statistics.median(ordered), 1),
+                             "p95_ms": round(ordered[max(0, round(0.95 * len(ordered)) - 1)], 1),
+                             "requests": len(ordered)}
+    return out
 
 
 def diff_worker(folder: Path) -> None:
