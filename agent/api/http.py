@@ -271,12 +271,16 @@ class HttpServer:
         async with contextlib.aclosing(response.chunks) as chunks:
             writer.write(conn.send(_head(response.status, response.content_type, extra, close)) or b"")
             await asyncio.wait_for(writer.drain(), timeout)
+            transport = writer.transport
             async for chunk in chunks:
                 if request.disconnected.is_set():
                     raise _ClientGone
                 writer.write(conn.send(h11.Data(data=chunk)) or b"")
-                # a client that stops reading fills the socket buffer; drain then times out
-                await asyncio.wait_for(writer.drain(), timeout)
+                # write() sends at once what the socket takes; only what it could not take
+                # needs a drain (a task and a timer each: skipped while the client keeps up).
+                # A client that stops reading fills the socket buffer; drain then times out
+                if transport.get_write_buffer_size():
+                    await asyncio.wait_for(writer.drain(), timeout)
         writer.write(conn.send(h11.EndOfMessage()) or b"")
         await asyncio.wait_for(writer.drain(), timeout)
 

@@ -30,7 +30,7 @@ class ApiSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     drain_s: Annotated[float, Meta(ge=0, le=60)] = 8.0  # at stop, in-flight requests get this long
     # a stream sends at most one chunk per interval (the first token at once): tokens that
     # come faster share a chunk. 0 sends every token as it comes (ADR 0061)
-    stream_interval_ms: Annotated[float, Meta(ge=0, le=1000)] = 10.0
+    stream_interval_ms: Annotated[float, Meta(ge=0, le=1000)] = 20.0
 
     def tcp_address(self) -> tuple[str, int] | None:
         if self.listen is None:

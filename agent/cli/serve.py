@@ -48,9 +48,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--spin", choices=["auto", "on", "off"], default="auto",
                    help="ONNX Runtime worker threads spin between steps: auto decides from how busy the "
                         "cores are at load (default)")
-    p.add_argument("--stream-interval-ms", type=float, metavar="MS", default=10.0,
+    p.add_argument("--stream-interval-ms", type=float, metavar="MS", default=20.0,
                    help="a stream sends at most one chunk per MS (faster tokens share it; 0: every token "
-                        "at once; default 10)")
+                        "at once; default 20, as [api] stream_interval_ms)")
     p.set_defaults(func=run)
 
 

@@ -24,6 +24,7 @@ Prints a table and writes tests/bench/results/agent_api.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -45,7 +46,7 @@ BIN = Path(sys.executable).parent / "fleetgen-agent"
 TEXT = REPO / "models" / "text" / "austen-3m-int8"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fleetgen" / "bench"
 THREADS = 2
-API_TOKENS = 128
+API_TOKENS = 200  # of the 256-token context: long enough to average the shared machine
 PROMPT = "It is a truth universally acknowledged, that a single man in possession of a good fortune"
 
 
@@ -155,9 +156,11 @@ def direct_worker(folder: Path) -> None:
     assert isinstance(gen, TextGenerator)
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
+        cpu, t0 = time.process_time(), time.perf_counter()
         req = gen.request(PROMPT, max_tokens=int(line), greedy=True, ignore_eos=True)
         result = gen.generate(req, on_text=lambda _t: None)
-        print(json.dumps({"decode_tok_s": result.timings.decode_tokens_per_s}), flush=True)
+        print(json.dumps({"wall_s": time.perf_counter() - t0, "decode_tok_s": result.timings.decode_tokens_per_s,
+                          "cpu_s": time.process_time() - cpu}), flush=True)
 
 
 class DirectEngine:
@@ -175,11 +178,13 @@ class DirectEngine:
             raise SystemExit("direct worker died")
         return json.loads(line)  # type: ignore[no-any-return]
 
-    def rate(self, max_tokens: int) -> float:
+    def run(self, max_tokens: int) -> tuple[float, float]:
+        """(wall seconds of the generate call, CPU seconds of the whole process for it)"""
         assert self.proc.stdin is not None
         self.proc.stdin.write(f"{max_tokens}\n")
         self.proc.stdin.flush()
-        return float(self._read()["decode_tok_s"])
+        doc = self._read()
+        return float(doc["wall_s"]), float(doc["cpu_s"])
 
     def close(self) -> None:
         assert self.proc.stdin is not None
@@ -224,40 +229,69 @@ def start_serve(folder: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str
     return proc, base
 
 
-def api_against_direct(base: str, direct: DirectEngine, model: str, rounds: int) -> dict[str, Any]:
-    """One streamed request, one direct call, `rounds` times, the order swapped every round
-    (the shared machine's load drifts); the median of the pairs' ratios."""
+def process_cpu_s(pid: int) -> float:
+    """CPU time of every thread of `pid` so far (schedstat: nanoseconds, unlike ticks)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):  # a thread that just ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+SHORT = 16  # the differential's short request: its wall time holds every fixed cost
+
+
+def api_against_direct(base: str, direct: DirectEngine, model: str, rounds: int,
+                       server_pid: int | None = None) -> dict[str, Any]:
+    """Decode rate through the API (streamed, as a client sees it) against direct engine calls,
+    both as (N - 16) / (wall(N tokens) - wall(16 tokens)): fixed costs (connection, HTTP,
+    prefill) cancel, and so does where the first chunk falls. One pair per round, the order
+    of the sides swapped every round (the shared machine's load drifts); the median of the
+    pairs' ratios. Beside it the CPU time the server process spent against the direct
+    process's, which other jobs on the machine disturb less than wall-clock rates."""
     stream_once(base, 8, model)  # warm
-    direct.rate(8)
+    direct.run(8)
     api_rates, direct_rates, ttfts, chunks = [], [], [], []
+    api_cpu, direct_cpu = 0.0, 0.0
+    decoded = API_TOKENS - SHORT
     for i in range(rounds):
         order = ("api", "direct") if i % 2 == 0 else ("direct", "api")
         for side in order:
             if side == "api":
-                r = stream_once(base, API_TOKENS, model)
-                api_rates.append(r["tok_s"])
-                ttfts.append(r["ttft_ms"])
-                chunks.append(r["chunks"])
+                before = process_cpu_s(server_pid) if server_pid else 0.0
+                short = stream_once(base, SHORT, model)
+                long = stream_once(base, API_TOKENS, model)
+                api_cpu += (process_cpu_s(server_pid) - before) if server_pid else 0.0
+                api_rates.append(decoded / ((long["latency_ms"] - short["latency_ms"]) / 1000))
+                ttfts.append(long["ttft_ms"])
+                chunks.append(long["chunks"])
             else:
-                direct_rates.append(direct.rate(API_TOKENS))
+                short_s, short_cpu = direct.run(SHORT)
+                long_s, long_cpu = direct.run(API_TOKENS)
+                direct_rates.append(decoded / (long_s - short_s))
+                direct_cpu += short_cpu + long_cpu
     ratios = [a / d for a, d in zip(api_rates, direct_rates, strict=True)]
     return {"api_stream_tok_s": round(statistics.median(api_rates), 1),
             "direct_tok_s": round(statistics.median(direct_rates), 1),
+            "cpu_ratio": round(api_cpu / direct_cpu, 3) if server_pid and direct_cpu else None,
             "ratio": round(statistics.median(ratios), 3), "pairs": rounds,
+            "ratio_quartiles": [round(q, 3) for q in statistics.quantiles(ratios, n=4)],
             "ttft_ms_p50": round(statistics.median(ttfts), 1), "chunks_per_stream": statistics.median(chunks)}
 
 
 def bench_api(folder: Path = TEXT, model: str = "austen-3m-int8", rounds: int = 15,
               concurrency_check: bool = True) -> dict[str, Any]:
-    """The API's streaming rate against direct calls: with the default stream interval (10 ms)
+    """The API's streaming rate against direct calls: with the default stream interval (20 ms)
     and with every token sent as it comes (--stream-interval-ms 0, how it was before ADR 0061)."""
     direct = DirectEngine(folder)
     out: dict[str, Any] = {}
     try:
-        for label, interval in (("per_token", "0"), ("default", "10")):
+        from agent.api.settings import ApiSettings
+
+        for label, interval in (("per_token", "0"), ("default", f"{ApiSettings().stream_interval_ms:g}")):
             proc, base = start_serve(folder, "--stream-interval-ms", interval)
             try:
-                out[label] = api_against_direct(base, direct, model, rounds)
+                out[label] = api_against_direct(base, direct, model, rounds, proc.pid)
                 if label == "default" and concurrency_check:
                     out["latency_by_clients"] = concurrency(base)
             finally:
