@@ -53,9 +53,9 @@ from agent.telemetry import Sampler
 from agent.update.worker import ActiveBundle, DesiredApplied, Notice, Snapshot, UpdateWorker, WorkerPost, WorkerSettings
 
 if TYPE_CHECKING:
+    from agent.runtime.spin import GovernedKnobs
     from agent.trust.fetch import BoundedFetcher
     from firmware.control import PowerController
-    from firmware.knobs import RuntimeKnobs
 
 log = logging.getLogger(__name__)
 
@@ -165,10 +165,16 @@ class Agent:
         self._apply_snapshot(self.updates.snapshot())
 
     @property
-    def knobs(self) -> RuntimeKnobs | None:
+    def knobs(self) -> GovernedKnobs | None:
         """The governor's knobs for generation in this process: pass them to
-        `agent.runtime.service.GenerationQueue(knobs=...)` (threads, admit, pacing)."""
-        return self.power.runtime if self.power is not None else None
+        `agent.runtime.service.GenerationQueue(knobs=...)` (threads, admit, pacing, and
+        whether the budget binds, which ORT's spinning follows: agent/runtime/spin.py)."""
+        if self.power is None:
+            return None
+        from agent.runtime.spin import GovernedKnobs, SteadyFlag, budget_binds
+
+        power = self.power
+        return GovernedKnobs(power.runtime, SteadyFlag(lambda: budget_binds(power.last)))
 
     def set_in_flight(self, in_flight: Callable[[], int]) -> None:
         """How many generation requests are running (the local API's queue): an update

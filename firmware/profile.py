@@ -123,6 +123,8 @@ class BoardProfile:
     modes: tuple[PowerMode, ...] = ()
     jetson_clocks: bool = False
     fpga_overlays: bool = False
+    # the cores are the model's (an appliance): ORT's workers spin unless a budget binds
+    cores_dedicated: bool = False
     notes: str = ""
     source: Path | None = field(default=None, compare=False)
 
@@ -229,6 +231,7 @@ def _parse_profile(d: Mapping[str, Any], path: Path) -> BoardProfile:
         modes=modes,
         jetson_clocks=bool(d.get("jetson_clocks", False)),
         fpga_overlays=bool(d.get("fpga_overlays", False)),
+        cores_dedicated=bool(d.get("cores_dedicated", False)),
         notes=str(d.get("notes", "")),
         source=path,
     )

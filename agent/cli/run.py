@@ -125,7 +125,8 @@ def _start_api(agent: Agent, config: AgentConfig, sampler: Sampler, board: Board
 
     settings = config.api
     providers = tuple(getattr(board, "providers", ()) or ())
-    host = ModelHost(EngineOptions(providers=providers), max_pending=settings.max_pending,
+    dedicated = board.detected.profile.cores_dedicated  # ORT spins unless a budget binds (spin.py)
+    host = ModelHost(EngineOptions(providers=providers, cores_dedicated=dedicated), max_pending=settings.max_pending,
                      switch_wait_s=settings.switch_wait_s, knobs=agent.knobs)  # the power governor's
     metrics = ApiMetrics(sink=sampler.counters)
     api: ApiService

@@ -59,8 +59,8 @@ def resolve_spin(options: EngineOptions) -> EngineOptions:
 
     from agent.runtime import spin
 
-    decision = spin.choose(options.threads, options.budget_binding)
-    return dataclasses.replace(options, spin=decision.spin)
+    decision = spin.choose(options.threads, options.budget_binding, cores_dedicated=options.cores_dedicated)
+    return dataclasses.replace(options, spin=decision.spin, spin_auto=True)
 
 
 def load_model(model_dir: Path, options: EngineOptions | None = None) -> TextGenerator | ImageGenerator:

@@ -23,6 +23,12 @@ class EngineOptions:
     # power budget binds)
     spin: bool | None = None
     budget_binding: bool = False
+    # the board profile gives the cores to the model (firmware BoardProfile.cores_dedicated):
+    # spin unless a budget binds
+    cores_dedicated: bool = False
+    # `spin` was decided from the situation at load (not set by hand): the generation queue
+    # decides it again when the budget starts or stops binding
+    spin_auto: bool = False
 
     def __post_init__(self) -> None:
         if self.threads is not None and not 1 <= self.threads <= 256:

@@ -183,9 +183,22 @@ class GenerationQueue:
             return
         while not knobs.admit and not self._closed:
             time.sleep(_ADMIT_POLL_S)
+        options = self.generator.options
         threads = knobs.threads
-        if threads != self.generator.options.threads:
-            self.generator.reconfigure(dataclasses.replace(self.generator.options, threads=threads))
+        wanted = options if threads == options.threads else dataclasses.replace(options, threads=threads)
+        # agent.runtime.spin.GovernedKnobs (the daemon's) says whether the power budget binds:
+        # spinning left to the situation is decided again when that changes
+        binding = getattr(knobs, "budget_binding", None)
+        if binding is not None and binding != options.budget_binding:
+            wanted = dataclasses.replace(wanted, budget_binding=binding)
+            if options.spin_auto:
+                from agent.runtime import resolve_spin
+
+                wanted = resolve_spin(dataclasses.replace(wanted, spin=None))
+        if (wanted.threads, wanted.spin) != (options.threads, options.spin):
+            self.generator.reconfigure(wanted)
+        elif wanted != options:
+            self.generator.options = wanted  # same session: nothing to reload
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
