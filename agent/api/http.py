@@ -159,7 +159,9 @@ class HttpServer:
         finally:
             self._connections.discard(task)
             writer.close()
-            with contextlib.suppress(Exception):
+            # CancelledError too: abort() may cancel this task here, and a task that ends
+            # cancelled makes asyncio's start_server callback log an error
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
 
     async def _write_raw(self, writer: asyncio.StreamWriter, status: int, body: bytes) -> None:

@@ -51,6 +51,7 @@ class Gate:
     hold_after: int | None = None
     steps: int = 0
     held: threading.Event = field(default_factory=threading.Event)
+    step_delay_s: float = 0.0  # a slower model: every decode step takes this much longer
 
     def __post_init__(self) -> None:
         self.admit_flag.set()
@@ -69,7 +70,7 @@ class Gate:
         if self.hold_after is not None and self.steps >= self.hold_after and not self.resume.is_set():
             self.held.set()
             self.resume.wait(WAIT_S)
-        return 0.0
+        return self.step_delay_s
 
     def hold(self, after_steps: int) -> None:
         self.steps, self.hold_after = 0, after_steps

@@ -178,3 +178,30 @@ def test_metrics_are_prometheus_text(api: Api) -> None:
     assert any(line.startswith('fleetgen_api_requests_total{route="completions",status="200"}') for line in lines)
     assert "fleetgen_api_model_ready 1" in lines
     assert any(line.startswith('fleetgen_api_latency_ms{quantile="0.95"}') for line in lines)
+
+
+def test_a_client_that_never_reads_its_stream_is_cut_off_without_stalling_others(fresh_api: Any) -> None:
+    api: Api = fresh_api(stream_interval_ms=0, write_timeout_s=1.0)
+    api.gate.step_delay_s = 0.002  # a chunk per token, and the generation outlasts the cut
+    api.gate.hold(after_steps=1800)  # of 8 x 230: it cannot end before the server gives up on the client
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(WAIT_S)
+    s.connect(str(api.socket))
+    body = json.dumps({"model": TEXT_ID, "prompt": "It was", "max_tokens": 230, "n": 8, "stream": True,
+                       "ignore_eos": True}).encode()
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+              b"content-length: %d\r\n\r\n%s" % (len(body), body))  # and never reads a byte
+    wait_for(lambda: api.metrics.in_flight == 1, "the stream to start")
+    with api.client() as c:
+        assert c.get("/health").status_code == 200  # the loop serves others meanwhile
+    # ~1 KiB of socket buffer per small write fills within some hundreds of chunks; then every
+    # write waits, and after write_timeout_s the server cuts the client off and cancels the job
+    wait_for(lambda: api.metrics.snapshot().client_disconnects == 1, "the server to give up on the client")
+    api.gate.release()
+    with api.client() as c:
+        r = c.post("/v1/completions", json={"model": TEXT_ID, "prompt": "a", "max_tokens": 2, "ignore_eos": True})
+    assert r.status_code == 200
+    assert api.gate.steps < 1800  # the abandoned generation stopped early
+    completed = api.metrics.snapshot().completion_tokens - 2  # choices finished before the cut, whole
+    assert completed % 230 == 0 and completed < 8 * 230
+    s.close()
