@@ -374,10 +374,11 @@ class Routes:
                 if pieces and on_text is not None:
                     await on_text("".join(pieces))
                     if not done and interval > 0:
-                        # tokens gather meanwhile; the end of the job or the client leaving cut it short
-                        with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(interval):
-                                await wake.wait()
+                        # tokens gather meanwhile; the end of the job or the client leaving cut it
+                        # short (a timer that sets the event: no cancellation, no exception)
+                        timer = loop.call_later(interval, wake.set)
+                        await wake.wait()
+                        timer.cancel()
                 if done:
                     break
             try:
