@@ -368,7 +368,7 @@ class Routes:
                     raise _ClientGone
                 done = job.done  # read before draining: every chunk precedes `done`
                 pieces = job.drain()
-                if pieces and first is None:
+                if pieces and first is None and on_text is not None:
                     first = time.perf_counter()
                     self.metrics.first_token((first - submitted) * 1000)
                 if pieces and on_text is not None:

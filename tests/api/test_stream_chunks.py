@@ -64,3 +64,14 @@ def test_interval_zero_sends_each_token_while_the_loop_keeps_up(fresh_api: Any) 
     api.gate.release()
     client.join(WAIT_S)
     assert "".join(out[0]) == whole and len(out[0]) >= 2
+
+
+def test_a_request_not_streamed_counts_its_first_token_not_its_end(fresh_api: Any) -> None:
+    api: Api = fresh_api()
+    api.gate.step_delay_s = 0.01  # decode takes >= 0.23 s; prefill and the queue a few ms
+    with api.client() as c:
+        r = c.post("/v1/completions", json=BODY)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 24
+    snap = api.metrics.snapshot()
+    assert snap.ttft_ms_p50 is not None and snap.latency_ms_p50 is not None
+    assert snap.ttft_ms_p50 < snap.latency_ms_p50 / 2  # latency minus decode, not the whole latency
