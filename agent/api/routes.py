@@ -379,6 +379,7 @@ class Routes:
                         timer = loop.call_later(interval, wake.set)
                         await wake.wait()
                         timer.cancel()
+                        wake.clear()  # what follows checks the job and `gone` itself
                 if done:
                     break
             try:
