@@ -198,3 +198,35 @@ def test_daemon_runs_on_without_the_api_when_it_cannot_listen(tmp_path: Path) ->
         if proc.stderr:
             proc.stderr.close()
         systemd.close()
+
+
+def test_the_board_profile_reaches_the_models_engine_options(tmp_path: Path) -> None:
+    """`run` hands a profile's `cores_dedicated` to the models it loads (ADR 0062)."""
+    import dataclasses
+
+    from agent.api.settings import ApiSettings
+    from agent.board import Board, open_board
+    from agent.cli.run import _start_api
+    from agent.config import AgentConfig
+    from agent.daemon import Agent
+    from agent.mqtt.settings import MqttSettings
+    from agent.telemetry import Sampler
+    from controller.demo.brokers import free_port
+
+    sock_dir = Path(tempfile.mkdtemp(prefix="fgb-"))
+    config = AgentConfig(device_id="board-1", state_dir=str(tmp_path / "s"),
+                         mqtt=MqttSettings(url=f"mqtt://127.0.0.1:{free_port()}"),
+                         api=ApiSettings(socket=str(sock_dir / "a.sock")))
+    board = open_board(config.board)
+    for dedicated in (False, True):
+        profile = dataclasses.replace(board.detected.profile, cores_dedicated=dedicated)
+        appliance = Board(dataclasses.replace(board.detected, profile=profile), board.meter)
+        agent = Agent(config, sampler=Sampler())
+        api = _start_api(agent, config, Sampler(), appliance)
+        try:
+            assert api.host.options is not None and api.host.options.cores_dedicated is dedicated
+        finally:
+            api.stop()
+            agent.spool.close()
+    shutil.rmtree(sock_dir, ignore_errors=True)
+
