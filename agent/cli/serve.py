@@ -74,11 +74,14 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"bundle {bundle} does not exist")
     listen = args.listen if args.listen or args.socket else DEFAULT_LISTEN
     try:
-        settings = ApiSettings(socket=args.socket or "", listen=listen, api_key_file=args.api_key_file,
-                               metrics=args.metrics, max_pending=args.max_pending,
-                               stream_interval_ms=args.stream_interval_ms)
+        # convert, not the constructor: a Struct's constructor does not check the bounds
+        settings = msgspec.convert({"socket": args.socket or "", "listen": listen, "api_key_file": args.api_key_file,
+                                    "metrics": args.metrics, "max_pending": args.max_pending,
+                                    "stream_interval_ms": args.stream_interval_ms}, ApiSettings)
     except msgspec.ValidationError as e:
-        raise UsageError(str(e)) from None
+        message, _, where = str(e).partition(" - at `$.")
+        flag = "--" + where.rstrip("`").replace("_", "-") if where else "serve"
+        raise UsageError(f"{flag}: {message}") from None
     try:
         settings.tcp_address()
     except ConfigError as e:

@@ -98,6 +98,8 @@ def test_serve_bundle_on_a_socket_with_curl(tmp_path: Path) -> None:
     (["--model", "/no/such/dir"], "model folder /no/such/dir does not exist"),
     (["--bundle", "/no/such.fgb"], "bundle /no/such.fgb does not exist"),
     (["--model", str(TEXT), "--listen", "localhost"], "--listen: expected HOST:PORT"),
+    (["--model", str(TEXT), "--stream-interval-ms", "-1"], "--stream-interval-ms: Expected `float` >= 0"),
+    (["--model", str(TEXT), "--max-pending", "0"], "--max-pending: Expected `int` >= 1"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args: list[str], message: str) -> None:
     out = subprocess.run([str(BIN), "serve", *args], capture_output=True, text=True, timeout=60)
