@@ -71,7 +71,8 @@ def test_demo_once_tells_the_whole_story(tmp_path: Path) -> None:
 
     # The budget was shared, pushed and is in force on every device of the group, and held.
     power = summary["power"]
-    assert power["budget_w"] == 30 and power["allocated_w"] <= 30 + 1e-6
+    assert power["budget_w"] == 40 and power["allocated_w"] <= 40 + 1e-6
+    assert 12 <= power["devices"]["cpu-1"]["allocated_w"] <= 20  # its floor and cap
     for d, v in power["devices"].items():
         assert abs(v["budget_w"] - v["allocated_w"]) <= 0.05 * v["allocated_w"] + 0.01, (d, v)
         assert v["draw_w"] is None or v["draw_w"] <= v["budget_w"], (d, v)
