@@ -440,6 +440,7 @@ class Story:
         self.cmd.run("fleetgen", "budget", "set", "text", f"{TEXT_BUDGET_W:g}", "--config", str(self.config))
         web = self.web
         members = [d.device_id for d in DEVICES if d.group == "text"]
+        t_set = time.monotonic()
 
         def held() -> dict[str, Any] | None:
             power = web.get("/api/v1/groups/text/power")
@@ -447,6 +448,7 @@ class Story:
             alloc = {m["device_id"]: m.get("allocated_w") for m in power["devices"]}
             if any(alloc.get(d) is None for d in members):
                 return None
+            self.summary.timings_s.setdefault("power_allocated_after", round(time.monotonic() - t_set, 1))
             # in force: every device reports the budget it was pushed
             if any(devices[d]["budget_w"] is None or abs(devices[d]["budget_w"] - alloc[d]) > 0.05 * alloc[d] + 0.01
                    for d in members):
