@@ -67,8 +67,10 @@ class RichProgress:
         self.started = time.monotonic()
 
     def step(self, number: int, title: str) -> None:
+        from rich.markup import escape
+
         elapsed = time.monotonic() - self.started
-        self.console.print(f"\n[dim]{elapsed:5.1f}s[/dim] [bold cyan]{number}. {title}[/bold cyan]")
+        self.console.print(f"\n[dim]{elapsed:5.1f}s[/dim] [bold cyan]{number}. {escape(title)}[/bold cyan]")
 
     def command(self, text: str) -> None:
         from rich.markup import escape
@@ -98,7 +100,9 @@ class RichProgress:
 
     @contextlib.contextmanager
     def waiting(self, what: str) -> Iterator[None]:
-        with self.console.status(f"  {what}", spinner="dots"):
+        from rich.markup import escape
+
+        with self.console.status(f"  {escape(what)}", spinner="dots"):
             yield
 
 
