@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from controller.demo.demo import DemoError, DemoOptions, run_demo
+    from controller.demo.demo import DemoOptions, run_demo
+    from controller.demo.harness import DemoError
     from controller.demo.progress import make_progress
 
     ui = make_progress(plain=args.plain)

@@ -26,23 +26,20 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
-import shlex
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from agent.errors import FleetgenError
 from controller.demo import localapi
 from controller.demo.brokers import FleetMosquitto, _ChildBroker, free_port, start_broker, wait_for_port
 from controller.demo.fleetproc import DeviceSpec, FleetProcesses
+from controller.demo.harness import Commands, DemoError, Summary, Web, wait_for
 from controller.demo.progress import Progress
 
 _REPO = Path(__file__).resolve().parents[2]
@@ -52,12 +49,6 @@ FP32_MODEL = _REPO / "models" / "text" / "austen-3m"  # the release is quantized
 IMAGE_MODEL = _REPO / "models" / "image" / "digits-cvae-onnx"
 RELEASE_VERSION = "1.1.0"
 PROMPT = "Tell me a story about summer"
-# Embedded default for the demo only: real offline keys get a passphrase you keep elsewhere.
-DEMO_PASSPHRASE = "fleetgen-demo"
-
-
-class DemoError(FleetgenError):
-    """A step of the demo failed; the message names the step and its output."""
 
 
 @dataclass(frozen=True)
@@ -87,102 +78,20 @@ class DemoOptions:
     timeout: float = 90.0
 
 
-@dataclass
-class Summary:
-    """Each step's outcome, for the terminal's last lines and for WORKDIR/summary.json."""
-
-    broker: str = ""
-    tls: bool = False
-    dashboard: str = ""
-    devices: dict[str, dict[str, Any]] = field(default_factory=dict)
-    rollouts: dict[str, dict[str, Any]] = field(default_factory=dict)
-    power: dict[str, Any] = field(default_factory=dict)
-    offline: dict[str, dict[str, Any]] = field(default_factory=dict)
-    timings_s: dict[str, float] = field(default_factory=dict)
-
-    def write(self, path: Path) -> None:
-        path.write_text(json.dumps(self.__dict__, indent=2, sort_keys=True) + "\n")
-
-
-class _Commands:
-    """Runs `fleetgen …` / `fleetgen-agent …` as child processes, shown as typed."""
-
-    def __init__(self, ui: Progress, workdir: Path) -> None:
-        self.ui = ui
-        self.workdir = workdir
-        self.env = {**os.environ, "FLEETGEN_PASSPHRASE": DEMO_PASSPHRASE}
-
-    def rel(self, path: Path | str) -> str:
-        """A path under the work directory as seen from where the demo was started."""
-        return self.show("", (str(path),)).strip()
-
-    def show(self, tool: str, args: tuple[str, ...]) -> str:
-        # Paths under the work directory read relative to where the demo was started.
-        text = f"{tool} {shlex.join(args)}"
-        with contextlib.suppress(ValueError):
-            text = text.replace(str(self.workdir), str(self.workdir.relative_to(Path.cwd())))
-        return text
-
-    def run(self, tool: str, *args: str, quiet: bool = False, env: dict[str, str] | None = None) -> str:
-        module = "controller" if tool == "fleetgen" else "agent"
-        if not quiet:
-            self.ui.command(self.show(tool, args))
-        proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                              env={**self.env, **(env or {})}, timeout=300, check=False)
-        if proc.returncode != 0:
-            raise DemoError(f"`{self.show(tool, args)}` failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
-        return proc.stdout
-
-
-class _Web:
-    """The controller's REST API (the dashboard's own), read without a token on localhost."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def get(self, path: str) -> Any:
-        import urllib.request
-
-        with urllib.request.urlopen(self.url + path, timeout=10) as resp:
-            return json.loads(resp.read())
-
-    def devices(self) -> dict[str, dict[str, Any]]:
-        return {d["id"]: d for d in self.get("/api/v1/devices?limit=100")["devices"]}
-
-    def events(self, device_id: str) -> list[dict[str, Any]]:
-        return list(self.get(f"/api/v1/devices/{device_id}/events")["events"])
-
-
-def _wait(predicate: Callable[[], Any], timeout: float, what: str, fleet: FleetProcesses | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        if fleet is not None:
-            dead = [name for name, alive in fleet.alive().items() if not alive]
-            if dead:
-                tail = "\n".join(fleet.log_text(dead[0]).splitlines()[-8:])
-                raise DemoError(f"{dead[0]} exited while waiting for {what}; its log ends:\n{tail}")
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise DemoError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.2)
-
-
 class Story:
     def __init__(self, opts: DemoOptions, ui: Progress, stack: contextlib.ExitStack) -> None:
         self.opts = opts
         self.ui = ui
         self.stack = stack
         self.work = opts.workdir
-        self.cmd = _Commands(ui, self.work)
+        self.cmd = Commands(ui, self.work)
         self.summary = Summary()
         self.repo = self.work / "repo"
         self.pki = self.work / "pki"
         self.config = self.work / "controller.toml"
         self.broker: _ChildBroker | None = None
         self.fleet: FleetProcesses | None = None
-        self.web: _Web | None = None
+        self.web: Web | None = None
         self.specs: dict[str, DeviceSpec] = {}
         self.factory = f"{TEXT_MODEL.name}-1.0.0.fgb"
         self.release = f"{TEXT_MODEL.name}-{RELEASE_VERSION}.fgb"
@@ -278,7 +187,7 @@ class Story:
         for port in (http_port, enroll_port):
             if not wait_for_port(port, timeout=self.opts.timeout):
                 raise DemoError(f"the controller did not listen on {port}; see {self.work / 'logs/controller.log'}")
-        self.web = _Web(f"http://127.0.0.1:{http_port}")
+        self.web = Web(f"http://127.0.0.1:{http_port}")
         self.enroll_url = f"https://127.0.0.1:{enroll_port}"
         self.summary.dashboard = self.web.url
         self.ui.ok(f"dashboard and REST API on {self.web.url}, enrollment on {self.enroll_url}")
@@ -328,7 +237,7 @@ class Story:
         assert self.web is not None
         web = self.web
         with self.ui.waiting("agents starting and connecting"):
-            seen = _wait(lambda: (lambda ds: ds if all(
+            seen = wait_for(lambda: (lambda ds: ds if all(
                 ds.get(d.device_id, {}).get("status") == "online"
                 and ds[d.device_id].get("active_bundle") == self.factory.removesuffix(".fgb") for d in DEVICES)
                 else None)(web.devices()), self.opts.timeout, "every device online", self.fleet)
@@ -402,7 +311,7 @@ class Story:
             return rollouts if done else None
 
         with self.ui.waiting("waves: download over MQTT, verify (TUF + director), unpack, switch, health check"):
-            rollouts = _wait(finished, self.opts.timeout * 2, "both rollouts to finish", self.fleet)
+            rollouts = wait_for(finished, self.opts.timeout * 2, "both rollouts to finish", self.fleet)
         for r in rollouts:
             self.summary.rollouts[r["group"]] = {"id": r["id"], "bundle": r["bundle"], "status": r["status"],
                                                  "reason": r.get("reason")}
@@ -417,7 +326,7 @@ class Story:
                 d = web.devices()[dev.device_id]
                 return d if d["active_bundle"] == expected else None
 
-            d = _wait(settled, self.opts.timeout, f"{dev.device_id} to report {expected}", self.fleet)
+            d = wait_for(settled, self.opts.timeout, f"{dev.device_id} to report {expected}", self.fleet)
             entry = self.summary.devices[dev.device_id]
             entry["bundle"] = d["active_bundle"]
             kinds = [e["kind"] for e in web.events(dev.device_id)]
@@ -458,7 +367,7 @@ class Story:
                 for d in members}}
 
         with self.ui.waiting("allocation pushed in each device's signed desired document, governor in force"):
-            state = _wait(held, self.opts.timeout, "every text device to report its budget", self.fleet)
+            state = wait_for(held, self.opts.timeout, "every text device to report its budget", self.fleet)
         self.summary.power = state
         self.ui.block(self.cmd.run("fleetgen", "budget", "show", "text", "--config", str(self.config)).strip())
         over = [d for d, v in state["devices"].items() if v["draw_w"] is not None and v["draw_w"] > v["budget_w"]]
@@ -477,7 +386,7 @@ class Story:
         self.ui.step(8, "the network goes away; apps generate through each device's local API")
         for dev in DEVICES:  # each API serves what its device runs now
             sock = Path(self.specs[dev.device_id].api_socket or "")
-            _wait(partial(localapi.ready, sock), self.opts.timeout, f"{dev.device_id}'s local API")
+            wait_for(partial(localapi.ready, sock), self.opts.timeout, f"{dev.device_id}'s local API")
         self.ui.info("broker stopped")
         self._stop_broker()
         self.broker = None
@@ -527,7 +436,7 @@ class Story:
         self.broker = broker
         web = self.web
         with self.ui.waiting("devices reconnecting; telemetry spooled while offline flows in"):
-            _wait(lambda: all(d["status"] == "online" for d in web.devices().values()), self.opts.timeout,
+            wait_for(lambda: all(d["status"] == "online" for d in web.devices().values()), self.opts.timeout,
                   "every device back online", self.fleet)
         self.ui.ok("all devices online again")
 
