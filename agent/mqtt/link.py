@@ -177,6 +177,11 @@ class MqttLink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        # Without loop_start, paho writes a publish to the socket in the caller's thread while
+        # ours may be reading it: over TLS that corrupts the stream ("bad record mac", the
+        # broker drops the link). With a write callback registered, publish only wakes our
+        # loop (paho's socket pair) and the network thread does all the socket I/O.
+        client.on_socket_register_write = lambda _client, _userdata, _sock: None
         return client
 
     # -- paho callbacks (network thread: enqueue only) ------------------------------

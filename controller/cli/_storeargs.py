@@ -15,6 +15,9 @@ SCHEMA = 1
 
 def add_db_option(p: argparse.ArgumentParser, *, json_output: bool = True) -> None:
     p.add_argument("--db", metavar="URL", help="SQLAlchemy database URL (over the config)")
+    # One-shot commands: their output is the answer; the store's INFO lines (alembic's
+    # migration context at every open) are noise. `db` sets its own level back.
+    p.set_defaults(log_level="WARNING")
     if json_output:
         p.add_argument("--json", action="store_true", help="machine-readable output")
 

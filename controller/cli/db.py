@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     verbs = p.add_subparsers(dest="db_command", metavar="VERB", required=True)
     u = verbs.add_parser("upgrade", parents=[common], help="migrate the schema to the newest revision")
     add_db_option(u, json_output=False)
-    u.set_defaults(func=run_upgrade)
+    u.set_defaults(func=run_upgrade, log_level="INFO")  # the migrations it runs
     c = verbs.add_parser("current", parents=[common], help="show the schema revision")
     add_db_option(c, json_output=False)
     c.set_defaults(func=run_current)

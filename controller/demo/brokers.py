@@ -135,6 +135,32 @@ class Mosquitto(_ChildBroker):
 
 
 @dataclass
+class FleetMosquitto(_ChildBroker):
+    """Mosquitto running the production configuration `fleetgen broker config --out DIR`
+    wrote (TLS with the fleet's device CA, a certificate per client, per-device ACL, CRL),
+    unchanged, plus a persistence folder and a log of its own."""
+
+    config_dir: Path = field(default_factory=Path)
+
+    @property
+    def url(self) -> str:
+        return f"mqtts://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        binary = mosquitto_binary()
+        if binary is None:
+            raise BrokerError("mosquitto is not installed (apt-get install mosquitto)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text((self.config_dir / "fleetgen.conf").read_text() + "\n".join([
+            "user root" if os.geteuid() == 0 else "",
+            f"persistence_location {self.workdir}/",
+            "log_dest stdout",
+            "log_type error", "log_type warning", "log_type notice", "log_type information", ""]))
+        return [binary, "-c", str(conf)]
+
+
+@dataclass
 class EmbeddedBroker(_ChildBroker):
     """amqtt in a child process: pure Python, MQTT 3.1.1 only."""
 

@@ -23,6 +23,12 @@ class DeviceSpec:
     device_id: str
     board_profile: str = "auto"
     board_root: str = "/"
+    # The demo's devices: an enrolled identity (CA, certificate, key) for mqtts://, their own
+    # state directory and local API socket, and environment of their own.
+    tls: tuple[str, str, str] | None = None
+    state_dir: str | None = None
+    api_socket: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
 
 
 def _toml_str(value: str) -> str:
@@ -46,7 +52,9 @@ class FleetProcesses:
     def db_url(self) -> str:
         return f"sqlite:///{self.workdir / 'controller' / 'controller.db'}"
 
-    def _mqtt_section(self, client_id: str) -> str:
+    def _mqtt_section(self, client_id: str, tls: tuple[str, str, str] | None = None) -> str:
+        files = [] if tls is None else [f"{key} = {_toml_str(path)}" for key, path in
+                                        zip(("ca_file", "cert_file", "key_file"), tls, strict=True)]
         return "\n".join([
             "[mqtt]",
             f"url = {_toml_str(self.broker_url)}",
@@ -55,6 +63,7 @@ class FleetProcesses:
             f"client_id = {_toml_str(client_id)}",
             "reconnect_min_s = 0.2",
             "reconnect_max_s = 2.0",
+            *files,
         ])
 
     def controller_config(self) -> Path:
@@ -69,31 +78,35 @@ class FleetProcesses:
         ]))
         return path
 
+    def state_dir(self, spec: DeviceSpec) -> Path:
+        return Path(spec.state_dir) if spec.state_dir else self.workdir / "agents" / spec.device_id
+
     def agent_config(self, spec: DeviceSpec) -> Path:
         path = self.workdir / "agents" / f"{spec.device_id}.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join([
             f"device_id = {_toml_str(spec.device_id)}",
-            f"state_dir = {_toml_str(str(self.workdir / 'agents' / spec.device_id))}",
-            self._mqtt_section(f"fleetgen-{spec.device_id}"),
+            f"state_dir = {_toml_str(str(self.state_dir(spec)))}",
+            self._mqtt_section(f"fleetgen-{spec.device_id}", spec.tls),
             "[telemetry]",
             f"sample_interval_s = {self.sample_interval_s}",
             f"publish_interval_s = {self.publish_interval_s}",
             "[board]",
             f"profile = {_toml_str(spec.board_profile)}",
             f"root = {_toml_str(spec.board_root)}",
-            # several agents on one machine would share /run/fleetgen/agent.sock; the demo's
-            # agents generate through the CLI, not the local API
+            # several agents on one machine would share /run/fleetgen/agent.sock: each gets
+            # its own socket, or none
             "[api]",
-            "enabled = false",
+            f"socket = {_toml_str(spec.api_socket)}" if spec.api_socket else "enabled = false",
             "",
         ]))
         return path
 
-    def _spawn(self, module: str, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, module: str, args: list[str], log_name: str,
+               env_extra: tuple[tuple[str, str], ...] = ()) -> subprocess.Popen[bytes]:
         log_path = self.workdir / "logs" / log_name
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.env}
+        env = {**os.environ, **self.env, **dict(env_extra)}
         with open(log_path, "ab") as out:
             return subprocess.Popen([sys.executable, "-m", module, *args], stdout=out,
                                     stderr=subprocess.STDOUT, env=env)
@@ -109,13 +122,14 @@ class FleetProcesses:
                 raise TimeoutError(f"{name} never logged {text!r}")
             time.sleep(0.05)
 
-    def start_controller(self) -> None:
-        self.controller = self._spawn("controller", ["serve", "--config", str(self.controller_config())],
-                                      "controller.log")
+    def start_controller(self, config: Path | None = None) -> None:
+        """`fleetgen serve` on `config` (default: the one `controller_config` writes)."""
+        path = config or self.controller_config()
+        self.controller = self._spawn("controller", ["serve", "--config", str(path)], "controller.log")
 
     def start_agent(self, spec: DeviceSpec) -> None:
         self.agents[spec.device_id] = self._spawn(
-            "agent", ["run", "--config", str(self.agent_config(spec))], f"{spec.device_id}.log"
+            "agent", ["run", "--config", str(self.agent_config(spec))], f"{spec.device_id}.log", spec.env
         )
 
     def signal_agent(self, device_id: str, sig: int = signal.SIGTERM) -> None:

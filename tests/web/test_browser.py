@@ -5,6 +5,8 @@ Screenshots go to tests/web/output/ (FLEETGEN_TEST_OUTPUT)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,8 @@ from tests.web.conftest import HOSTILE, wait_until
 from tests.web.mqttfleet import ServedController, link_for, publish
 
 N = 40
+# FLEETGEN_DOCS_SCREENSHOTS=1 pytest tests/web/test_browser.py -k pages writes the README's screenshot.
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "dashboard.png"
 
 
 @pytest.fixture
@@ -69,6 +73,8 @@ def test_dashboard_pages(dashboard: tuple[ServedController, Any, Any]) -> None:
     assert cell == HOSTILE
     assert driver.execute_script("return window.__pwned === undefined && !document.querySelector('main img')")
     driver.save_screenshot(str(OUTPUT / "fleet.png"))
+    if os.environ.get("FLEETGEN_DOCS_SCREENSHOTS"):  # the README's picture, refreshed on demand
+        shutil.copyfile(OUTPUT / "fleet.png", DOCS_SCREENSHOT)  # (not every run: it would dirty the tree)
     assert console_errors(driver) == []
 
     # Filter and sort.
