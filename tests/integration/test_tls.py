@@ -46,18 +46,22 @@ def tls_broker(tmp_path: Path) -> Iterator[tuple[Mosquitto, CertificateAuthority
 
 def watch_all(broker: Mosquitto, ca: CertificateAuthority, cert: IssuedCert,
               client_id: str) -> tuple[paho.Client, list[str]]:
-    """A TLS client with `cert` that subscribes to every fleetgen topic; returns what it sees."""
+    """A TLS client with `cert` that subscribes to every fleetgen topic; returns what it sees
+    once the SUBACK is in (what is published before it would be missed, not refused)."""
     seen: list[str] = []
+    subscribed = threading.Event()
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
     client.tls_set(ca_certs=str(ca.cert_path), certfile=str(cert.cert), keyfile=str(cert.key))
     client.on_message = lambda c, u, m: seen.append(m.topic)
+    client.on_subscribe = lambda *_args: subscribed.set()
     client.connect("127.0.0.1", broker.port)
     client.subscribe("fleetgen/#", qos=1)
     client.loop_start()
+    assert subscribed.wait(30), f"{client_id}: no SUBACK within 30 s"
     return client, seen
 
 
-def wait_until(condition: Callable[[], bool], what: object, timeout: float = 10.0) -> None:
+def wait_until(condition: Callable[[], bool], what: object, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, what
@@ -75,7 +79,7 @@ def test_agent_connects_over_tls_and_acl_confines_it(tls_broker: tuple[Mosquitto
     runner = threading.Thread(target=agent.run, daemon=True)
     runner.start()
     try:
-        assert agent.link.wait_connected(10), broker.log()
+        assert agent.link.wait_connected(30), broker.log()
         # A second device, with its own certificate, subscribes to everything: the ACL
         # delivers only its own subtree (a SUBACK says nothing: PITFALLS).
         other = ca.issue_device("tls-2", tmp_path / "dev2")
