@@ -20,7 +20,7 @@ Every key can be set from the environment (`FLEETGEN_DEVICE_ID`, `FLEETGEN_MQTT_
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -124,6 +124,7 @@ class LocalSettings:
 
     state_dir: Path
     board: BoardSettings
+    power: PowerConfig = field(default_factory=PowerConfig)  # the governor generation runs under
 
     @property
     def forced_profile(self) -> str | None:
@@ -144,4 +145,5 @@ def local_settings(config_path: str | None, state_dir: str | None) -> LocalSetti
                 raise
             log.warning("ignoring %s: %s", DEFAULT_CONFIG, e)
     base = config.state_path if config else Path(DEFAULT_STATE_DIR)
-    return LocalSettings(Path(state_dir) if state_dir else base, config.board if config else BoardSettings())
+    return LocalSettings(Path(state_dir) if state_dir else base, config.board if config else BoardSettings(),
+                         config.power if config else PowerConfig())
