@@ -6,7 +6,8 @@ state to the journal *before* acting on it, performs the actions (conditions, do
 unpack, switch, health check in a child, commit, roll back) and posts what the daemon
 publishes: `Notice` (an event for `dev/{id}/events`), `Snapshot` (fields of `reported`)
 and `DesiredApplied` (the verified document: power budget, config). Only the newest
-pending document matters; its arrival cancels a download in progress.
+pending document matters; its arrival stops the step in progress (a download, a health
+check) so that the machine can cancel it.
 """
 
 from __future__ import annotations
@@ -286,7 +287,8 @@ class UpdateWorker:
         self._resume_if_interrupted()
 
     def _resume_if_interrupted(self) -> None:
-        if self._interrupted and self.state.phase in m.BEFORE_SWITCH:
+        # (an interrupted trial that the newer document did not abandon: its check runs again)
+        if self._interrupted and self.state.phase in (*m.BEFORE_SWITCH, "trial"):
             self._interrupted = False
             self._guarded(m.Recheck())
 
@@ -431,11 +433,19 @@ class UpdateWorker:
             return m.AlreadyCurrent()
         return m.Unpacked(installed.path.name, previous.name if previous is not None else None)
 
-    def _health(self) -> m.UpdateEvent:
+    def _health(self) -> m.UpdateEvent | None:
         assert self.state.bundle is not None
+        if self._has_newer():
+            self._interrupted = True  # the newer document decides first (it may abandon the trial)
+            return None
         self.post(Notice("update.trial", f"health check of {self.state.bundle} (attempt "
                          f"{self.state.trial_attempts})", details={"attempt": self.state.trial_attempts}))
-        report = run_health_check(self.store.bundles / self.state.bundle, self.settings.providers)
+        report = run_health_check(self.store.bundles / self.state.bundle, self.settings.providers,
+                                  cancelled=self._has_newer)
+        if report.check == "cancelled":
+            log.info("health check of %s stopped: a newer desired document arrived", self.state.bundle)
+            self._interrupted = True
+            return None
         details: dict[str, Scalar] = {"check": report.check, **report.details}
         if report.ok:
             return m.HealthPassed(details)
