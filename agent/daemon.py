@@ -228,6 +228,7 @@ class Agent:
             power=self.power_report(),
             health=s.health,  # type: ignore[arg-type]
             update=s.update,
+            labels=dict(self.config.labels),  # agent.toml's [labels]: what groups select on
         )
 
     def publish_reported(self) -> None:
