@@ -241,10 +241,9 @@ def test_a_newer_desired_document_cancels_the_trial_rolls_back_and_installs_the_
         dev.worker.submit(world.desired(two))
         wait_until(lambda: "update.trial" in dev.kinds(), 90, "the trial of 2.0.0")
         assert current_name(world).startswith("austen-2.0.0-")
-        t0 = time.monotonic()
         dev.worker.submit(world.desired(three))
-        wait_until(lambda: "update.rolled_back" in dev.kinds(), 30, "the cancelled trial to roll back")
-        cancelled_in = time.monotonic() - t0
+        # well before the hung check's 120 s limit (reaching it would say update.health timeout)
+        wait_until(lambda: "update.rolled_back" in dev.kinds(), 90, "the cancelled trial to roll back")
         dev.settle()
     finally:
         dev.worker.stop()
@@ -254,7 +253,6 @@ def test_a_newer_desired_document_cancels_the_trial_rolls_back_and_installs_the_
     rolled = dev.one("update.rolled_back")
     assert "cancelled during the trial" in rolled.message and rolled.details["target"] == two
     assert "update.health" not in dev.kinds()[: dev.kinds().index("update.rolled_back")]  # never judged
-    assert cancelled_in < 30  # the hung check did not run to its 120 s limit (the wait above bounds it)
     assert [n.details["target"] for n in dev.notices if n.kind == "update.committed"] == [three]
     assert current_name(world).startswith("austen-3.0.0-")
     assert not [p for p in (world.state / "bundles").iterdir() if p.name.startswith("austen-2.0.0-")]
