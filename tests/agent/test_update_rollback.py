@@ -230,7 +230,6 @@ def test_a_newer_desired_document_cancels_the_trial_rolls_back_and_installs_the_
 ) -> None:
     """2.0.0's self-test hangs (its limit is 120 s); 3.0.0 arrives during the trial: the check
     is killed at once, `current` goes back to 1.0.0, then 3.0.0 installs and commits."""
-    import time
 
     monkeypatch.setenv("FLEETGEN_HEALTH_FAULT", "selftest:hang:austen-2.0.0")
     before = current_name(world)
