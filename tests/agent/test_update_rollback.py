@@ -141,10 +141,12 @@ def test_a_maintenance_window_makes_the_update_wait_until_it_opens(world: Update
     dev = Device(world, settings, local_time=lambda: now["t"])
     try:
         dev.worker.submit(world.desired(world.publish(variant(world.tmp / "models", "austen", "2.0.0"))))
-        wait_until(lambda: "update.waiting" in dev.kinds(), 30, "update.waiting")
+        # The event is stored before the state it leads to is journaled: wait for both.
+        wait_until(lambda: "update.waiting" in dev.kinds() and read_journal(world.state)["phase"] == "waiting",
+                   30, "update.waiting, journaled")
         waiting = dev.one("update.waiting")
         assert "02:00-04:00" in waiting.message and "12:00" in waiting.message
-        assert current_name(world) == before and read_journal(world.state)["phase"] == "waiting"
+        assert current_name(world) == before
         assert not list((world.state / "downloads").glob("*.part"))  # no byte fetched while waiting
         now["t"] = datetime.time(2, 30)  # the window opens
         wait_until(lambda: "update.committed" in dev.kinds(), 60, "update.committed")
