@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import msgspec
+
 from agent.errors import FleetgenError
 from agent.manifest import load_manifest
 from agent.protocol.messages import DesiredState, Scalar, SignedEnvelope
@@ -315,6 +317,31 @@ class UpdateWorker:
     def _has_newer(self) -> bool:
         return not self._pending.empty()
 
+    def _abandons_trial(self) -> bool:
+        """Whether the pending document would end the trial in progress: a stop, or a newer
+        version naming another target while there is a bundle to go back to. It is read, not
+        yet verified: a hint for killing the health check early (verification still decides,
+        and a refused document resumes the check), so that the retained document that every
+        restart receives again, or garbage, does not restart the check."""
+        with self._pending.mutex:
+            items = list(self._pending.queue)
+        if not items:
+            return False
+        if items[0] is None:
+            return True
+        s = self.state
+        if s.previous is None:
+            return False  # a first install finishes its trial (machine.py)
+        try:
+            desired = msgspec.json.decode(items[0].payload, type=DesiredState)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return False
+        if desired.version <= s.director_version:
+            return False
+        if desired.target is None:
+            return True
+        return s.target is None or desired.target.hashes.get("sha256") != s.target.sha256
+
     # -- actions --------------------------------------------------------------------
 
     def _perform(self, a: m.Action) -> m.UpdateEvent | None:
@@ -435,13 +462,13 @@ class UpdateWorker:
 
     def _health(self) -> m.UpdateEvent | None:
         assert self.state.bundle is not None
-        if self._has_newer():
-            self._interrupted = True  # the newer document decides first (it may abandon the trial)
+        if self._abandons_trial():
+            self._interrupted = True  # the newer document decides first
             return None
         self.post(Notice("update.trial", f"health check of {self.state.bundle} (attempt "
                          f"{self.state.trial_attempts})", details={"attempt": self.state.trial_attempts}))
         report = run_health_check(self.store.bundles / self.state.bundle, self.settings.providers,
-                                  cancelled=self._has_newer)
+                                  cancelled=self._abandons_trial)
         if report.check == "cancelled":
             log.info("health check of %s stopped: a newer desired document arrived", self.state.bundle)
             self._interrupted = True
