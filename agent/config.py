@@ -13,6 +13,10 @@ Example::
     sample_interval_s = 5
     publish_interval_s = 30
 
+    [labels]                 # reported as they are: the controller's groups select on them
+    site = "lisbon"
+    rack = 4
+
 Every key can be set from the environment (`FLEETGEN_DEVICE_ID`, `FLEETGEN_MQTT_URL`,
 `FLEETGEN_TELEMETRY_SAMPLE_INTERVAL_S`, ...) and the CLI's `--state-dir` wins over both.
 """
@@ -20,7 +24,8 @@ Every key can be set from the environment (`FLEETGEN_DEVICE_ID`, `FLEETGEN_MQTT_
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -83,6 +88,20 @@ class SpoolSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     max_in_flight: Annotated[int, Meta(ge=1, le=1000)] = 20
 
 
+# `[labels]`: operator-set facts (site, rack, ...) the device reports in `reported.labels`,
+# which `fleetgen group add NAME --label KEY=VALUE` selects on. Keys cannot hold "=" (the rule
+# splits there); values are short scalars, as the protocol's Details bound them.
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+LabelValue = Annotated[str, Meta(max_length=256)] | int | float | bool
+Labels = Annotated[dict[str, LabelValue], Meta(max_length=64)]
+
+
+def check_labels(labels: dict[str, LabelValue]) -> None:
+    for key in labels:
+        if not _LABEL_KEY.fullmatch(key):
+            raise ConfigError(f"labels: key {key!r} must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}} (no '=')")
+
+
 class AgentConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     device_id: DeviceId
     state_dir: str = DEFAULT_STATE_DIR
@@ -93,10 +112,16 @@ class AgentConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     power: PowerConfig = PowerConfig()
     spool: SpoolSettings = SpoolSettings()
     api: ApiSettings = ApiSettings()  # the local API (agent/api)
+    labels: Labels = {}
 
     @property
     def state_path(self) -> Path:
         return Path(self.state_dir)
+
+
+def _check(config: AgentConfig) -> None:
+    config.mqtt.check()
+    check_labels(config.labels)
 
 
 def load_config(
@@ -106,7 +131,7 @@ def load_config(
     try:
         config = load_settings(
             AgentConfig, path, default_path=DEFAULT_CONFIG, env=env, overrides=overrides,
-            check=lambda c: c.mqtt.check(),
+            check=_check,
         )
     except ConfigError as e:
         if "device_id" in str(e) and "missing required field" in str(e).lower():
@@ -124,6 +149,7 @@ class LocalSettings:
 
     state_dir: Path
     board: BoardSettings
+    power: PowerConfig = field(default_factory=PowerConfig)  # the governor generation runs under
 
     @property
     def forced_profile(self) -> str | None:
@@ -144,4 +170,5 @@ def local_settings(config_path: str | None, state_dir: str | None) -> LocalSetti
                 raise
             log.warning("ignoring %s: %s", DEFAULT_CONFIG, e)
     base = config.state_path if config else Path(DEFAULT_STATE_DIR)
-    return LocalSettings(Path(state_dir) if state_dir else base, config.board if config else BoardSettings())
+    return LocalSettings(Path(state_dir) if state_dir else base, config.board if config else BoardSettings(),
+                         config.power if config else PowerConfig())

@@ -234,6 +234,7 @@ class Agent:
             power=self.power_report(),
             health=s.health,  # type: ignore[arg-type]
             update=s.update,
+            labels=dict(self.config.labels),  # agent.toml's [labels]: what groups select on
         )
 
     def publish_reported(self) -> None:
@@ -318,6 +319,7 @@ class Agent:
                 self.power.set_budget(budget)
                 self.state.budget_source = ("desired" if d.power_budget_w is not None
                                             else "config" if budget is not None else "none")
+                self._record_budget(budget, d.version)
                 details: Details = {"budget_w": budget, "source": self.state.budget_source,
                                     "floor_w": round(floor, 3)}
                 if budget is not None and budget < floor:
@@ -327,6 +329,17 @@ class Agent:
                 else:
                     self.emit("power.budget", f"power budget {budget} W", details=details)
         self.publish_reported()
+
+    def _record_budget(self, budget: float | None, version: int) -> None:
+        """For `fleetgen-agent generate`, which governs itself with the same budget."""
+        from agent.budget import BudgetInForce, save_budget
+
+        source = self.state.budget_source
+        try:
+            save_budget(self.state_dir, BudgetInForce(budget_w=budget, source=source,  # type: ignore[arg-type]
+                                                      director_version=version))
+        except OSError as e:
+            log.warning("cannot record the power budget for local generation: %s", e)
 
     def _on_link_up(self, up: LinkUp) -> None:
         if not up.session_present:

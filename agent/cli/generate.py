@@ -22,11 +22,17 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.errors import UsageError
+from agent.errors import FleetgenError, UsageError
+
+if TYPE_CHECKING:
+    from agent.config import LocalSettings
+    from agent.runtime.text import TextGenerator
+    from firmware.control import PowerController
 
 log = logging.getLogger(__name__)
 _native_log = logging.getLogger("agent.runtime.native")  # what native libraries print
@@ -195,20 +201,72 @@ def run(args: argparse.Namespace) -> int:
     providers, delegates = board_preferences(settings.forced_profile, settings.board.root)
     if args.providers:
         providers = tuple(p for p in args.providers.split(",") if p.strip())
-    options = EngineOptions(threads=args.threads, providers=providers, tflite_delegates=delegates)
-    with model_folder(args, state_dir) as folder:
-        with native_stderr_to_log():
-            generator = load_model(folder, options)
-        try:
-            if args.image:
-                if not isinstance(generator, ImageGenerator):
-                    raise UsageError(f"{folder} is a text model; drop --image")
-                return _image(generator, args)
-            if not isinstance(generator, TextGenerator):
-                raise UsageError(f"{folder} is an image model; use --image")
-            return _text(generator, args)
-        finally:
-            generator.close()
+    with governor(settings, args.threads) as power:
+        # Under a budget the session starts at the governor's thread count (no reload at
+        # the first request); --threads is then its ceiling.
+        threads = power.runtime.threads if power is not None else args.threads
+        options = EngineOptions(threads=threads, providers=providers, tflite_delegates=delegates,
+                                budget_binding=power is not None)
+        with model_folder(args, state_dir) as folder:
+            with native_stderr_to_log():
+                generator = load_model(folder, options)
+            try:
+                if args.image:
+                    if not isinstance(generator, ImageGenerator):
+                        raise UsageError(f"{folder} is a text model; drop --image")
+                    return _image(generator, args)
+                if not isinstance(generator, TextGenerator):
+                    raise UsageError(f"{folder} is an image model; use --image")
+                return _text(generator, args, power)
+            finally:
+                generator.close()
+
+
+@contextlib.contextmanager
+def governor(settings: LocalSettings, threads: int | None) -> Iterator[PowerController | None]:
+    """The power governor this command runs under, ticking in a thread while it runs.
+
+    It governs when `[power] enabled` and a budget is in force: the one the daemon applied
+    from the signed desired document (agent/budget.py), else agent.toml's `budget_w`.
+    Without a budget there is nothing to hold, and the governed queue runs at full speed.
+    Board power modes are the daemon's to change; this command paces and sets threads.
+    """
+    from agent.budget import budget_in_force
+
+    budget = budget_in_force(settings.state_dir, settings.power.budget_w)
+    if not settings.power.enabled or budget.budget_w is None:
+        yield None
+        return
+    from agent.board import open_board
+    from firmware.control import PowerController
+    from firmware.errors import FirmwareError
+    from firmware.settings import PowerSettings
+
+    p = settings.power
+    try:
+        board = open_board(settings.board)
+        power = PowerController(board.detected, PowerSettings(budget_w=budget.budget_w, tick_s=p.tick_s,
+                                                              window_s=p.window_s, max_threads=threads),
+                                meter=board.meter, change_board_modes=False)
+    except (FleetgenError, FirmwareError) as e:
+        log.warning("power governor not started (%s); generating without a budget", e)
+        yield None
+        return
+    if budget.budget_w < power.governor.floor_w:
+        # The daemon queues work until the budget rises; a one-shot command would hang.
+        raise FleetgenError(f"the power budget in force ({budget.budget_w:g} W, from the {budget.source}) "
+                            f"is below this board's floor of {power.governor.floor_w:.2f} W: no "
+                            "generation is admitted under it")
+    log.info("governed by a %.2f W budget (%s)", budget.budget_w, budget.source)
+    power.tick()  # decide before the model loads: its session starts at the governed thread count
+    stop = threading.Event()
+    ticker = threading.Thread(target=power.run, args=(stop,), name="fleetgen-governor", daemon=True)
+    ticker.start()
+    try:
+        yield power
+    finally:
+        stop.set()
+        ticker.join(p.tick_s + 1.0)
 
 
 def _check_sampling_flags(args: argparse.Namespace) -> None:
@@ -233,7 +291,11 @@ def _check_sampling_flags(args: argparse.Namespace) -> None:
         TextRequest(prompt="", max_tokens=max_tokens, stop=tuple(args.stop or ()))
 
 
-def _text(generator: Any, args: argparse.Namespace) -> int:
+def _text(generator: TextGenerator, args: argparse.Namespace, power: PowerController | None = None) -> int:
+    """One request through the GenerationQueue the local API uses, under the governor's
+    knobs (threads, admission, pacing) when one runs."""
+    from agent.runtime.service import GenerationQueue
+
     request = generator.request(
         args.prompt,
         max_tokens=args.max_tokens,
@@ -247,12 +309,22 @@ def _text(generator: Any, args: argparse.Namespace) -> int:
         ignore_eos=args.ignore_eos,
     )
     out = sys.stdout
-
-    def stream(text: str) -> None:
-        out.write(text)
-        out.flush()
-
-    result = generator.generate(request, on_text=None if args.json else stream)
+    if power is not None and not power.runtime.admit and power.last is not None:
+        log.warning("waiting for the power governor to admit work: %s", power.last.reason)
+    queue = GenerationQueue(generator, max_pending=1, knobs=power.runtime if power is not None else None)
+    try:
+        job = queue.submit(request)
+        try:
+            if not args.json:
+                for text in job:
+                    out.write(text)
+                    out.flush()
+            result = job.result()
+        except KeyboardInterrupt:
+            job.cancel()  # the worker stops before its next decode step
+            raise
+    finally:
+        queue.close()
     t = result.timings
     if args.json:
         doc = {
@@ -272,6 +344,10 @@ def _text(generator: Any, args: argparse.Namespace) -> int:
                 "prefill_tokens_per_s": round(t.prefill_tokens_per_s, 2),
             },
         }
+        if power is not None and power.last is not None:
+            d = power.last
+            doc["power"] = {"budget_w": d.budget_w, "draw_w": round(d.measured_w, 3), "estimated": d.estimated,
+                            "threads": d.threads, "duty": round(d.duty, 3)}
         print(json.dumps(doc, ensure_ascii=False))
     else:
         out.write("\n")

@@ -218,7 +218,8 @@ class GenerationQueue:
                 result = self.generator.generate(job.request, on_text=job._emit, cancelled=job._cancel.is_set)
                 job._finish(_Outcome(result=result))
             except FleetgenError as e:
-                log.warning("request failed: %s", e)
+                # A bad request is its caller's to report (an HTTP 400, the CLI's error line).
+                log.log(logging.INFO if isinstance(e, RequestError) else logging.WARNING, "request failed: %s", e)
                 job._finish(_Outcome(error=e))
             except Exception as e:  # keep serving: report the bug to the caller, log it whole
                 log.exception("request failed unexpectedly")

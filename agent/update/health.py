@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,6 +44,7 @@ DEFAULT_PROBE = (
 # limit is always set, so a bundle cannot take the device's memory with it.
 DEFAULT_MEMORY_MB = 4096
 _REPORT_PREFIX = "FLEETGEN-HEALTH "
+_CANCEL_POLL_S = 0.1  # how often a running check looks for a newer desired document
 
 
 @dataclass(frozen=True)
@@ -203,8 +205,11 @@ def child_main(argv: list[str]) -> int:
 # -- the parent ------------------------------------------------------------------------
 
 
-def run_health_check(bundle: Path, providers: tuple[str, ...] = ()) -> HealthReport:
-    """Run the check of `bundle` in a child, bounded in time and memory (see module doc)."""
+def run_health_check(bundle: Path, providers: tuple[str, ...] = (),
+                     cancelled: Callable[[], bool] = lambda: False) -> HealthReport:
+    """Run the check of `bundle` in a child, bounded in time and memory (see module doc).
+    When `cancelled()` turns true (a newer desired document), the child is killed and the
+    report's check is "cancelled": the caller does not judge the bundle by it."""
     try:
         test = load_manifest(bundle).self_test
     except ManifestError as e:
@@ -221,15 +226,25 @@ def run_health_check(bundle: Path, providers: tuple[str, ...] = ()) -> HealthRep
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             preexec_fn=bound, env=env)
-    try:
-        out, err = proc.communicate(timeout=test.time_limit_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        took = time.monotonic() - t0
-        return HealthReport(False, "timeout",
-                            f"self-test did not finish within its {test.time_limit_s:g} s limit (killed)",
-                            {"limit_s": test.time_limit_s, "elapsed_s": round(took, 1)})
+    deadline = t0 + test.time_limit_s
+    while True:
+        try:
+            # communicate() again after a timeout carries on reading where it left off
+            out, err = proc.communicate(timeout=max(0.0, min(_CANCEL_POLL_S, deadline - time.monotonic())))
+            break
+        except subprocess.TimeoutExpired:
+            stop = cancelled()
+            if not stop and time.monotonic() < deadline:
+                continue
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            took = time.monotonic() - t0
+            if stop:
+                return HealthReport(False, "cancelled", "a newer desired document arrived (check killed)",
+                                    {"elapsed_s": round(took, 1)})
+            return HealthReport(False, "timeout",
+                                f"self-test did not finish within its {test.time_limit_s:g} s limit (killed)",
+                                {"limit_s": test.time_limit_s, "elapsed_s": round(took, 1)})
     took = round(time.monotonic() - t0, 2)
     for line in out.decode("utf-8", "replace").splitlines():
         if line.startswith(_REPORT_PREFIX):

@@ -16,9 +16,18 @@ that kills the agent during its trial is rolled back after `MAX_TRIAL_ATTEMPTS` 
 
 A failure (transport, slow retrieval) before the switch schedules a retry with
 exponential backoff and jitter, at most `max_retries` times; a refusal (a check failed)
-ends the update at once. A newer Desired cancels whatever runs before the switch; after
-the switch it waits (as `pending`) until the trial has committed or rolled back, so a
-device is never left between two bundles.
+ends the update at once.
+
+A newer Desired (another target, or none) cancels the update at any step:
+- before the switch: what was fetched or unpacked is discarded, the new target starts;
+- switching or on trial: the trial is abandoned and `current` rolled back to `previous`
+  (`cancelling`; the health check in flight is killed by the worker), then the new target
+  starts (`pending`), unless it *is* the previous bundle, which the rollback restores.
+  With no previous bundle (a first install) the trial runs on and the new target waits
+  as `pending`: a cancel never leaves a device without a model;
+- committing or rolling back: those finish (one rename each), then `pending` starts.
+So a device is never left between two bundles, and never waits out a trial it no longer
+wants.
 """
 
 from __future__ import annotations
@@ -61,6 +70,8 @@ class UpdateState(msgspec.Struct, kw_only=True, frozen=True):
     last_result: Literal["committed", "rolled_back", "refused", "failed", "cancelled"] | None = None
     pending: Target | None = None
     pending_version: int = 0
+    # A newer document abandoned this trial: the rollback that follows ends as "cancelled".
+    cancelling: bool = False
     # The desired document's `config` (update conditions among it), kept for a restart.
     config: dict[str, Scalar] = {}
     pending_config: dict[str, Scalar] = {}
@@ -264,7 +275,7 @@ def _start(s: UpdateState, version: int, target: Target, config: dict[str, Scala
     s = msgspec.structs.replace(
         s, phase="checking", director_version=version, target=target, bundle=None, previous=None,
         trial_attempts=0, retries=0, wait_reason=None, last_error=None, last_result=None,
-        pending=None, pending_version=0, config=dict(config), pending_config={},
+        pending=None, pending_version=0, config=dict(config), pending_config={}, cancelling=False,
     )
     return s, [Emit("update.started", f"installing {target.path}", details=_details(s)), CheckConditions()]
 
@@ -274,7 +285,7 @@ def _end(s: UpdateState, result: Literal["committed", "rolled_back", "refused", 
     """Back to idle; a target that waited for the trial to end starts now."""
     done = msgspec.structs.replace(
         s, phase="idle", last_result=result, last_error=error, wait_reason=None, trial_attempts=0,
-        retries=0, pending=None, pending_version=0, pending_config={},
+        retries=0, pending=None, pending_version=0, pending_config={}, cancelling=False,
     )
     if s.pending is not None:
         started, more = _start(done, s.pending_version, s.pending, s.pending_config)
@@ -282,10 +293,39 @@ def _end(s: UpdateState, result: Literal["committed", "rolled_back", "refused", 
     return done, actions
 
 
+def _is_bundle(name: str | None, target: Target) -> bool:
+    """Whether the unpacked bundle `name` (NAME-VERSION-SHA16, agent/update/store.py) is `target`."""
+    return name is not None and name.endswith("-" + target.sha256[:16])
+
+
+def _abandon_trial(s: UpdateState, e: Desired) -> Result:
+    """Switching or on trial, a newer document wants something else: back to `previous`
+    now, then the new target (when the rollback does not already restore it)."""
+    new = e.target
+    pending = None if new is None or _is_bundle(s.previous, new) else new
+    why = (f"{_label(s.target)} is no longer desired" if new is None
+           else f"{_label(s.target)} replaced by {new.path}")
+    s2 = msgspec.structs.replace(
+        s, phase="rolling_back", cancelling=True, last_error=f"cancelled during the {s.phase}: {why}",
+        director_version=e.version, pending=pending, pending_version=e.version if pending else 0,
+        pending_config=dict(e.config) if pending else {},
+    )
+    extra: dict[str, Scalar] = {"during": s.phase, "back_to": s.previous}
+    if new is not None:
+        extra["replaced_by"] = new.path
+    return s2, [Emit("update.cancelled", why, "warning", _details(s, **extra)), Rollback()]
+
+
 def _desired(s: UpdateState, e: Desired) -> Result:
     if e.version < s.director_version:
         return s, []  # trust already refuses older documents; never go back here either
     busy_with = s.target if s.phase != "idle" else None
+    if busy_with is not None and e.target is not None and busy_with.sha256 == e.target.sha256:
+        # The same target again (a re-signed document): carry on where we are.
+        return msgspec.structs.replace(s, director_version=max(s.director_version, e.version),
+                                       config=dict(e.config)), []
+    if s.phase in ("switching", "trial") and s.previous is not None and not s.cancelling:
+        return _abandon_trial(s, e)
     if e.target is None or (busy_with is None and e.target.sha256 == e.current_sha256):
         if s.phase in BEFORE_SWITCH:
             s2 = msgspec.structs.replace(s, director_version=e.version)
@@ -296,11 +336,10 @@ def _desired(s: UpdateState, e: Desired) -> Result:
         if s.phase in AFTER_SWITCH:
             return msgspec.structs.replace(s, pending=None, pending_version=0, pending_config={}), []
         return msgspec.structs.replace(s, director_version=e.version, config=dict(e.config)), []
-    if busy_with is not None and busy_with.sha256 == e.target.sha256:
-        # The same target again (a re-signed document): carry on where we are.
-        return msgspec.structs.replace(s, director_version=max(s.director_version, e.version),
-                                       config=dict(e.config)), []
     if s.phase in AFTER_SWITCH:
+        if s.phase == "rolling_back" and _is_bundle(s.previous, e.target):
+            # the rollback in progress restores it
+            return msgspec.structs.replace(s, pending=None, pending_version=0, pending_config={}), []
         return msgspec.structs.replace(s, pending=e.target, pending_version=e.version,
                                        pending_config=dict(e.config)), []
     actions: list[Action] = []
@@ -396,6 +435,10 @@ def step(s: UpdateState, e: UpdateEvent, policy: Policy = Policy()) -> Result:
         return s2, [Emit("update.switched", f"current -> {s.bundle}",
                          details=_details(s, bundle=s.bundle, previous=s.previous)), RunHealthCheck()]
     if p == "trial":
+        if isinstance(e, Recheck):
+            # the check was interrupted by a document that changed nothing: run it again
+            # (not a restart: the loop counter stays)
+            return s, [RunHealthCheck()]
         if isinstance(e, HealthPassed):
             return msgspec.structs.replace(s, phase="committing"), [
                 Emit("update.health", "health check passed", details=_details(s, ok=True, **e.details)),
@@ -413,7 +456,7 @@ def step(s: UpdateState, e: UpdateEvent, policy: Policy = Policy()) -> Result:
         ])
     if p == "rolling_back" and isinstance(e, RolledBack):
         reason = s.last_error or "health check failed"
-        return _end(s, "rolled_back", reason, [
+        return _end(s, "cancelled" if s.cancelling else "rolled_back", reason, [
             Emit("update.rolled_back", reason, "error",
                  _details(s, reason=reason[:256], bundle=s.bundle, back_to=s.previous)),
         ])

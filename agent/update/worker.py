@@ -6,7 +6,8 @@ state to the journal *before* acting on it, performs the actions (conditions, do
 unpack, switch, health check in a child, commit, roll back) and posts what the daemon
 publishes: `Notice` (an event for `dev/{id}/events`), `Snapshot` (fields of `reported`)
 and `DesiredApplied` (the verified document: power budget, config). Only the newest
-pending document matters; its arrival cancels a download in progress.
+pending document matters; its arrival stops the step in progress (a download, a health
+check) so that the machine can cancel it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+
+import msgspec
 
 from agent.errors import FleetgenError
 from agent.manifest import load_manifest
@@ -286,7 +289,8 @@ class UpdateWorker:
         self._resume_if_interrupted()
 
     def _resume_if_interrupted(self) -> None:
-        if self._interrupted and self.state.phase in m.BEFORE_SWITCH:
+        # (an interrupted trial that the newer document did not abandon: its check runs again)
+        if self._interrupted and self.state.phase in (*m.BEFORE_SWITCH, "trial"):
             self._interrupted = False
             self._guarded(m.Recheck())
 
@@ -312,6 +316,31 @@ class UpdateWorker:
 
     def _has_newer(self) -> bool:
         return not self._pending.empty()
+
+    def _abandons_trial(self) -> bool:
+        """Whether the pending document would end the trial in progress: a stop, or a newer
+        version naming another target while there is a bundle to go back to. It is read, not
+        yet verified: a hint for killing the health check early (verification still decides,
+        and a refused document resumes the check), so that the retained document that every
+        restart receives again, or garbage, does not restart the check."""
+        with self._pending.mutex:
+            items = list(self._pending.queue)
+        if not items:
+            return False
+        if items[0] is None:
+            return True
+        s = self.state
+        if s.previous is None:
+            return False  # a first install finishes its trial (machine.py)
+        try:
+            desired = msgspec.json.decode(items[0].payload, type=DesiredState)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return False
+        if desired.version <= s.director_version:
+            return False
+        if desired.target is None:
+            return True
+        return s.target is None or desired.target.hashes.get("sha256") != s.target.sha256
 
     # -- actions --------------------------------------------------------------------
 
@@ -431,11 +460,19 @@ class UpdateWorker:
             return m.AlreadyCurrent()
         return m.Unpacked(installed.path.name, previous.name if previous is not None else None)
 
-    def _health(self) -> m.UpdateEvent:
+    def _health(self) -> m.UpdateEvent | None:
         assert self.state.bundle is not None
+        if self._abandons_trial():
+            self._interrupted = True  # the newer document decides first
+            return None
         self.post(Notice("update.trial", f"health check of {self.state.bundle} (attempt "
                          f"{self.state.trial_attempts})", details={"attempt": self.state.trial_attempts}))
-        report = run_health_check(self.store.bundles / self.state.bundle, self.settings.providers)
+        report = run_health_check(self.store.bundles / self.state.bundle, self.settings.providers,
+                                  cancelled=self._abandons_trial)
+        if report.check == "cancelled":
+            log.info("health check of %s stopped: a newer desired document arrived", self.state.bundle)
+            self._interrupted = True
+            return None
         details: dict[str, Scalar] = {"check": report.check, **report.details}
         if report.ok:
             return m.HealthPassed(details)

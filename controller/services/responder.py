@@ -8,6 +8,11 @@ queue size x request size plus workers x chunk size, whatever the bundle size.
 
 Only `metadata/NAME` and `targets/PATH` under the repository are served; anything else
 (absolute paths, `..`, links, other directories) is answered "not found".
+
+Answers go out at QoS 0 (ADR 0050): the device asks again for any chunk that does not come
+(agent/trust/mqtt_fetcher.py), so a broker acknowledgement per chunk buys nothing but a
+round trip, an in-flight slot of this one client shared by every device, and chunks queued
+in an absent device's session that it will ask for again anyway.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import stat
 import threading
 from pathlib import Path
 
-from agent.errors import ProtocolError
+from agent.errors import FleetgenError, ProtocolError
 from agent.manifest import ManifestError, check_relative_path
 from agent.protocol.codec import decode, encode_response
 from agent.protocol.messages import Request, ResponseHeader
@@ -42,8 +47,10 @@ class RepositoryResponder:
         workers: int = 2,
         max_queue: int = 256,
         shared: bool = False,
+        qos: int = 0,
     ) -> None:
         self._transport = transport
+        self._qos = qos
         self._root = Path(repo_dir).resolve()
         self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=max_queue)
         self._filter = fleet_filter(Channel.REQ, shared=shared)
@@ -77,8 +84,12 @@ class RepositoryResponder:
             except Exception:  # one bad request must not stop the worker
                 log.exception("answering %s failed", topic)
                 continue
-            if answer is not None:
-                self._transport.publish(answer[0], answer[1], qos=1)
+            if answer is None:
+                continue
+            try:
+                self._transport.publish(answer[0], answer[1], qos=self._qos)
+            except FleetgenError as e:  # a full queue or a lost link: the device asks again
+                log.warning("could not answer on %s: %s", answer[0], e)
 
     def handle(self, topic: str, payload: bytes) -> tuple[str, bytes] | None:
         """The (topic, frame) answering one request, or None when it cannot be answered."""

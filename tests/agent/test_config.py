@@ -105,3 +105,14 @@ def test_usage_errors_are_one_line_exit_2(argv: list[str]) -> None:
     out = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_labels_are_read_from_their_table_and_bad_keys_are_named(tmp_path: Path) -> None:
+    ok = write(tmp_path, 'device_id = "d1"\n[labels]\nsite = "lisbon"\nrack = 4\nindoor = true\n')
+    assert load_config(ok).labels == {"site": "lisbon", "rack": 4, "indoor": True}
+    bad = write(tmp_path, 'device_id = "d1"\n[labels]\n"site=x" = "lisbon"\n')
+    with pytest.raises(ConfigError, match=r"labels: key 'site=x' must match"):
+        load_config(bad)
+    nested = write(tmp_path, 'device_id = "d1"\n[labels.site]\nname = "lisbon"\n')
+    with pytest.raises(ConfigError, match="labels"):
+        load_config(nested)

@@ -45,9 +45,16 @@ def test_every_phase_and_event_gives_a_valid_state(phase: m.Phase, event: m.Upda
     # The result survives the journal's round trip, and the phase is one of the table's.
     assert msgspec.json.decode(msgspec.json.encode(after), type=m.UpdateState) == after
     assert after.phase in PHASES
-    # After the switch nothing may cancel or refuse: the trial always ends in commit or rollback.
+    # After the switch nothing may refuse or discard: the trial always ends in commit or rollback.
     if phase in m.AFTER_SWITCH and isinstance(event, m.Desired | m.Refused | m.Failed):
-        assert after.phase == phase and not [a for a in actions if isinstance(a, m.Discard)]
+        assert not [a for a in actions if isinstance(a, m.Discard)]
+        wants_other = isinstance(event, m.Desired) and event.target != before.target
+        if phase in ("switching", "trial") and wants_other:
+            # A newer document abandons the trial: back to the previous bundle, at once.
+            assert after.phase == "rolling_back" and after.cancelling, after
+            assert kinds(actions) == ["update.cancelled", "Rollback"]
+        else:
+            assert after.phase == phase
     # An action that touches the store only comes from the phase that owns it.
     for a in actions:
         if isinstance(a, m.Switch):
@@ -146,10 +153,12 @@ def test_a_newer_desired_cancels_before_the_switch_and_waits_after_it() -> None:
     s, actions = m.step(s, m.Desired(2, C, None), POLICY)
     assert kinds(actions) == ["Discard", "update.cancelled", "update.started", "CheckConditions"]
     assert s.target == C and s.phase == "checking" and s.director_version == 2
-    s, _ = run(s, m.Clear(), m.Downloaded(), m.Unpacked("c-3-cccc", "a-1-aaaa"), m.Switched())
+    s, _ = run(s, m.Clear(), m.Downloaded(), m.Unpacked("c-3-cccc", "a-1-aaaa"), m.Switched(),
+               m.HealthPassed({}))
+    # Committing is one rename: it finishes, then the newer target starts.
     s, actions = m.step(s, m.Desired(3, B, None), POLICY)
-    assert actions == [] and s.phase == "trial" and s.pending == B
-    s, actions = run(s, m.HealthPassed({}), m.Committed())
+    assert actions == [] and s.phase == "committing" and s.pending == B
+    s, actions = run(s, m.Committed())
     assert s.target == B and s.phase == "checking" and s.last_result == "committed"
     assert "update.committed" in actions and "update.started" in actions
 
@@ -162,6 +171,72 @@ def test_no_target_cancels_and_an_older_version_is_ignored() -> None:
     assert s.phase == "idle" and s.last_result == "cancelled" and "Discard" in kinds(actions)
 
 
+def name(t: m.Target) -> str:
+    """The bundle directory the store gives a target (NAME-VERSION-SHA16)."""
+    return f"{t.path.removesuffix('.fgb')}-{t.sha256[:16]}"
+
+
+def on_trial(target: m.Target = B, previous: str | None = "a-1-aaaa") -> m.UpdateState:
+    s, _ = run(m.UpdateState(), m.Desired(1, target, None), m.Clear(), m.Downloaded(),
+               m.Unpacked(name(target), previous), m.Switched())
+    assert s.phase == "trial" and s.trial_attempts == 1
+    return s
+
+
+def test_a_newer_desired_during_the_trial_rolls_back_then_takes_the_new_target() -> None:
+    s, actions = m.step(on_trial(), m.Desired(2, C, None, {"update.window": "02:00-04:00"}), POLICY)
+    assert kinds(actions) == ["update.cancelled", "Rollback"]
+    [emit, _] = actions
+    assert isinstance(emit, m.Emit) and emit.details is not None
+    assert emit.details["replaced_by"] == C.path and emit.details["during"] == "trial"
+    assert s.phase == "rolling_back" and s.pending == C and s.director_version == 2
+    # A health verdict that lands after the cancel changes nothing.
+    assert m.step(s, m.HealthPassed({}), POLICY) == (s, [])
+    s, seen = run(s, m.RolledBack())
+    assert seen == ["update.rolled_back", "update.started", "CheckConditions"]
+    assert s.phase == "checking" and s.target == C and s.config == {"update.window": "02:00-04:00"}
+    assert s.last_result == "cancelled" and "cancelled during the trial" in (s.last_error or "")
+    assert not s.cancelling and s.pending is None
+
+
+def test_a_newer_desired_naming_the_previous_bundle_is_restored_by_the_rollback() -> None:
+    s, actions = m.step(on_trial(B, previous=name(A)), m.Desired(2, A, None), POLICY)
+    assert kinds(actions) == ["update.cancelled", "Rollback"] and s.pending is None
+    s, seen = run(s, m.RolledBack())
+    assert s.phase == "idle" and s.last_result == "cancelled" and seen == ["update.rolled_back"]
+
+
+def test_no_target_during_the_trial_rolls_back_and_ends_cancelled() -> None:
+    s, seen = run(on_trial(), m.Desired(2, None, None), m.RolledBack())
+    assert seen == ["update.cancelled", "Rollback", "update.rolled_back"]
+    assert s.phase == "idle" and s.last_result == "cancelled" and s.director_version == 2
+
+
+def test_a_first_install_finishes_its_trial_before_the_newer_target() -> None:
+    """With nothing to roll back to, abandoning the trial would leave no model."""
+    s, actions = m.step(on_trial(previous=None), m.Desired(2, C, None), POLICY)
+    assert actions == [] and s.phase == "trial" and s.pending == C
+    s, seen = run(s, m.HealthPassed({}), m.Committed())
+    assert s.target == C and s.phase == "checking" and "update.committed" in seen
+
+
+def test_an_interrupted_check_resumes_without_counting_a_restart() -> None:
+    s = on_trial()
+    s2, actions = m.step(s, m.Recheck(), POLICY)
+    assert s2 == s and kinds(actions) == ["RunHealthCheck"]
+
+
+def test_a_newer_desired_while_rolling_back_waits_or_is_already_the_destination() -> None:
+    s, _ = m.step(on_trial(B, previous=name(A)), m.HealthFailed("self-test", {}), POLICY)
+    assert s.phase == "rolling_back"
+    waiting, actions = m.step(s, m.Desired(2, C, None), POLICY)
+    assert actions == [] and waiting.pending == C
+    back, actions = m.step(waiting, m.Desired(3, A, None), POLICY)
+    assert actions == [] and back.pending is None  # the rollback restores A
+    s, _ = run(back, m.RolledBack())
+    assert s.phase == "idle" and s.last_result == "rolled_back"
+
+
 # -- a simulated crash at every journal step ------------------------------------------
 
 
@@ -172,6 +247,7 @@ class SimStore:
     current: str | None = "a-1-aaaa"
     previous: str | None = None
     bundles: set[str] = field(default_factory=lambda: {"a-1-aaaa"})
+    interrupt_trial: bool = False
 
 
 def perform(store: SimStore, s: m.UpdateState, a: m.Action, health_ok: bool) -> m.UpdateEvent | None:
@@ -180,13 +256,18 @@ def perform(store: SimStore, s: m.UpdateState, a: m.Action, health_ok: bool) -> 
     if isinstance(a, m.Download):
         return m.Downloaded()
     if isinstance(a, m.Unpack):
-        store.bundles.add("b-2-bbbb")
-        return m.Unpacked("b-2-bbbb", store.current)
+        assert s.target is not None
+        bundle = "b-2-bbbb" if s.target == B else name(s.target)
+        store.bundles.add(bundle)
+        return m.Unpacked(bundle, store.current)
     if isinstance(a, m.Switch):
         if store.current != s.bundle:
             store.previous, store.current = store.current, s.bundle
         return m.Switched()
     if isinstance(a, m.RunHealthCheck):
+        if store.interrupt_trial:  # the worker kills the check when a newer document is in
+            store.interrupt_trial = False
+            return None
         return m.HealthPassed({}) if health_ok else m.HealthFailed("self-test", {})
     if isinstance(a, m.Commit):
         store.bundles &= {store.current, store.previous} - {None}  # type: ignore[operator]
@@ -229,3 +310,28 @@ def test_a_crash_after_any_journal_write_ends_on_old_or_new(health_ok: bool) -> 
         expected = "b-2-bbbb" if health_ok else "a-1-aaaa"
         assert store.current == expected, (crash_at, store)
         assert end.last_result == ("committed" if health_ok else "rolled_back")
+
+
+def test_a_crash_at_any_journal_step_of_a_cancelled_trial_ends_on_the_newest_target() -> None:
+    """B is on trial when a document naming C arrives (the check is killed); the agent is
+    killed after each journal write of the cancel, the rollback and C's install."""
+
+    def until_trial(store: SimStore, journal: list[m.UpdateState]) -> None:
+        store.interrupt_trial = True
+        drive(store, journal, m.Desired(1, B, A.sha256), True, None)
+        assert journal[-1].phase == "trial" and store.current == "b-2-bbbb"
+
+    full: list[m.UpdateState] = [m.UpdateState()]
+    until_trial(SimStore(), full)
+    start = len(full)
+    drive(SimStore(), full, m.Desired(2, C, None), True, None)
+    steps = len(full) - start
+    assert steps >= 6
+    for crash_at in range(start, start + steps):
+        store, journal = SimStore(), [m.UpdateState()]
+        until_trial(store, journal)
+        drive(store, journal, m.Desired(2, C, None), True, crash_at)
+        drive(store, journal, m.Boot(), True, None)  # the restart
+        end = journal[-1]
+        assert end.phase == "idle" and end.target == C and end.last_result == "committed", (crash_at, end)
+        assert store.current == name(C) and "b-2-bbbb" not in store.bundles, (crash_at, store)

@@ -141,10 +141,12 @@ def test_a_maintenance_window_makes_the_update_wait_until_it_opens(world: Update
     dev = Device(world, settings, local_time=lambda: now["t"])
     try:
         dev.worker.submit(world.desired(world.publish(variant(world.tmp / "models", "austen", "2.0.0"))))
-        wait_until(lambda: "update.waiting" in dev.kinds(), 30, "update.waiting")
+        # The event is stored before the state it leads to is journaled: wait for both.
+        wait_until(lambda: "update.waiting" in dev.kinds() and read_journal(world.state)["phase"] == "waiting",
+                   30, "update.waiting, journaled")
         waiting = dev.one("update.waiting")
         assert "02:00-04:00" in waiting.message and "12:00" in waiting.message
-        assert current_name(world) == before and read_journal(world.state)["phase"] == "waiting"
+        assert current_name(world) == before
         assert not list((world.state / "downloads").glob("*.part"))  # no byte fetched while waiting
         now["t"] = datetime.time(2, 30)  # the window opens
         wait_until(lambda: "update.committed" in dev.kinds(), 60, "update.committed")
@@ -222,6 +224,41 @@ def test_a_newer_desired_document_cancels_a_download_in_progress(world: UpdateWo
     assert current_name(world).startswith("austen-3.0.0-")
     assert [n.details["target"] for n in dev.notices if n.kind == "update.committed"] == [three]
     assert not list((world.state / "downloads").glob("*.part"))
+
+
+@pytest.mark.timeout(180)
+def test_a_newer_desired_document_cancels_the_trial_rolls_back_and_installs_the_newest(
+    world: UpdateWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2.0.0's self-test hangs (its limit is 120 s); 3.0.0 arrives during the trial: the check
+    is killed at once, `current` goes back to 1.0.0, then 3.0.0 installs and commits."""
+
+    monkeypatch.setenv("FLEETGEN_HEALTH_FAULT", "selftest:hang:austen-2.0.0")
+    before = current_name(world)
+    two = world.publish(variant(world.tmp / "models", "austen", "2.0.0", time_limit_s=120.0))
+    three = world.publish(variant(world.tmp / "models", "austen", "3.0.0", INT4))
+    dev = Device(world)
+    try:
+        dev.worker.submit(world.desired(two))
+        wait_until(lambda: "update.trial" in dev.kinds(), 90, "the trial of 2.0.0")
+        assert current_name(world).startswith("austen-2.0.0-")
+        dev.worker.submit(world.desired(three))
+        # well before the hung check's 120 s limit (reaching it would say update.health timeout)
+        wait_until(lambda: "update.rolled_back" in dev.kinds(), 90, "the cancelled trial to roll back")
+        dev.settle()
+    finally:
+        dev.worker.stop()
+    cancelled = dev.one("update.cancelled")
+    assert cancelled.details["target"] == two and cancelled.details["replaced_by"] == three
+    assert cancelled.details["during"] == "trial" and cancelled.details["back_to"] == before
+    rolled = dev.one("update.rolled_back")
+    assert "cancelled during the trial" in rolled.message and rolled.details["target"] == two
+    assert "update.health" not in dev.kinds()[: dev.kinds().index("update.rolled_back")]  # never judged
+    assert [n.details["target"] for n in dev.notices if n.kind == "update.committed"] == [three]
+    assert current_name(world).startswith("austen-3.0.0-")
+    assert not [p for p in (world.state / "bundles").iterdir() if p.name.startswith("austen-2.0.0-")]
+    journal = read_journal(world.state)
+    assert journal["phase"] == "idle" and journal["last_result"] == "committed" and not journal["cancelling"]
 
 
 @pytest.mark.timeout(120)

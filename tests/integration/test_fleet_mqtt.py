@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
@@ -52,6 +53,23 @@ def publish_once(url_port: int, topic: str, payload: bytes, retain: bool = False
         client.loop_stop()
 
 
+def retained(port: int, topic: str, timeout: float = 10.0) -> bytes:
+    """The message retained on `topic` (waits for its delivery on subscribe)."""
+    import queue
+
+    got: queue.Queue[bytes] = queue.Queue()
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+    client.on_message = lambda c, u, m: got.put(m.payload) if m.retain else None
+    client.connect("127.0.0.1", port)
+    client.subscribe(topic, qos=1)
+    client.loop_start()
+    try:
+        return got.get(timeout=timeout)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 def test_three_agents_appear_online_in_fleet_ls(fleet: FleetProcesses) -> None:
     boards = {"dev-a": "jetson-orin-nano", "dev-b": "kria-kv260", "dev-c": "raspberry-pi-5"}
     ids = sorted(boards)
@@ -73,17 +91,16 @@ def test_three_agents_appear_online_in_fleet_ls(fleet: FleetProcesses) -> None:
         assert by_id[device_id]["agent_version"]
 
 
-def test_sigkill_marks_offline_by_last_will_then_restart_is_online(fleet: FleetProcesses) -> None:
+def test_sigkill_marks_offline_by_last_will_then_restart_is_online(fleet: FleetProcesses, mosquitto: Mosquitto) -> None:
     spec = DeviceSpec("dev-kill")
     fleet.start_agent(spec)
     fleet.wait_for(lambda ds: "dev-kill" in {d.id for d in ds if d.online}, timeout=20)
-    killed_at = time.monotonic()
     fleet.signal_agent("dev-kill", signal.SIGKILL)
-    fleet.wait_for(lambda ds: any(d.id == "dev-kill" and not d.online for d in ds), timeout=10)
-    elapsed = time.monotonic() - killed_at
-    # Mosquitto fires the Will after 1.5 x keepalive of silence; allow the poll interval
-    # and the controller's batch window on top.
-    assert elapsed <= 1.5 * KEEPALIVE + 0.6, f"offline after {elapsed:.2f}s"
+    fleet.wait_for(lambda ds: any(d.id == "dev-kill" and not d.online for d in ds), timeout=30)
+    # A killed agent says nothing: the retained "offline" can only be its Last Will, which the
+    # broker published for it (no wall-clock bound, which a busy machine could break).
+    status = retained(mosquitto.port, device_topic("dev-kill", Channel.STATUS))
+    assert msgspec.json.decode(status)["state"] == "offline"
     fleet.start_agent(spec)
     fleet.wait_for(lambda ds: any(d.id == "dev-kill" and d.online for d in ds), timeout=20)
 
@@ -264,12 +281,12 @@ def test_frozen_agent_goes_offline_by_keepalive_then_recovers(fleet: FleetProces
     frozen_at = time.monotonic()
     proc.send_signal(signal.SIGSTOP)
     try:
-        fleet.wait_for(lambda ds: "dev-frozen" not in online_ids(ds), timeout=10)
+        fleet.wait_for(lambda ds: "dev-frozen" not in online_ids(ds), timeout=30)
         elapsed = time.monotonic() - frozen_at
     finally:
         proc.send_signal(signal.SIGCONT)
-    # Not before the keepalive could expire (so it is the keepalive, not a closed socket), and
-    # within 1.5 x keepalive plus Mosquitto 2.0.11's lag in running its keepalive check,
-    # measured here at 1-6 s (docs/protocol.md).
-    assert KEEPALIVE * 0.9 <= elapsed <= 1.5 * KEEPALIVE + 7, f"offline after {elapsed:.2f}s"
+    # Not before the keepalive could expire (so it is the keepalive, not a closed socket). No
+    # upper bound but the wait's: Mosquitto 2.0.11 runs its keepalive check 1-6 s late
+    # (docs/protocol.md), and a busy machine later still.
+    assert elapsed >= KEEPALIVE * 0.9, f"offline after {elapsed:.2f}s"
     fleet.wait_for(lambda ds: "dev-frozen" in online_ids(ds), timeout=20)

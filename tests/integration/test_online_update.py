@@ -198,6 +198,11 @@ def test_the_governor_holds_the_budget_of_the_signed_desired_document(mosquitto:
         averages = [sum(w for _t, w in win) / len(win) for win in windows]
         assert max(averages) <= 12.0 * 1.05, averages
         assert min(averages) >= 12.0 * 0.6, averages  # and it does not just switch work off
+        # Recorded for `fleetgen-agent generate`, which governs itself with the same budget.
+        from agent.budget import load_budget
+
+        recorded = load_budget(state)
+        assert recorded is not None and (recorded.budget_w, recorded.source) == (12.0, "desired")
         # What it reports: the budget in force in `reported` (retained) and in each sample.
         got: list[Reported] = []
         client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)

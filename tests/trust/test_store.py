@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from agent.manifest import load_manifest, verify_files
@@ -45,10 +46,12 @@ def test_kill_9_at_any_point_of_an_install_leaves_old_or_new(tmp_path: Path) -> 
     took = time.monotonic() - start  # one whole install, as the child does it
     rng = random.Random(4)
     outcomes = set()
-    for _ in range(20):
+
+    def cut(wait: Callable[[Path], None]) -> None:
         old = store.current()
+        assert old is not None
         pid = start_install()
-        time.sleep(rng.uniform(0, took * 1.3))  # cut off at a random instant
+        wait(old)
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         store.recover()  # the next start
@@ -60,7 +63,20 @@ def test_kill_9_at_any_point_of_an_install_leaves_old_or_new(tmp_path: Path) -> 
         assert not leftovers
         kept = {p.name for p in store.bundles.iterdir()}
         assert current.name in kept and len(kept) <= 2
-    assert outcomes == {"old", "new"}  # the cuts fell both before and after the flip
+
+    def after_the_flip(old: Path) -> None:
+        deadline = time.monotonic() + 30
+        while store.current() == old and time.monotonic() < deadline:
+            time.sleep(0.0005)
+
+    for _ in range(20):
+        cut(lambda _old: time.sleep(rng.uniform(0, took * 1.3)))  # cut off at a random instant
+    # Both sides of the flip, whatever the machine's load did to the random instants above:
+    # at once (before it), and as soon as `current` has moved (after it, before the old
+    # bundle is collected).
+    cut(lambda _old: None)
+    cut(after_the_flip)
+    assert outcomes == {"old", "new"}
 
 
 def test_recover_clears_what_a_crash_left_and_keeps_current_and_previous(tmp_path: Path) -> None:
