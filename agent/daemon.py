@@ -503,7 +503,7 @@ class Agent:
         except FleetgenError as e:
             log.warning("power governor tick failed: %s", e)
 
-    def shutdown(self, drain_s: float = 3.0) -> None:
+    def shutdown(self, drain_s: float = 2.0) -> None:
         if self.link.connected:
             # Drain the spool (bounded): what is left is sent by the next start.
             deadline = time.monotonic() + drain_s
@@ -512,10 +512,10 @@ class Agent:
                 time.sleep(0.02)
                 self.pump()
             try:
-                self.link.publish(self.topic(Channel.STATUS), self._status("offline"), qos=1, retain=True, wait=2.0)
+                self.link.publish(self.topic(Channel.STATUS), self._status("offline"), qos=1, retain=True, wait=1.5)
             except FleetgenError as e:
                 log.warning("could not say goodbye: %s", e)
-        self.updates.stop()
+        self.updates.stop(timeout=3.0)
         self.link.stop()
         self.spool.close()
         log.info("agent %s stopped", self.device_id)

@@ -75,12 +75,19 @@ class ApiService:
             raise ApiStartError(self._start_error)
         log.info("API listening on %s", ", ".join(self.addresses))
 
-    def stop(self) -> None:
+    def begin_stop(self) -> None:
+        """Stop listening and start draining; returns at once (safe from a signal handler), so
+        the requests in flight drain while the daemon says goodbye to the broker."""
         loop, stopping = self._loop, self._stopping
         if loop is not None and stopping is not None and self._thread is not None and self._thread.is_alive():
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(stopping.set)
-            self._thread.join(self.settings.drain_s + 5.0)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop and wait for the drain to end (at most `timeout`, default drain_s + 5 s)."""
+        self.begin_stop()
+        if self._thread is not None:
+            self._thread.join(self.settings.drain_s + 5.0 if timeout is None else max(0.0, timeout))
 
     def healthy(self, max_age_s: float = 2.0) -> bool:
         alive = self._thread is not None and self._thread.is_alive()

@@ -12,6 +12,7 @@ import argparse
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
     from firmware.control import PowerController
 
 log = logging.getLogger(__name__)
+
+# SIGTERM to exit: the contract is 10 s (docs/api.md), well inside systemd's stop timeout.
+STOP_WITHIN_S = 9.0
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -82,9 +86,16 @@ def run(args: argparse.Namespace) -> int:
             # says so in the log and in its systemd STATUS line
             log.error("local API not started: %s (set [api] socket, or enabled = false)", e)
 
+    stop_deadline: list[float] = []
+
     def _stop(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
         notifier.stopping()
+        # One deadline for the whole stop (systemd's 10 s): the API drains its requests while
+        # the loop drains the spool and says goodbye, not after it.
+        stop_deadline.append(time.monotonic() + STOP_WITHIN_S)
+        if api is not None:
+            api.begin_stop()
         agent.stop()
 
     signal.signal(signal.SIGTERM, _stop)
@@ -101,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         agent.run()
     finally:
         if api is not None:
-            api.stop()
+            api.stop(timeout=stop_deadline[0] - time.monotonic() if stop_deadline else None)
             api.host.close()
         notifier.close()
     return 0
