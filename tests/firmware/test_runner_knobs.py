@@ -43,7 +43,8 @@ def test_ok_failed_denied_and_timeout(fake_tools: Tools) -> None:
     assert denied.outcome == "denied" and "privileges" in denied.explanation
     start = time.monotonic()
     slow = runner.run(["slow"], timeout_s=0.2)
-    assert slow.outcome == "timeout" and time.monotonic() - start < 3
+    # The bound is the child's own 5 s, not a speed: the runner did not wait for it to end.
+    assert slow.outcome == "timeout" and time.monotonic() - start < 5
     assert "did not finish within 0.2 s" in slow.explanation
 
 
