@@ -31,7 +31,8 @@ class DirectorPublisher:
 
     def direct(self, devices: Iterable[str], *, target: str | None = KEEP,
                power_budget_w: float | None = KEEP) -> dict[str, int]:
-        """Sign and publish the next document for each device; returns their versions."""
+        """Sign and publish the next document for each device; returns their versions (revoked
+        devices are left out)."""
         refs: dict[str, TargetRef] = {}
 
         def ref(path: str | None) -> TargetRef | None:
@@ -41,8 +42,16 @@ class DirectorPublisher:
                 refs[path] = self.director.repo.target_ref(path)
             return refs[path]
 
+        devices = list(devices)
+        # A revoked device gets no more documents, whoever asks (a rollout that read its plan
+        # just before the revocation, the power allocator, the web API).
+        revoked = self.desired.revoked(devices)
+        if revoked:
+            log.warning("not directing %d revoked device(s): %s", len(revoked), ", ".join(sorted(revoked)[:5]))
         versions: dict[str, int] = {}
         for device in devices:
+            if device in revoked:
+                continue
             view = self.desired.next_version(device, target=target, power_budget_w=power_budget_w,
                                              floor=self.director.legacy_version(device), now=self.clock())
             envelope = self.director.signed(device, view.version, ref(view.target),

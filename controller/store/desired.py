@@ -64,6 +64,12 @@ class DesiredRepository:
             row = conn.execute(stmt).one()
         return DesiredView(row.device_id, row.version, row.target, row.power_budget_w)
 
+    def revoked(self, device_ids: Iterable[str]) -> set[str]:
+        """Those of `device_ids` revoked by `fleetgen device revoke`: no document is signed for them."""
+        from controller.store.devices import revoked_among
+
+        return revoked_among(self.engine, device_ids)
+
     def get(self, device_id: str) -> DesiredView | None:
         return self.many([device_id]).get(device_id)
 
