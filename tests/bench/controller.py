@@ -13,7 +13,7 @@
    failures, and the controller's CPU and memory meanwhile (from /proc).
 
     python tests/bench/controller.py [--devices 5000] [--window 20] [--interval 2]
-                                     [--samples-per-batch 20] [--rollout-devices 1000]
+                                     [--samples-per-batch 10] [--rollout-devices 1000]
                                      [--pg URL | --no-pg] [--out FILE]
 
 Prints a table and writes tests/bench/results/controller.json.
@@ -25,6 +25,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -40,6 +41,7 @@ import msgspec  # noqa: E402
 
 from controller.demo.brokers import Mosquitto  # noqa: E402
 from tests.controller.fleetworld import FleetWorld, make_repo, wait_until  # noqa: E402
+
 
 class BenchWorld(FleetWorld):
     """The test fleet's controller with the default MQTT keepalive (30 s): the tests' 5 s
@@ -142,7 +144,9 @@ def stored(world: FleetWorld) -> int:
 
 
 def ingest(work: Path, repo: Path, db_url: str, args: argparse.Namespace, label: str) -> dict[str, Any]:
-    broker = Mosquitto(workdir=work / "mosquitto", extra_conf="max_queued_messages 200000")
+    # Production-like persistence (Mosquitto's default autosave_interval is 1800 s; the test
+    # fixture saves every second), and room for the controller's backlog while it catches up.
+    broker = Mosquitto(workdir=work / "mosquitto", extra_conf="autosave_interval 1800\nmax_queued_messages 200000")
     broker.start()
     ctx = multiprocessing.get_context("spawn")
     counts = ctx.Array("q", 2, lock=False)
@@ -160,7 +164,7 @@ def ingest(work: Path, repo: Path, db_url: str, args: argparse.Namespace, label:
         world.start_fleet(args.devices, "--telemetry-interval", str(args.interval), "--samples-per-batch",
                           str(args.samples_per_batch), "--duration", str(args.duration),
                           "--processes", str(args.processes), "--stats", str(stats))
-        world.wait_online(args.devices, timeout=args.duration)
+        world.wait_online(args.devices, timeout=600)  # 5,000 connections on a busy machine take a while
         online_s = time.monotonic() - t_start
         time.sleep(args.interval * 2)  # every device has started its telemetry cycle
         pid = world.procs["controller"].pid
@@ -174,14 +178,20 @@ def ingest(work: Path, repo: Path, db_url: str, args: argparse.Namespace, label:
         raw1, stored1, t1 = counts[1], stored(world), time.monotonic()
         usage = sampler.stop()
         window = t1 - t0
-        sim = world.procs["simulate"]
-        sim.wait(timeout=args.duration + 120)
-        world.procs.pop("simulate")
+        print(f"  {label}: stored {(stored1 - stored0) / window:,.0f}/s, raw {(raw1 - raw0) / window:,.0f}/s "
+              f"over {window:.0f} s; stopping the simulator", file=sys.stderr)
+        world.kill("simulate", signal.SIGTERM)  # it says offline and writes its stats
         sent = int(json.loads(stats.read_text())["samples_sent"])
-        t_drain = time.monotonic()
-        wait_until(f"{sent} samples stored", lambda: stored(world) >= sent, 300, alive=world.check_alive)
-        drain_s = time.monotonic() - t_drain
+        # The controller drains what the broker queued for it; stop waiting once it stalls.
+        t_drain = last_change = time.monotonic()
         final = stored(world)
+        while final < sent and time.monotonic() - last_change < 30:
+            time.sleep(1)
+            world.check_alive()
+            now_stored = stored(world)
+            if now_stored != final:
+                final, last_change = now_stored, time.monotonic()
+        drain_s = time.monotonic() - t_drain
         raw_total = counts[1]
     finally:
         world.stop()
@@ -209,7 +219,7 @@ def pg_database(url: str) -> tuple[str, Any] | None:
         with admin.begin() as c:
             schema = f"bench_{uuid.uuid4().hex[:10]}"
             c.execute(text(f"create schema {schema}"))
-    except Exception as e:  # noqa: BLE001 - no server: the bench says so and goes on
+    except Exception as e:
         print(f"PostgreSQL at {url}: {type(e).__name__}: {e}; skipped", file=sys.stderr)
         admin.dispose()
         return None
@@ -261,9 +271,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--devices", type=int, default=5000)
     ap.add_argument("--interval", type=float, default=2.0, help="telemetry interval of each device (s)")
-    ap.add_argument("--samples-per-batch", type=int, default=20)
+    ap.add_argument("--samples-per-batch", type=int, default=10)
     ap.add_argument("--window", type=float, default=20.0, help="measurement window (s)")
-    ap.add_argument("--duration", type=float, default=0.0, help="simulator run time (default: fit the window)")
     ap.add_argument("--processes", type=int, default=2, help="simulator worker processes")
     ap.add_argument("--rollout-devices", type=int, default=1000)
     ap.add_argument("--pg", default=PG_URL, help="PostgreSQL server URL")
@@ -271,8 +280,7 @@ def main() -> int:
     ap.add_argument("--skip", action="append", default=[], choices=("sqlite", "pg", "rollout"))
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
-    if not args.duration:
-        args.duration = args.window + 150.0  # connecting 5,000 clients on a busy machine takes a while
+    args.duration = 3600.0  # the simulator is stopped after the window
     result: dict[str, Any] = {"machine": f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at start "
                                          "(shared with other work)"}
     with tempfile.TemporaryDirectory(prefix="fleetgen-bench-controller-") as tmp:
@@ -315,8 +323,8 @@ def report(result: dict[str, Any]) -> None:
               f"window {r['window_s']:.0f} s")
         print(f"  stored by the controller  {r['samples_per_s']:10,.0f} samples/s")
         print(f"  raw paho subscriber       {r['raw_samples_per_s']:10,.0f} samples/s")
-        print(f"  ratio to raw              {r['ratio_to_raw']:10.2f}   (target >= 0.5{', >= 10,000/s' if r['db'] == 'sqlite' else ''}: "
-              f"{'ok' if ok else 'MISSED'})")
+        target = "target >= 0.5" + (", >= 10,000/s" if r["db"] == "sqlite" else "")
+        print(f"  ratio to raw              {r['ratio_to_raw']:10.2f}   ({target}: {'ok' if ok else 'MISSED'})")
         print(f"  sent {r['samples_sent']:,}, stored {r['samples_stored']:,} (lost {r['lost']}, doubled "
               f"{r['doubled']}), drained {r['drain_s']:.1f} s after the simulator stopped")
         c = r["controller"]
