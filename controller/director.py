@@ -63,11 +63,14 @@ class Director:
 
     def legacy_version(self, device_id: str) -> int:
         """The highest version versions.json holds for the device (0 if none)."""
+        return self.legacy_versions().get(device_id, 0)
+
+    def legacy_versions(self) -> dict[str, int]:
+        """What versions.json holds (empty if there is none): read once per wave, not per device."""
         try:
-            versions = msgspec.json.decode(self._versions_file.read_bytes(), type=dict[str, int])
+            return msgspec.json.decode(self._versions_file.read_bytes(), type=dict[str, int])
         except (FileNotFoundError, msgspec.DecodeError):
-            return 0
-        return versions.get(device_id, 0)
+            return {}
 
     def sign(self, state: DesiredState) -> SignedEnvelope:
         """Sign an already built desired state (exact bytes; see agent.trust.dsse)."""

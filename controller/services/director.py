@@ -48,12 +48,15 @@ class DirectorPublisher:
         revoked = self.desired.revoked(devices)
         if revoked:
             log.warning("not directing %d revoked device(s): %s", len(revoked), ", ".join(sorted(revoked)[:5]))
+        directed = [d for d in devices if d not in revoked]
+        if not directed:
+            return {}
+        # One transaction for all the versions (a wave of 500 is one commit, not 500).
+        views = self.desired.next_versions(directed, target=target, power_budget_w=power_budget_w,
+                                           floors=self.director.legacy_versions(), now=self.clock())
         versions: dict[str, int] = {}
-        for device in devices:
-            if device in revoked:
-                continue
-            view = self.desired.next_version(device, target=target, power_budget_w=power_budget_w,
-                                             floor=self.director.legacy_version(device), now=self.clock())
+        for device in directed:
+            view = views[device]
             envelope = self.director.signed(device, view.version, ref(view.target),
                                             power_budget_w=view.power_budget_w, now=self.clock())
             publish_desired(self.transport, device, envelope)

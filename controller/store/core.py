@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 from sqlalchemy import (
@@ -21,14 +21,11 @@ from sqlalchemy import (
     Float,
     Integer,
     String,
-    Table,
     Text,
-    bindparam,
     create_engine,
     event,
     inspect,
     select,
-    update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, OperationalError
@@ -96,13 +93,6 @@ class EventRow(Base):
     level: Mapped[str] = mapped_column(String(16))
     message: Mapped[str] = mapped_column(Text, default="")
     details: Mapped[dict[str, Any]] = mapped_column(JSON)
-
-
-# What the ingest writes to a device for its telemetry (an executemany over the batch's devices).
-_DEVICES = cast(Table, DeviceRow.__table__)
-_TELEMETRY_UPDATE = (update(_DEVICES).where(_DEVICES.c.id == bindparam("b_id"))
-                     .values(last_seen=bindparam("b_seen"), demand_w=bindparam("b_demand"),
-                             last_sample=bindparam("b_sample")))
 
 
 # -- enrollment (controller.enroll): one-time tokens and the certificates issued for them --
@@ -186,6 +176,10 @@ _JSON = msgspec.json.Encoder()
 # per-row parameter processing and JSON encoding cost more than the database's insert.
 # SQLite: executemany over tuples; PostgreSQL: one INSERT ... SELECT over a JSON array.
 _SQLITE_SAMPLES = "INSERT INTO telemetry (device_id, seq, ts, sample) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
+# What telemetry changes on its device (last seen, demand, last sample), for the batch's devices.
+_SQLITE_TOUCH = "UPDATE devices SET last_seen = ?, demand_w = ?, last_sample = ? WHERE id = ?"
+_PG_TOUCH = ("UPDATE devices AS d SET last_seen = (r->>1)::float8, demand_w = (r->>2)::float8, last_sample = r->3 "
+             "FROM json_array_elements(%s::json) AS r WHERE d.id = r->>0")
 _PG_SAMPLES = ("INSERT INTO telemetry (device_id, seq, ts, sample) "
                "SELECT r->>0, (r->>1)::bigint, (r->>2)::float8, r->3 FROM json_array_elements(%s::json) AS r "
                "ON CONFLICT DO NOTHING")
@@ -314,7 +308,7 @@ class Store:
                                 DEMAND_ALPHA * s.power_w + (1 - DEMAND_ALPHA) * demand)
                     state[0] = max(state[0], item.received)
                     state[1] = demand
-                    state[2] = msgspec.to_builtins(msg.samples[-1])
+                    state[2] = msg.samples[-1]
                     continue
                 row = device_row(item)
                 if isinstance(msg, Status):
@@ -340,7 +334,7 @@ class Store:
                 last_seen, demand, last_sample = touched.pop(device_id)
                 row = rows[device_id]
                 row.last_seen = max(row.last_seen or 0.0, last_seen)
-                row.demand_w, row.last_sample = demand, last_sample
+                row.demand_w, row.last_sample = demand, msgspec.to_builtins(last_sample)
             session.flush()
             conn = session.connection()
             if samples:
@@ -352,8 +346,11 @@ class Store:
                     conn.exec_driver_sql(_SQLITE_SAMPLES, [(d, q, t, _JSON.encode(x).decode())
                                                            for d, q, t, x in samples])
             if touched:
-                conn.execute(_TELEMETRY_UPDATE, [{"b_id": d, "b_seen": v[0], "b_demand": v[1], "b_sample": v[2]}
-                                                 for d, v in touched.items()])
+                if self.engine.dialect.name == "postgresql":
+                    conn.exec_driver_sql(_PG_TOUCH, (_JSON.encode([(d, *v) for d, v in touched.items()]).decode(),))
+                else:
+                    conn.exec_driver_sql(_SQLITE_TOUCH, [(v[0], v[1], _JSON.encode(v[2]).decode(), d)
+                                                         for d, v in touched.items()])
             if events:
                 conn.execute(_insert_ignore(self.engine, EventRow.__table__), events)
         return ApplyResult(unknown_device=unknown)

@@ -169,14 +169,18 @@ def ingest(work: Path, repo: Path, db_url: str, args: argparse.Namespace, label:
         time.sleep(args.interval * 2)  # every device has started its telemetry cycle
         pid = world.procs["controller"].pid
         sampler = Sampler(pid)
+        assert raw.pid is not None
+        raw_sampler = Sampler(raw.pid)
         raw0, stored0, t0 = counts[1], stored(world), time.monotonic()
         sampler.start()
+        raw_sampler.start()
         while time.monotonic() - t0 < args.window:
             time.sleep(1)
             sampler.poll()
             world.check_alive()
         raw1, stored1, t1 = counts[1], stored(world), time.monotonic()
         usage = sampler.stop()
+        raw_usage = raw_sampler.stop()
         window = t1 - t0
         print(f"  {label}: stored {(stored1 - stored0) / window:,.0f}/s, raw {(raw1 - raw0) / window:,.0f}/s "
               f"over {window:.0f} s; stopping the simulator", file=sys.stderr)
@@ -206,7 +210,11 @@ def ingest(work: Path, repo: Path, db_url: str, args: argparse.Namespace, label:
         "ratio_to_raw": samples_per_s / raw_per_s if raw_per_s else 0.0,
         "samples_sent": sent, "samples_stored": final, "raw_received": raw_total,
         "lost": sent - final if final < sent else 0, "doubled": final - sent if final > sent else 0,
-        "drain_s": drain_s, "controller": usage,
+        "drain_s": drain_s, "controller": usage, "raw_subscriber": raw_usage,
+        # What each got done per second of CPU it was given: on a machine shared with other work
+        # the rates above also measure each process's share of the cores.
+        "samples_per_cpu_s": samples_per_s / (usage["cpu_pct"] / 100) if usage["cpu_pct"] else 0.0,
+        "raw_samples_per_cpu_s": raw_per_s / (raw_usage["cpu_pct"] / 100) if raw_usage["cpu_pct"] else 0.0,
     }
 
 
@@ -327,8 +335,11 @@ def report(result: dict[str, Any]) -> None:
         print(f"  ratio to raw              {r['ratio_to_raw']:10.2f}   ({target}: {'ok' if ok else 'MISSED'})")
         print(f"  sent {r['samples_sent']:,}, stored {r['samples_stored']:,} (lost {r['lost']}, doubled "
               f"{r['doubled']}), drained {r['drain_s']:.1f} s after the simulator stopped")
-        c = r["controller"]
-        print(f"  controller CPU {c['cpu_pct']:.0f}% of a core, RSS peak {c['rss_peak_mb']:.0f} MiB")
+        c, w = r["controller"], r["raw_subscriber"]
+        print(f"  controller CPU {c['cpu_pct']:.0f}% of a core, RSS peak {c['rss_peak_mb']:.0f} MiB; "
+              f"raw subscriber CPU {w['cpu_pct']:.0f}%")
+        print(f"  per CPU-second: controller {r['samples_per_cpu_s']:,.0f} samples, raw "
+              f"{r['raw_samples_per_cpu_s']:,.0f}")
     r = result.get("rollout")
     if r:
         c = r["controller"]
