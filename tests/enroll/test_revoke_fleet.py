@@ -63,7 +63,7 @@ def enrolled(enrollment: Enrollment, device: str) -> None:
 
 
 def test_a_revoked_device_leaves_groups_rollouts_and_the_director(
-        store: Store, ca: CertificateAuthority, fleet_repo: Path) -> None:
+        store: Store, ca: CertificateAuthority, fleet_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     clock = Clock()
     register(store, clock.now)
     enrollment = Enrollment(store, ca, clock=clock)
@@ -114,6 +114,11 @@ def test_a_revoked_device_leaves_groups_rollouts_and_the_director(
     assert final.counts() == {"committed": 3, "revoked": 2}
     assert final.devices["rv-0"].detail.endswith("device revoked (was pending)")
     assert final.devices["rv-3"].detail == "device revoked (was waiting)"
+
+    capsys.readouterr()
+    assert fleetgen(["rollout", "status", str(view.id), "--db", store.engine.url.render_as_string()]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[-1] == "REVOKED" and [line.split()[-1] for line in lines[2:]] == ["1", "1"]
 
     # Whoever asks (power allocator, web API, a rollback), the director signs nothing for them.
     assert publisher.direct(["rv-0", "rv-1"], target="tiny-1.0.0.fgb") == {"rv-1": 2}
