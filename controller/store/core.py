@@ -252,10 +252,10 @@ class Store:
         """Write a batch of documents in one transaction.
 
         A few statements per batch whatever its size (this is the ingest's hot path, see
-        tests/bench/controller.py): the batch's devices are read in one query; samples and
-        events are inserted with one executemany each, "on conflict do nothing", so (device,
-        seq) is stored once; telemetry's updates of the devices (last seen, last sample,
-        demand) are one executemany; only status and reported documents go through the ORM.
+        tests/bench/controller.py): the batch's devices are read in one or two queries; samples
+        and events are inserted in one statement each, "on conflict do nothing", so (device,
+        seq) is stored once; telemetry's updates of its devices (last seen, last sample, demand)
+        are one more; only status and reported documents go through the ORM.
 
         Telemetry of a device the registry does not know (it never said status or reported)
         is dropped and counted: nothing lands in the store for an id nobody registered."""
