@@ -216,6 +216,14 @@ def open_existing(url: str) -> Store:
         raise NoDatabaseError(
             f"database {store.engine.url!r} holds no controller tables (`fleetgen serve` creates them)"
         )
+    from controller.store.migrate import current, head
+
+    # A read-only command does not migrate; an older schema would fail on its first query.
+    have, want = current(store.engine), head()
+    if have != want:
+        store.close()
+        raise StoreError(f"database {store.engine.url!r} has schema {have or 'from before migrations'}, "
+                         f"this fleetgen needs {want}: run `fleetgen db upgrade`")
     return store
 
 
