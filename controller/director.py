@@ -5,12 +5,12 @@ targets metadata), carries a per-device monotonic version and an expiry, and is 
 with the director key (an online key; its public half is pinned in root). The controller
 publishes it retained on `dev/{id}/desired`.
 
-The controller keeps each device's version in its store (controller/store/desired.py: one
-transactional counter per device, shared by replicas); `signed` signs for a version the
-caller took from there. `desired` is the standalone path of `fleetgen director set`: it
-counts in REPO/director/versions.json (atomic writes), and the store's counter never goes
-below what that file says (`legacy_version`), so the two never hand out the same number
-to a device on one controller.
+Each device's version comes from the controller's store (controller/store/desired.py: one
+transactional counter per device, shared by replicas): the rollouts, the power allocator,
+the web API and `fleetgen director set` take it from there and `signed` signs for it.
+REPO/director/versions.json, where `director set` counted before it used the store, is
+only read: the store's counter never goes below what it says (`legacy_version`).
+`desired` counts in that file still, for tests and tools that sign without a store.
 """
 
 from __future__ import annotations
@@ -63,11 +63,14 @@ class Director:
 
     def legacy_version(self, device_id: str) -> int:
         """The highest version versions.json holds for the device (0 if none)."""
+        return self.legacy_versions().get(device_id, 0)
+
+    def legacy_versions(self) -> dict[str, int]:
+        """What versions.json holds (empty if there is none): read once per wave, not per device."""
         try:
-            versions = msgspec.json.decode(self._versions_file.read_bytes(), type=dict[str, int])
+            return msgspec.json.decode(self._versions_file.read_bytes(), type=dict[str, int])
         except (FileNotFoundError, msgspec.DecodeError):
-            return 0
-        return versions.get(device_id, 0)
+            return {}
 
     def sign(self, state: DesiredState) -> SignedEnvelope:
         """Sign an already built desired state (exact bytes; see agent.trust.dsse)."""
@@ -83,7 +86,8 @@ class Director:
         expires_in_s: float = DEFAULT_EXPIRY_S,
         now: float | None = None,
     ) -> SignedEnvelope:
-        """A signed desired state for `device_id` naming published target `target`."""
+        """A signed desired state for `device_id` naming published target `target`, its version
+        counted in versions.json (no store: tests and tools; the controller uses `signed`)."""
         validate_device_id(device_id)
         ref = self.repo.target_ref(target) if target is not None else None
         return self.signed(device_id, self._next_version(device_id), ref, config=config,

@@ -44,6 +44,7 @@ from agent.protocol import validate_device_id
 from controller.config import ControllerConfig
 from controller.pki import CertificateAuthority, CsrRefused, PkiError, cert_pem
 from controller.store import DeviceCertRow, DeviceRow, EnrollTokenRow, Store
+from controller.store.views import Revoked
 
 log = logging.getLogger(__name__)
 
@@ -62,24 +63,42 @@ class TokenRefused(EnrollError):
 
 
 class Membership(Protocol):
-    """Where enrolled devices join groups and revoked ones leave groups and rollouts.
-
-    The fleet registry (groups, rollouts) plugs in here; until it does, `NoMembership`
-    logs what it would have done.
-    """
+    """Where enrolled devices join groups and revoked ones leave groups and rollouts."""
 
     def joined(self, device_id: str, group: str | None) -> None: ...
 
-    def removed(self, device_id: str) -> None: ...
+    def removed(self, device_id: str) -> Revoked: ...
 
 
-class NoMembership:
+class FleetMembership:
+    """The store's groups and rollouts (controller/store): an enrolled device joins the group
+    its token names (as an explicit member); a revoked one is marked revoked, which takes it
+    out of every group (rule-based ones too), every unfinished rollout and the director."""
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+
     def joined(self, device_id: str, group: str | None) -> None:
-        if group:
-            log.info("device %s asked for group %s; this controller has no group registry yet", device_id, group)
+        if not group:
+            return
+        from controller.fleet.errors import FleetError
+        from controller.store.views import GroupRule
 
-    def removed(self, device_id: str) -> None:
-        log.info("device %s revoked; no groups or rollouts to remove it from", device_id)
+        groups = self.store.repos.groups
+        try:
+            groups.create(group, now=self.clock())
+            log.info("group %s created for %s (named by its enrollment token)", group, device_id)
+        except FleetError:
+            pass  # it exists
+        groups.add(group, [GroupRule("device", device_id)])
+        log.info("device %s joined group %s", device_id, group)
+
+    def removed(self, device_id: str) -> Revoked:
+        out = self.store.repos.devices.revoke(device_id, self.clock())
+        log.info("device %s revoked: out of groups %s and rollouts %s", device_id,
+                 ", ".join(out.groups) or "(none by id)", ", ".join(map(str, out.rollouts)) or "(none)")
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +115,7 @@ class Revocation:
     already: int  # certificates that were revoked before
     tokens_cancelled: int
     crl: Path
+    fleet: Revoked  # the groups and rollouts it left
 
 
 def iso_utc(ts: float) -> str:
@@ -108,7 +128,7 @@ class Enrollment:
         self.store = store
         self.ca = ca
         self.cert_days = cert_days
-        self.membership = membership or NoMembership()
+        self.membership = membership or FleetMembership(store, clock)
         self.clock = clock
 
     def add_device(self, device_id: str, *, ttl_s: float = 86400, group: str | None = None) -> NewToken:
@@ -160,10 +180,15 @@ class Enrollment:
                 raise TokenRefused(f"the token for {row.device_id!r} was already used")
             s.add(DeviceCertRow(serial=f"{cert.serial_number:x}", device_id=row.device_id, issued=now,
                                 not_after=cert.not_valid_after_utc.timestamp(), revoked=None))
-            if s.get(DeviceRow, row.device_id) is None:
+            device = s.get(DeviceRow, row.device_id)
+            if device is None:
                 # Listed (offline, never seen) from enrollment on, before its first message.
                 s.add(DeviceRow(id=row.device_id, board="", agent_version="", online=False, status_ts=0.0,
                                 first_seen=now, last_seen=0.0, health="unknown", desired_version=0))
+            elif device.revoked is not None:
+                # Revoked before, enrolled again with a new token: back in the fleet.
+                device.revoked = None
+                log.info("%s was revoked and enrolled again: back in the fleet", row.device_id)
             group = row.group_name
         self.membership.joined(token.device_id, group)
         log.info("enrolled %s: certificate serial %x, valid until %s", token.device_id, cert.serial_number,
@@ -186,8 +211,8 @@ class Enrollment:
                 c.revoked = now
             serials = tuple(c.serial for c in fresh)
         crl = self.write_crl()
-        self.membership.removed(device_id)
-        return Revocation(device_id, serials, len(certs) - len(serials), n_cancelled, crl)
+        fleet = self.membership.removed(device_id)
+        return Revocation(device_id, serials, len(certs) - len(serials), n_cancelled, crl, fleet)
 
     def write_crl(self) -> Path:
         with Session(self.store.engine) as s:

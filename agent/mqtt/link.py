@@ -101,6 +101,10 @@ class Will:
     retain: bool = True
 
 
+def _network_thread_writes(client: paho.Client, userdata: object, sock: object) -> None:
+    """paho's socket-write hook: nothing to do, `loop()` in the network thread writes."""
+
+
 class MqttLink:
     def __init__(
         self,
@@ -110,11 +114,16 @@ class MqttLink:
         subscriptions: Sequence[tuple[str, int]] = (),
         will: Will | None = None,
         manual_ack: bool = False,
+        receive_maximum: int | None = None,
     ) -> None:
         self.settings = settings.check()
         # With manual acks, a QoS 1 message that goes to the inbox is acknowledged only when
         # the owner calls `ack` (e.g. after committing it), so the broker keeps it until then.
         self.manual_ack = manual_ack
+        # MQTT 5 Receive Maximum: how many unacknowledged QoS 1 messages the broker may send
+        # us. Without it Mosquitto sends 20, so an owner that acks a batch after committing it
+        # gets 20 messages per commit.
+        self.receive_maximum = receive_maximum
         self.broker = settings.broker()
         self.client_id = client_id
         self.inbox = inbox
@@ -177,11 +186,13 @@ class MqttLink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        # Without loop_start, paho writes a publish to the socket in the caller's thread while
-        # ours may be reading it: over TLS that corrupts the stream ("bad record mac", the
-        # broker drops the link). With a write callback registered, publish only wakes our
-        # loop (paho's socket pair) and the network thread does all the socket I/O.
-        client.on_socket_register_write = lambda _client, _userdata, _sock: None
+        # Only the network thread writes to the socket. paho takes our own loop for "not
+        # threaded" and has publish()/ack() from other threads write the socket themselves,
+        # concurrently with loop(): over TLS that corrupts the stream ("bad record mac", the
+        # broker drops the link), and in plain TCP interleaved packets stalled a busy
+        # controller's ingest (tests/bench/controller.py). With a socket-write hook set, paho
+        # only queues the packet and wakes loop() through its socket pair.
+        client.on_socket_register_write = _network_thread_writes
         return client
 
     # -- paho callbacks (network thread: enqueue only) ------------------------------
@@ -244,6 +255,8 @@ class MqttLink:
         if self.v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self.settings.session_expiry
+            if self.receive_maximum is not None:
+                props.ReceiveMaximum = self.receive_maximum
             self._client.connect(
                 self.broker.host, self.broker.port, self.settings.keepalive,
                 clean_start=False, properties=props,

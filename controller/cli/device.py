@@ -108,6 +108,8 @@ def run_revoke(args: argparse.Namespace) -> int:
     if done.tokens_cancelled:
         what += f", cancelled {done.tokens_cancelled} open token(s)"
     print(what)
+    print(f"{done.device_id}: out of every group (explicitly in: {', '.join(done.fleet.groups) or 'none'}) and "
+          f"of unfinished rollouts ({', '.join(map(str, done.fleet.rollouts)) or 'none'}); no more director documents")
     print(f"CRL re-signed: {done.crl}; the broker refuses {done.device_id} from its next reload "
           "(fleetgen-crl.path does it; by hand: systemctl reload mosquitto)", file=sys.stderr)
     return 0
@@ -116,16 +118,17 @@ def run_revoke(args: argparse.Namespace) -> int:
 def run_ls(args: argparse.Namespace) -> int:
     store = open_store(args)
     try:
-        details = [store.repos.devices.detail(d) for d in store.repos.devices.ids()]
+        details = store.repos.devices.list()
     finally:
         store.close()
     if args.json:
         emit_json("devices", [{"id": d.id, "board": d.board, "online": d.online, "last_seen": d.last_seen,
                                "active_bundle": d.active_bundle, "health": d.health, "tags": list(d.tags),
-                               "power_budget_w": d.power_budget_w} for d in details])
+                               "power_budget_w": d.power_budget_w, "revoked": d.revoked} for d in details])
         return 0
     print(table(("DEVICE", "BOARD", "STATUS", "BUNDLE", "HEALTH", "BUDGET W", "TAGS"),
-                [(d.id, d.board, "online" if d.online else "offline", d.active_bundle, d.health,
+                [(d.id, d.board, "revoked" if d.revoked else "online" if d.online else "offline",
+                  d.active_bundle, d.health,
                   d.power_budget_w, ",".join(d.tags)) for d in details]))
     return 0
 
@@ -138,7 +141,7 @@ def run_show(args: argparse.Namespace) -> int:
         store.close()
     doc = {"id": d.id, "board": d.board, "online": d.online, "last_seen": d.last_seen,
            "agent_version": d.agent_version, "active_bundle": d.active_bundle, "health": d.health,
-           "tags": list(d.tags), "labels": dict(d.labels), "desired": {
+           "revoked": d.revoked, "tags": list(d.tags), "labels": dict(d.labels), "desired": {
                "version": d.desired_version, "target": d.desired_target, "power_budget_w": d.power_budget_w},
            "last_sample": d.last_sample, "reported": d.reported}
     if args.json:
@@ -147,7 +150,7 @@ def run_show(args: argparse.Namespace) -> int:
     seen = f"{max(0, int(time.time() - d.last_seen))}s ago" if d.last_seen else "never"
     sample = d.last_sample or {}
     lines = [
-        f"device     {d.id} ({'online' if d.online else 'offline'}, seen {seen})",
+        f"device     {d.id} ({'revoked' if d.revoked else 'online' if d.online else 'offline'}, seen {seen})",
         f"board      {d.board or '-'}   agent {d.agent_version or '-'}",
         f"running    {d.active_bundle or '-'}   health {d.health}",
         f"desired    v{d.desired_version or 0} -> {d.desired_target or '-'}   budget {d.power_budget_w or '-'} W",

@@ -115,9 +115,9 @@ def run_status(args: argparse.Namespace) -> int:
             counts[r] = counts.get(r, 0) + 1
         mark = "*" if i == view.current_wave and view.status in ("running", "paused") else ""
         rows.append((f"{i + 1}{mark}", len(wave), *(counts.get(k, 0) for k in
-                     ("waiting", "pending", "committed", "failed", "timed_out", "rolled_back"))))
-    print(table(("WAVE", "DEVICES", "WAITING", "PENDING", "COMMITTED", "FAILED", "TIMED OUT", "ROLLED BACK"),
-                rows))
+                     ("waiting", "pending", "committed", "failed", "timed_out", "rolled_back", "revoked"))))
+    print(table(("WAVE", "DEVICES", "WAITING", "PENDING", "COMMITTED", "FAILED", "TIMED OUT", "ROLLED BACK",
+                 "REVOKED"), rows))
     return 0
 
 

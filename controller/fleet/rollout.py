@@ -56,6 +56,7 @@ class DeviceResult(StrEnum):
     FAILED = "failed"
     TIMED_OUT = "timed_out"
     ROLLED_BACK = "rolled_back"  # directed back to its previous bundle by the rollout
+    REVOKED = "revoked"  # `fleetgen device revoke`: left the rollout; neither committed nor failed
 
     @property
     def failed(self) -> bool:
@@ -212,15 +213,18 @@ def decide(snap: RolloutSnapshot, now: float) -> Decision:
     """The one next step of a rollout."""
     if snap.status.finished:
         return Wait(f"rollout {snap.status.value}")
+    # A revoked device has left the rollout: it is never directed (nor directed back) again,
+    # and a wave's gate counts only the devices still in it.
+    gone = (DeviceResult.WAITING, DeviceResult.REVOKED)
     reached = [d for wave in snap.waves[: snap.current_wave + 1] for d in wave
-               if snap.results.get(d, DeviceResult.WAITING) is not DeviceResult.WAITING]
+               if snap.results.get(d, DeviceResult.WAITING) not in gone]
     if snap.status is RolloutStatus.ABORTING:
         return Abort(tuple(d for d in reached if snap.results[d] is not DeviceResult.ROLLED_BACK))
     if snap.status is RolloutStatus.PAUSED:
         return Wait("paused")
     if snap.current_wave >= len(snap.waves):
         return Complete()
-    wave = snap.waves[snap.current_wave]
+    wave = _remaining(snap, snap.waves[snap.current_wave])
     if snap.wave_started is None:
         return StartWave(snap.current_wave, wave)
     results = [snap.results.get(d, DeviceResult.PENDING) for d in wave]
@@ -236,8 +240,13 @@ def decide(snap: RolloutSnapshot, now: float) -> Decision:
             return TimeOut(pending)
         return Wait(f"wave {snap.current_wave + 1}: {len(pending)} of {len(wave)} devices pending")
     if snap.current_wave + 1 < len(snap.waves):
-        return StartWave(snap.current_wave + 1, snap.waves[snap.current_wave + 1])
+        return StartWave(snap.current_wave + 1, _remaining(snap, snap.waves[snap.current_wave + 1]))
     return Complete()
+
+
+def _remaining(snap: RolloutSnapshot, wave: tuple[str, ...]) -> tuple[str, ...]:
+    """The wave's devices that have not been revoked."""
+    return tuple(d for d in wave if snap.results.get(d) is not DeviceResult.REVOKED)
 
 
 def result_of(kind: str) -> DeviceResult | None:

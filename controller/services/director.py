@@ -31,7 +31,8 @@ class DirectorPublisher:
 
     def direct(self, devices: Iterable[str], *, target: str | None = KEEP,
                power_budget_w: float | None = KEEP) -> dict[str, int]:
-        """Sign and publish the next document for each device; returns their versions."""
+        """Sign and publish the next document for each device; returns their versions (revoked
+        devices are left out)."""
         refs: dict[str, TargetRef] = {}
 
         def ref(path: str | None) -> TargetRef | None:
@@ -41,10 +42,21 @@ class DirectorPublisher:
                 refs[path] = self.director.repo.target_ref(path)
             return refs[path]
 
+        devices = list(devices)
+        # A revoked device gets no more documents, whoever asks (a rollout that read its plan
+        # just before the revocation, the power allocator, the web API).
+        revoked = self.desired.revoked(devices)
+        if revoked:
+            log.warning("not directing %d revoked device(s): %s", len(revoked), ", ".join(sorted(revoked)[:5]))
+        directed = [d for d in devices if d not in revoked]
+        if not directed:
+            return {}
+        # One transaction for all the versions (a wave of 500 is one commit, not 500).
+        views = self.desired.next_versions(directed, target=target, power_budget_w=power_budget_w,
+                                           floors=self.director.legacy_versions(), now=self.clock())
         versions: dict[str, int] = {}
-        for device in devices:
-            view = self.desired.next_version(device, target=target, power_budget_w=power_budget_w,
-                                             floor=self.director.legacy_version(device), now=self.clock())
+        for device in directed:
+            view = views[device]
             envelope = self.director.signed(device, view.version, ref(view.target),
                                             power_budget_w=view.power_budget_w, now=self.clock())
             publish_desired(self.transport, device, envelope)

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 _BATCH_MAX = 2000
 _BATCH_WAIT_S = 0.2
+RECEIVE_MAXIMUM = 3 * _BATCH_MAX // 2
 FUTURE_SLACK_S = 300.0  # device clocks drift; a sample more than 5 minutes ahead is impossible
 
 
@@ -60,8 +61,12 @@ class Ingestor:
             (fleet_filter(Channel.EVENTS, shared=shared), 1),
         ]
         client_id = client_id or config.mqtt.client_id or f"fleetgen-controller-{socket.gethostname()}"
+        # The broker may send a batch and a half ahead of our acks (MQTT 5 Receive Maximum),
+        # so it keeps sending while a batch commits; Mosquitto's default of 20 unacknowledged
+        # messages held the ingest to 20 messages per commit (ADR 0071).
         self.link = MqttLink(config.mqtt, client_id=client_id[:128], inbox=self.inbox,
-                             subscriptions=subscriptions, manual_ack=True)
+                             subscriptions=subscriptions, manual_ack=True,
+                             receive_maximum=RECEIVE_MAXIMUM)
 
     @property
     def refused(self) -> int:

@@ -56,13 +56,11 @@ class PowerService:
         self.last: dict[str, Allocation] = {}
 
     def tick(self) -> None:
-        for group in self.groups.list():
-            if group.budget_w is None:
-                continue
+        for name, budget_w in self.groups.budgets().items():
             try:
-                self.reallocate(group.name, group.budget_w)
+                self.reallocate(name, budget_w)
             except FleetgenError as e:
-                log.error("power: group %s: %s", group.name, e)
+                log.error("power: group %s: %s", name, e)
 
     def reallocate(self, group: str, budget_w: float) -> dict[str, float]:
         members = self.power.members(group)

@@ -96,18 +96,20 @@ class RolloutService:
         self.rollouts.finish(rollout_id, status, reason, now, rolled_back=targets)
 
 
-def _previous_target(store: Store, device: str, published: set[str]) -> str | None:
-    """What the device should return to: what the director last named, else what it runs."""
-    from controller.fleet.errors import FleetError
-
-    desired = store.repos.desired.get(device)
-    if desired is not None and desired.target is not None:
-        return desired.target
-    try:
-        running = store.repos.devices.detail(device).active_bundle
-    except FleetError:  # named by a group rule, never registered
-        return None
-    return f"{running}.fgb" if running and f"{running}.fgb" in published else None
+def _previous_targets(store: Store, devices: list[str], published: set[str]) -> dict[str, str | None]:
+    """What each device should return to: what the director last named, else what it runs
+    (if that is published); read for all devices at once."""
+    desired = store.repos.desired.many(devices)
+    running = {d.id: d.active_bundle for d in store.devices()}
+    out: dict[str, str | None] = {}
+    for device in devices:
+        named = desired.get(device)
+        if named is not None and named.target is not None:
+            out[device] = named.target
+            continue
+        bundle = running.get(device)  # None too for a device named by a rule, never registered
+        out[device] = f"{bundle}.fgb" if bundle and f"{bundle}.fgb" in published else None
+    return out
 
 
 def start_rollout(store: Store, repo_dir: Path, bundle: str, group_name: str, policy: RolloutPolicy,
@@ -137,6 +139,6 @@ def start_rollout(store: Store, repo_dir: Path, bundle: str, group_name: str, po
     # Online devices first, so the first (canary) wave can answer.
     ordered = sorted(group.members, key=lambda d: (d not in online, d))
     plan = plan_waves(ordered, policy.waves)
-    previous = {d: _previous_target(store, d, published) for d in ordered}
+    previous = _previous_targets(store, ordered, published)
     rollout_id = store.repos.rollouts.create(bundle, group_name, policy, waves_spec, plan, previous)
     return store.repos.rollouts.get(rollout_id)

@@ -32,7 +32,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from agent.errors import ConfigError, FleetgenError
-from agent.protocol import Event, Reported, Status, TelemetryBatch
+from agent.protocol import Event, Reported, Status, TelemetryBatch, TelemetrySample
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,9 @@ class DeviceRow(Base):
     # Recent power demand: an exponential moving average of the samples' power_w, what the
     # power allocator shares a budget by (one noisy sample would make allocations churn).
     demand_w: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # When `fleetgen device revoke` revoked it (None: not revoked). A revoked device is in no
+    # group and no rollout and gets no director document; enrolling it again clears this.
+    revoked: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class TelemetryRow(Base):
@@ -143,13 +146,16 @@ class DeviceView:
     agent_version: str
     active_bundle: str | None
     health: str
+    revoked: float | None = None
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    # FULL: the ingest acknowledges a batch to the broker once committed, so the commit must
+    # survive a power cut too (ADR 0071); in WAL mode that is one fsync of the log per commit.
+    cursor.execute("PRAGMA synchronous=FULL")
     cursor.close()
 
 
@@ -161,6 +167,22 @@ def _insert_ignore(engine: Engine, table: Any) -> Any:
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
     return sqlite_insert(table).on_conflict_do_nothing()
+
+
+_JSON = msgspec.json.Encoder()
+
+
+# The telemetry insert as the driver runs it, the samples already encoded: SQLAlchemy's
+# per-row parameter processing and JSON encoding cost more than the database's insert.
+# SQLite: executemany over tuples; PostgreSQL: one INSERT ... SELECT over a JSON array.
+_SQLITE_SAMPLES = "INSERT INTO telemetry (device_id, seq, ts, sample) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
+# What telemetry changes on its device (last seen, demand, last sample), for the batch's devices.
+_SQLITE_TOUCH = "UPDATE devices SET last_seen = ?, demand_w = ?, last_sample = ? WHERE id = ?"
+_PG_TOUCH = ("UPDATE devices AS d SET last_seen = (r->>1)::float8, demand_w = (r->>2)::float8, last_sample = r->3 "
+             "FROM json_array_elements(%s::json) AS r WHERE d.id = r->>0")
+_PG_SAMPLES = ("INSERT INTO telemetry (device_id, seq, ts, sample) "
+               "SELECT r->>0, (r->>1)::bigint, (r->>2)::float8, r->3 FROM json_array_elements(%s::json) AS r "
+               "ON CONFLICT DO NOTHING")
 
 
 def normalise_url(url: str) -> str:
@@ -194,6 +216,14 @@ def open_existing(url: str) -> Store:
         raise NoDatabaseError(
             f"database {store.engine.url!r} holds no controller tables (`fleetgen serve` creates them)"
         )
+    from controller.store.migrate import current, head
+
+    # A read-only command does not migrate; an older schema would fail on its first query.
+    have, want = current(store.engine), head()
+    if have != want:
+        store.close()
+        raise StoreError(f"database {store.engine.url!r} has schema {have or 'from before migrations'}, "
+                         f"this fleetgen needs {want}: run `fleetgen db upgrade`")
     return store
 
 
@@ -229,32 +259,66 @@ class Store:
     def apply(self, batch: Sequence[Ingested]) -> ApplyResult:
         """Write a batch of documents in one transaction.
 
+        A few statements per batch whatever its size (this is the ingest's hot path, see
+        tests/bench/controller.py): the batch's devices are read in one or two queries; samples
+        and events are inserted in one statement each, "on conflict do nothing", so (device,
+        seq) is stored once; telemetry's updates of its devices (last seen, last sample, demand)
+        are one more; only status and reported documents go through the ORM.
+
         Telemetry of a device the registry does not know (it never said status or reported)
         is dropped and counted: nothing lands in the store for an id nobody registered."""
         unknown = 0
-        samples: list[dict[str, Any]] = []
+        samples: list[tuple[str, int, float, TelemetrySample]] = []
         events: list[dict[str, Any]] = []
-        with Session(self.engine) as session, session.begin():
-            devices: dict[str, DeviceRow] = {}
+        # Per device that sent only telemetry: [last_seen, demand_w, last_sample].
+        touched: dict[str, list[Any]] = {}
+        with Session(self.engine, autoflush=False) as session, session.begin():
+            ids = sorted({item.device_id for item in batch})
+            documents = sorted({item.device_id for item in batch if not isinstance(item.message, TelemetryBatch)})
+            known: dict[str, tuple[float, float | None]] = {}
+            rows: dict[str, DeviceRow] = {}
+            for i in range(0, len(ids), 500):
+                for device_id, last_seen, demand in session.execute(
+                        select(DeviceRow.id, DeviceRow.last_seen, DeviceRow.demand_w)
+                        .where(DeviceRow.id.in_(ids[i:i + 500]))):
+                    known[device_id] = (last_seen or 0.0, demand)
+            for i in range(0, len(documents), 500):
+                for row in session.scalars(select(DeviceRow).where(DeviceRow.id.in_(documents[i:i + 500]))):
+                    rows[row.id] = row
 
-            def device(item: Ingested, create: bool = True) -> DeviceRow | None:
-                row = devices.get(item.device_id) or session.get(DeviceRow, item.device_id)
-                if row is None and not create:
-                    return None
+            def device_row(item: Ingested) -> DeviceRow:
+                row = rows.get(item.device_id)
                 if row is None:
                     row = DeviceRow(id=item.device_id, first_seen=item.received, board="", agent_version="",
-                                    online=False, status_ts=0.0, health="unknown", desired_version=0)
+                                    online=False, status_ts=0.0, health="unknown", desired_version=0,
+                                    last_seen=0.0)
                     session.add(row)
-                devices[item.device_id] = row
-                row.last_seen = max(row.last_seen or 0.0, item.received)
+                    rows[item.device_id] = row
+                    known[item.device_id] = (0.0, None)
+                if item.received > (row.last_seen or 0.0):
+                    row.last_seen = item.received
                 return row
 
             for item in batch:
                 msg = item.message
-                row = device(item, create=not isinstance(msg, TelemetryBatch))
-                if row is None:
-                    unknown += 1
+                if isinstance(msg, TelemetryBatch):
+                    if item.device_id not in known:
+                        unknown += 1
+                        continue
+                    state = touched.get(item.device_id)
+                    if state is None:
+                        state = touched[item.device_id] = [*known[item.device_id], None]
+                    demand = state[1]
+                    for s in msg.samples:
+                        samples.append((item.device_id, s.seq, s.ts, s))
+                        if s.power_w is not None:
+                            demand = s.power_w if demand is None else (
+                                DEMAND_ALPHA * s.power_w + (1 - DEMAND_ALPHA) * demand)
+                    state[0] = max(state[0], item.received)
+                    state[1] = demand
+                    state[2] = msg.samples[-1]
                     continue
+                row = device_row(item)
                 if isinstance(msg, Status):
                     row.online = msg.state == "online"
                     row.status_ts = msg.ts
@@ -268,25 +332,35 @@ class Store:
                     row.health = msg.health
                     row.desired_version = msg.desired_version
                     row.reported = msgspec.to_builtins(msg)
-                elif isinstance(msg, TelemetryBatch):
-                    for s in msg.samples:
-                        samples.append({"device_id": item.device_id, "seq": s.seq, "ts": s.ts,
-                                        "sample": msgspec.to_builtins(s)})
-                    row.last_sample = msgspec.to_builtins(msg.samples[-1])
-                    for s in msg.samples:
-                        if s.power_w is not None:
-                            row.demand_w = s.power_w if row.demand_w is None else (
-                                DEMAND_ALPHA * s.power_w + (1 - DEMAND_ALPHA) * row.demand_w)
                 elif isinstance(msg, Event):
                     events.append({"device_id": item.device_id, "seq": msg.seq, "ts": msg.ts,
                                    "received": item.received,
                                    "kind": msg.kind, "level": msg.level, "message": msg.message,
                                    "details": dict(msg.details)})
+            # Telemetry of a device that also sent a document here goes into its ORM row.
+            for device_id in [d for d in touched if d in rows]:
+                last_seen, demand, last_sample = touched.pop(device_id)
+                row = rows[device_id]
+                row.last_seen = max(row.last_seen or 0.0, last_seen)
+                row.demand_w, row.last_sample = demand, msgspec.to_builtins(last_sample)
             session.flush()
+            conn = session.connection()
             if samples:
-                session.execute(_insert_ignore(self.engine, TelemetryRow), samples)
+                if self.engine.dialect.name == "postgresql":
+                    # One statement, one JSON parameter for the whole batch (psycopg's executemany
+                    # is a round trip per row, and its text arrays escape JSON slowly).
+                    conn.exec_driver_sql(_PG_SAMPLES, (_JSON.encode(samples).decode(),))
+                else:
+                    conn.exec_driver_sql(_SQLITE_SAMPLES, [(d, q, t, _JSON.encode(x).decode())
+                                                           for d, q, t, x in samples])
+            if touched:
+                if self.engine.dialect.name == "postgresql":
+                    conn.exec_driver_sql(_PG_TOUCH, (_JSON.encode([(d, *v) for d, v in touched.items()]).decode(),))
+                else:
+                    conn.exec_driver_sql(_SQLITE_TOUCH, [(v[0], v[1], _JSON.encode(v[2]).decode(), d)
+                                                         for d, v in touched.items()])
             if events:
-                session.execute(_insert_ignore(self.engine, EventRow), events)
+                conn.execute(_insert_ignore(self.engine, EventRow.__table__), events)
         return ApplyResult(unknown_device=unknown)
 
     # -- queries ---------------------------------------------------------------------
@@ -295,7 +369,8 @@ class Store:
         with Session(self.engine) as session:
             rows = session.scalars(select(DeviceRow).order_by(DeviceRow.id)).all()
             return [
-                DeviceView(r.id, r.board, r.online, r.last_seen, r.agent_version, r.active_bundle, r.health)
+                DeviceView(r.id, r.board, r.online, r.last_seen, r.agent_version, r.active_bundle, r.health,
+                           r.revoked)
                 for r in rows
             ]
 

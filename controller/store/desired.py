@@ -10,7 +10,7 @@ the power allocator the other way round.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import select
@@ -43,6 +43,12 @@ class DesiredRepository:
                      floor: int = 0, now: float | None = None) -> DesiredView:
         """The next version for `device_id` (above `floor`, e.g. a legacy versions.json)."""
         now = time.time() if now is None else now
+        with self.engine.begin() as conn:
+            row = conn.execute(self._statement(device_id, target, power_budget_w, floor, now)).one()
+        return DesiredView(row.device_id, row.version, row.target, row.power_budget_w)
+
+    def _statement(self, device_id: str, target: str | None, power_budget_w: float | None, floor: int,
+                   now: float) -> Any:
         insert = _insert(self.engine)
         values = {"device_id": device_id, "version": floor + 1, "updated": now,
                   "target": None if target is KEEP else target,
@@ -58,11 +64,28 @@ class DesiredRepository:
             update["target"] = target
         if power_budget_w is not KEEP:
             update["power_budget_w"] = power_budget_w
-        stmt = stmt.on_conflict_do_update(index_elements=["device_id"], set_=update).returning(
+        return stmt.on_conflict_do_update(index_elements=["device_id"], set_=update).returning(
             table.c.device_id, table.c.version, table.c.target, table.c.power_budget_w)
+
+    def revoked(self, device_ids: Iterable[str]) -> set[str]:
+        """Those of `device_ids` revoked by `fleetgen device revoke`: no document is signed for them."""
+        from controller.store.devices import revoked_among
+
+        return revoked_among(self.engine, device_ids)
+
+    def next_versions(self, device_ids: Iterable[str], *, target: str | None = KEEP,
+                      power_budget_w: float | None = KEEP, floors: Mapping[str, int] | None = None,
+                      now: float | None = None) -> dict[str, DesiredView]:
+        """`next_version` for many devices in one transaction (a rollout wave: one commit,
+        not one per device); each device's statement is as atomic as `next_version`'s."""
+        now = time.time() if now is None else now
+        out: dict[str, DesiredView] = {}
         with self.engine.begin() as conn:
-            row = conn.execute(stmt).one()
-        return DesiredView(row.device_id, row.version, row.target, row.power_budget_w)
+            for device_id in device_ids:
+                stmt = self._statement(device_id, target, power_budget_w, (floors or {}).get(device_id, 0), now)
+                row = conn.execute(stmt).one()
+                out[device_id] = DesiredView(row.device_id, row.version, row.target, row.power_budget_w)
+        return out
 
     def get(self, device_id: str) -> DesiredView | None:
         return self.many([device_id]).get(device_id)

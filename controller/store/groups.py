@@ -105,6 +105,8 @@ class GroupRepository:
             if names is not None:
                 q = q.where(GroupRow.name.in_(list(names)))
             groups = list(s.scalars(q))
+            if not groups:
+                return []
             rules = self._rules(s)
         facts = self.devices.facts()
         views = []
@@ -114,6 +116,14 @@ class GroupRepository:
                             if any(rule_matches(r, d, board, tags, labels) for r in rs))
             views.append(GroupView(g.name, rs, members, g.budget_w))
         return views
+
+    def budgets(self) -> dict[str, float]:
+        """The groups that have a power budget, and its watts (no membership: the power
+        service's tick asks this often, and members cost a read of every device)."""
+        with Session(self.engine) as s:
+            rows = s.execute(select(GroupRow.name, GroupRow.budget_w).where(GroupRow.budget_w.is_not(None))
+                             .order_by(GroupRow.name))
+            return {name: watts for name, watts in rows if watts is not None}
 
     def list(self) -> list[GroupView]:
         return self._views(None)

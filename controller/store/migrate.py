@@ -5,8 +5,8 @@ The scripts live in controller/store/migrations/ and are written by hand, one pe
 change, the same for SQLite and PostgreSQL. A database created before migrations existed
 (tables present, no `alembic_version`) is stamped at the first revision, which is exactly
 that schema, and then upgraded. On PostgreSQL the upgrade holds an advisory lock, so
-replicas starting together migrate once; on SQLite the database file's write lock does
-the same.
+replicas starting together migrate once; on SQLite the database file's write lock (BEGIN
+IMMEDIATE) does the same.
 """
 
 from __future__ import annotations
@@ -63,7 +63,11 @@ def upgrade(engine: Engine, revision: str = "head") -> str | None:
             if connection.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
             else:
-                # Take SQLite's write lock now, so a second process waits here, not half-way.
+                # Take SQLite's write lock now, so a second process waits here (busy_timeout),
+                # not half-way. pysqlite begins no transaction before DDL by itself, so without
+                # this two processes opening a new file both ran the first revision and the
+                # second failed on alembic_version's primary key.
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
                 connection.execute(text("CREATE TABLE IF NOT EXISTS _fleetgen_migrate_lock (x INTEGER)"))
             cfg = _config(connection)
             names = set(inspect(connection).get_table_names())

@@ -133,8 +133,10 @@ class RolloutRepository:
             assert r is not None
             r.current_wave, r.wave_started, r.updated = wave, now, now
             for device, version in versions.items():
+                # A device revoked meanwhile stays revoked (`fleetgen device revoke` is another process).
                 s.execute(update(RolloutDeviceRow)
-                          .where(RolloutDeviceRow.rollout_id == rollout_id, RolloutDeviceRow.device_id == device)
+                          .where(RolloutDeviceRow.rollout_id == rollout_id, RolloutDeviceRow.device_id == device,
+                                 RolloutDeviceRow.result != DeviceResult.REVOKED.value)
                           .values(result=DeviceResult.PENDING.value, director_version=version, directed_at=now))
 
     def set_results(self, rollout_id: int, results: Mapping[str, tuple[DeviceResult, str]], now: float) -> None:
@@ -143,7 +145,8 @@ class RolloutRepository:
         with Session(self.engine) as s, s.begin():
             for device, (result, detail) in results.items():
                 s.execute(update(RolloutDeviceRow)
-                          .where(RolloutDeviceRow.rollout_id == rollout_id, RolloutDeviceRow.device_id == device)
+                          .where(RolloutDeviceRow.rollout_id == rollout_id, RolloutDeviceRow.device_id == device,
+                                 RolloutDeviceRow.result != DeviceResult.REVOKED.value)
                           .values(result=result.value, detail=detail[:1000]))
             s.execute(update(RolloutRow).where(RolloutRow.id == rollout_id).values(updated=now))
 
@@ -158,7 +161,7 @@ class RolloutRepository:
             # Failed devices keep their result (and why); the others become rolled_back.
             for device, target in (rolled_back or {}).items():
                 row = s.get(RolloutDeviceRow, (rollout_id, device))
-                if row is None:
+                if row is None or row.result == DeviceResult.REVOKED.value:
                     continue
                 if not DeviceResult(row.result).failed:
                     row.result = DeviceResult.ROLLED_BACK.value

@@ -23,6 +23,16 @@ class DeviceDetail:
     desired_version: int | None
     desired_target: str | None
     power_budget_w: float | None
+    revoked: float | None = None  # when `fleetgen device revoke` revoked it
+
+
+@dataclass(frozen=True, slots=True)
+class Revoked:
+    """What `fleetgen device revoke` took the device out of."""
+
+    device_id: str
+    groups: tuple[str, ...]  # groups that named it explicitly (rules by board/tag/label skip it)
+    rollouts: tuple[int, ...]  # unfinished rollouts it left
 
 
 @dataclass(frozen=True, slots=True)

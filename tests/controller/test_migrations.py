@@ -99,3 +99,19 @@ def test_retention_downsamples_old_samples_and_expires_old_buckets(store: Store)
     assert result.downsampled == 11
     assert result.expired_buckets == 1  # the 95-day-old bucket
     assert store.telemetry_count("d1") == 3  # the recent raw samples stay
+
+
+def test_a_read_only_command_on_an_older_schema_says_to_upgrade(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from controller.store.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'older.db'}"
+    engine = create_engine(url)
+    upgrade(engine, "0004")
+    engine.dispose()
+    capsys.readouterr()
+    assert fleetgen(["fleet", "ls", "--db", url]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"has schema 0004, this fleetgen needs {head()}: run `fleetgen db upgrade`" in err[0]
+    assert fleetgen(["db", "upgrade", "--db", url]) == 0
+    assert fleetgen(["fleet", "ls", "--db", url]) == 0
