@@ -188,7 +188,7 @@ class RolloutIn(BaseModel):
 
 class RolloutDeviceOut(Out):
     device_id: str
-    result: str = Field(description="waiting, pending, committed, failed, timed_out or rolled_back")
+    result: str = Field(description="waiting, pending, committed, failed, timed_out, rolled_back or revoked")
     detail: str
     director_version: int | None
     previous_target: str | None

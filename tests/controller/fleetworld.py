@@ -137,7 +137,9 @@ class FleetWorld:
             store.close()
 
     def online(self) -> set[str]:
-        return self.query(lambda s: {d.id for d in s.devices() if d.online})
+        """Devices online whose `reported` is in too: groups match on its board, so a rollout
+        started before it would miss the device (status and reported are separate messages)."""
+        return self.query(lambda s: {d.id for d in s.devices() if d.online and d.board})
 
     def wait_online(self, n: int, timeout: float = 60) -> None:
         wait_until(f"{n} devices online", lambda: len(self.online()) >= n, timeout, alive=self.check_alive)

@@ -306,6 +306,10 @@ def test_put_desired_signs_and_publishes_through_the_director_publisher(with_rep
     assert nobody.status == 404 and "ghost" in nobody.json()["error"]
     bad = web.api.request("PUT", "/api/v1/devices/BAD/desired", {"power_budget_w": 3}, token=web.token)
     assert bad.status == 422
+    # A revoked device gets no document: 409 naming why, not a 500 (ADR 0072).
+    web.store.repos.devices.revoke("sim-00001", now=NOW)
+    revoked = web.api.request("PUT", "/api/v1/devices/sim-00001/desired", {"power_budget_w": 3}, token=web.token)
+    assert revoked.status == 409 and "revoked" in revoked.json()["error"]
 
 
 # -- the dashboard's files and the document -------------------------------------------------------

@@ -109,7 +109,7 @@ def get_events(
 
 
 @router.put("/{device_id}/desired", response_model=DesiredSetOut,
-            responses=errors(400, 401, 404, 413, 422, 503),
+            responses=errors(400, 401, 404, 409, 413, 422, 503),
             summary="Sign and publish a device's desired state (what rollouts and power allocation use)")
 def put_desired(request: Request, device_id: DeviceIdPath, body: DesiredIn,
                 _token: Annotated[str, Depends(require_write)]) -> DesiredSetOut:
@@ -123,11 +123,14 @@ def put_desired(request: Request, device_id: DeviceIdPath, body: DesiredIn,
         raise not_found("device", device_id)
     given = body.model_fields_set
     try:
-        [version] = context.publisher.direct(
+        versions = context.publisher.direct(
             [device_id], target=body.target if "target" in given else KEEP,
-            power_budget_w=body.power_budget_w if "power_budget_w" in given else KEEP).values()
+            power_budget_w=body.power_budget_w if "power_budget_w" in given else KEEP)
     except RepositoryError as e:
         raise not_found("target", body.target or "") from e
+    if device_id not in versions:  # the publisher skips revoked devices (ADR 0072)
+        raise HTTPException(409, f"device {device_id} is revoked: enroll it again before directing it")
+    version = versions[device_id]
     desired = context.store.repos.desired.get(device_id)
     assert desired is not None
     return DesiredSetOut(device_id=device_id, version=version, target=desired.target,

@@ -364,7 +364,7 @@ function deviceView(main, id) {
 // ---- rollouts ------------------------------------------------------------------------------
 
 const RESULT_ORDER = ["committed", "installing", "directed", "pending", "failed", "timed_out", "refused",
-  "rolled_back", "skipped"];
+  "rolled_back", "skipped", "revoked"];
 
 function countsText(counts) {
   const keys = Object.keys(counts).sort((a, b) => RESULT_ORDER.indexOf(a) - RESULT_ORDER.indexOf(b));
