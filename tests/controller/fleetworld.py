@@ -137,12 +137,16 @@ class FleetWorld:
             store.close()
 
     def online(self) -> set[str]:
-        """Devices online whose `reported` is in too: groups match on its board, so a rollout
-        started before it would miss the device (status and reported are separate messages)."""
-        return self.query(lambda s: {d.id for d in s.devices() if d.online and d.board})
+        return self.query(lambda s: {d.id for d in s.devices() if d.online})
 
     def wait_online(self, n: int, timeout: float = 60) -> None:
-        wait_until(f"{n} devices online", lambda: len(self.online()) >= n, timeout, alive=self.check_alive)
+        """Until n devices are online with their `reported` in: groups match on its board, so
+        a rollout started before it would miss the device (status and reported are separate
+        messages)."""
+        def ready() -> int:
+            return self.query(lambda s: sum(1 for d in s.devices() if d.online and d.board))
+
+        wait_until(f"{n} devices online", lambda: ready() >= n, timeout, alive=self.check_alive)
 
     def cli(self, *argv: str, db: bool = True) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
