@@ -29,6 +29,7 @@ tests/bench/results/peers.json.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -192,7 +193,7 @@ def run_genai(folder: Path, new_tokens: int) -> dict[str, Any]:
         token_at.append(time.perf_counter())
     # the first token comes out of prefill's logits (no run), as ours does
     decode_s = token_at[-1] - token_at[0]
-    gaps = sorted(b - a for a, b in zip(token_at, token_at[1:], strict=False))
+    gaps = sorted(b - a for a, b in itertools.pairwise(token_at))
     dec = cfg["model"]["decoder"]
     kv = 2 * dec["num_hidden_layers"] * dec.get("num_key_value_heads", dec["num_attention_heads"]) * dec["head_size"]
     return {
@@ -223,7 +224,7 @@ def run_llamacpp(gguf_path: Path, new_tokens: int) -> dict[str, Any]:
         token_at.append(time.perf_counter())
         if len(tokens) < new_tokens:
             llm.eval([token])
-    gaps = sorted(b - a for a, b in zip(token_at, token_at[1:], strict=False))
+    gaps = sorted(b - a for a, b in itertools.pairwise(token_at))
     c = SMOLLM_135M
     kv = 2 * c["num_hidden_layers"] * c["num_key_value_heads"] * (c["hidden_size"] // c["num_attention_heads"])
     return {
