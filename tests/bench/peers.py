@@ -132,9 +132,12 @@ def run_fleetgen(folder: Path, new_tokens: int, kv_cache: str) -> dict[str, Any]
     from agent.runtime.loader import open_folder
     from agent.runtime.text import TextGenerator
 
-    # load_model's steps, with the KV layout forced for the ablation
+    # load_model's steps, with the KV layout forced for the ablation. Spinning as onnxruntime-genai
+    # runs (ORT's default, on; genai_config.json has no key for it), unless FLEETGEN_BENCH_SPIN=auto
+    # asks for the agent's own choice by situation (agent.runtime.spin)
     t0 = time.perf_counter()
-    options = resolve_spin(EngineOptions(threads=THREADS))
+    spin = {"auto": None, "on": True, "off": False}[os.environ.get("FLEETGEN_BENCH_SPIN", "on")]
+    options = resolve_spin(EngineOptions(threads=THREADS, spin=spin))
     info, engine = open_folder(folder, options)
     info = dataclasses.replace(info, kv_cache=kv_cache)  # type: ignore[arg-type]
     gen = TextGenerator(info, engine)

@@ -172,3 +172,15 @@ def test_unknown_custom_op_is_refused_naming_it(gqa_dir: Path, tmp_path: Path) -
     with pytest.raises(ModelLoadError) as info:
         load_model(folder, ONE_THREAD)
     assert "PagedAttentionX" in str(info.value)
+
+
+def test_health_probe_perplexity_through_the_shared_buffer(gqa: TextGenerator, weights: tiny_llama.Weights) -> None:
+    from agent.update.health import probe_perplexity
+
+    text = "import json\nprint(json.dumps({'a': 1}))"
+    ids = gqa.tokenizer.encode(text)
+    logits = tiny_llama.reference_logits(weights, ids)[:-1]
+    top = logits.max(axis=-1, keepdims=True)
+    logp = logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
+    want = float(np.exp(-logp[np.arange(len(ids) - 1), ids[1:]].mean()))
+    assert probe_perplexity(gqa, text) == pytest.approx(want, rel=1e-3)
