@@ -463,6 +463,7 @@ def main() -> int:
                 except RuntimeError as e:
                     print(f"    {rt} {p} failed: {str(e)[:600]}", file=sys.stderr)
                     continue
+                res["round"] = r
                 runs[(rt, p)].append(res)
     rows = []
     for (rt, p), rs in runs.items():
@@ -493,6 +494,14 @@ def main() -> int:
             other = by.get((peer, r["precision"]))
             if other and r["runtime"].startswith("fleetgen"):
                 r[f"decode_vs_{peer}"] = r["decode_tok_s_median"] / other["decode_tok_s_median"]
+                # per round, against the peer's run in the same round (the same machine weather):
+                # on a shared machine this is the figure to read
+                mine = {x["round"]: x for x in runs[(r["runtime"], r["precision"])]}
+                theirs = {x["round"]: x for x in runs[(peer, r["precision"])]}
+                for metric in ("decode_tok_s", "median_step_tok_s", "prefill_ms"):
+                    pairs = [mine[k][metric] / theirs[k][metric] for k in mine if k in theirs and theirs[k][metric]]
+                    if pairs:
+                        r[f"paired_{metric}_vs_{peer}"] = median(pairs)
     print(table(rows, args, loads))
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
@@ -511,6 +520,8 @@ def main() -> int:
         "skipped": skipped,
         "ts": time.time(),
         "rows": rows,
+        "runs": {f"{rt}/{p}": [{k: v for k, v in x.items() if k != "tokens"} for x in rs]
+                 for (rt, p), rs in runs.items()},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
@@ -519,7 +530,8 @@ def main() -> int:
 
 
 def table(rows: list[dict[str, Any]], args: argparse.Namespace, loads: list[list[float]]) -> str:
-    head = (f"{'runtime':<16}{'prec':<6}{'decode tok/s (min-max)':>24}{'step':>7}{'vs genai':>9}{'vs l.cpp':>9}"
+    head = (f"{'runtime':<16}{'prec':<6}{'decode tok/s (min-max)':>24}{'step':>7}{'vs genai':>9}{'paired':>7}"
+            f"{'step pr':>8}{'vs l.cpp':>9}"
             f"{'prefill ms':>11}{'load ms':>8}{'RSS MiB':>8}{'file MiB':>9}{'KV B/tok':>9}{'=HF':>5}")
     one_min = [lo[0] for lo in loads]
     lines = [
@@ -529,14 +541,18 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace, loads: list[list
         head, "-" * len(head),
     ]
     for r in rows:
-        vs = [f"{r[k]:>9.2f}" if k in r else f"{'-':>9}" for k in ("decode_vs_genai", "decode_vs_llamacpp")]
+        vs = [f"{r[k]:>{w}.2f}" if k in r else f"{'-':>{w}}" for k, w in (
+            ("decode_vs_genai", 9), ("paired_decode_tok_s_vs_genai", 7), ("paired_median_step_tok_s_vs_genai", 8),
+            ("decode_vs_llamacpp", 9))]
         rng = f"{r['decode_tok_s_median']:.1f} ({r['decode_tok_s_min']:.1f}-{r['decode_tok_s_max']:.1f})"
         match = "yes" if r["greedy_match_transformers"] else f"{r['greedy_prefix_match']}"
         lines.append(
-            f"{r['runtime']:<16}{r['precision']:<6}{rng:>24}{r['median_step_tok_s']:>7.1f}{vs[0]}{vs[1]}"
+            f"{r['runtime']:<16}{r['precision']:<6}{rng:>24}{r['median_step_tok_s']:>7.1f}{''.join(vs)}"
             f"{r['prefill_ms']:>11.1f}{r['load_ms']:>8.0f}{r['peak_rss_bytes'] / 2**20:>8.0f}"
             f"{r['file_bytes'] / 2**20:>9.1f}{r['kv_bytes_per_token']:>9}{match:>5}"
         )
+    lines.append("vs genai: ratio of medians; paired / step pr: median over rounds of the ratio to genai's run in the "
+                 "same round (decode wall / median inter-token step)")
     lines.append("=HF: greedy tokens equal transformers' (else: how many leading tokens agree); "
                  "quantized variants are expected to drift on random weights")
     return "\n".join(lines)
