@@ -224,6 +224,150 @@ def write_genai_folder(out_dir: Path, shape: LlamaShape = TINY, seed: int = 0) -
     return out_dir
 
 
+# ---------------------------------------------------------------- the same model, unfused
+
+
+def build_optimum_graph(weights: Weights) -> onnx.ModelProto:
+    """The same weights in the Optimum layout, as `optimum-cli export onnx` writes a Llama:
+    position_ids input, RMSNorm and rotary spelled out in standard ops, the past concatenated
+    with the new keys (present = past + new), grouped heads broadcast against their queries.
+    The baseline the fused graph is measured against (tests/bench/peers.py)."""
+    from models.gpt2_onnx import _attention_mask, _Graph
+
+    s = weights.shape
+    g = _Graph(np.random.default_rng(0))
+    e, h, d, hkv = s.hidden, s.n_head, s.head_dim, s.n_kv_head
+    b, q_len, p, t = "batch_size", "sequence_length", "past_sequence_length", "past_sequence_length + 1"
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, [b, q_len]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [b, "total_sequence_length"]),
+        helper.make_tensor_value_info("position_ids", TensorProto.INT64, [b, q_len]),
+    ]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [b, q_len, s.vocab_size])]
+    for i in range(s.n_layer):
+        for kind in ("key", "value"):
+            past = f"past_key_values.{i}.{kind}"
+            inputs.append(helper.make_tensor_value_info(past, TensorProto.FLOAT, [b, hkv, p, d]))
+            outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", TensorProto.FLOAT, [b, hkv, t, d]))
+    cos, sin = rotary_caches(s)
+    cos_t = g.const("cos_table", np.concatenate([cos, cos], axis=1))
+    sin_t = g.const("sin_table", np.concatenate([sin, sin], axis=1))
+    axis1, axis2 = g.const("axis1", np.array([1], np.int64)), g.const("axis2", np.array([2], np.int64))
+    cos_b = g.op("Unsqueeze", [g.op("Gather", [cos_t, "position_ids"]), axis1], "cos")  # [b, 1, s, d]
+    sin_b = g.op("Unsqueeze", [g.op("Gather", [sin_t, "position_ids"]), axis1], "sin")
+    half = [g.const(n, np.array([v], np.int64)) for n, v in (("h0", 0), ("h1", d // 2), ("h2", d))]
+    axis3 = g.const("axis3", np.array([3], np.int64))
+    eps, two = g.const("eps", np.array(EPS, np.float32)), g.const("two", np.array(2.0, np.float32))
+    heads_shape = g.const("heads_shape", np.array([0, 0, h, d], np.int64))
+    kv_heads_shape = g.const("kv_heads_shape", np.array([0, 0, hkv, d], np.int64))
+    groups_shape = g.const("groups_shape", np.array([0, hkv, h // hkv, -1, d], np.int64))
+    ungroup_shape = g.const("ungroup_shape", np.array([0, h, -1, d], np.int64))
+    merged_shape = g.const("merged_shape", np.array([0, 0, e], np.int64))
+    scale = g.const("scale", np.array(1 / np.sqrt(d), np.float32))
+    neg = g.const("neg", np.array(-1e9, np.float32))
+
+    def rms(x: str, gain: np.ndarray, hint: str) -> str:
+        var = g.op("ReduceMean", [g.op("Pow", [x, two])], hint + "_var", axes=[-1], keepdims=1)
+        inv = g.op("Reciprocal", [g.op("Sqrt", [g.op("Add", [var, eps])])])
+        return g.op("Mul", [g.op("Mul", [x, inv]), g.const(hint + "_g", gain)], hint)
+
+    def rotate(x: str) -> str:
+        x1 = g.op("Slice", [x, half[0], half[1], axis3])
+        x2 = g.op("Slice", [x, half[1], half[2], axis3])
+        rot = g.op("Concat", [g.op("Neg", [x2]), x1], axis=-1)
+        return g.op("Add", [g.op("Mul", [x, cos_b]), g.op("Mul", [rot, sin_b])])
+
+    x = g.op("Gather", [g.const("embed", weights.embed), "input_ids"], "embedded")
+    mask = ""
+    for i, lw in enumerate(weights.layers):
+        a = rms(x, lw["ln1"], f"ln1_{i}")
+        q = g.op("Transpose", [g.op("Reshape", [g.op("MatMul", [a, g.const(f"wq{i}", lw["q"])]), heads_shape])],
+                 perm=[0, 2, 1, 3])
+        k, v = (g.op("Transpose", [g.op("Reshape", [g.op("MatMul", [a, g.const(f"w{n}{i}", lw[n])]),
+                                                    kv_heads_shape])], perm=[0, 2, 1, 3]) for n in ("k", "v"))
+        q, k = rotate(q), rotate(k)
+        present_k, present_v = f"present.{i}.key", f"present.{i}.value"
+        g.nodes.append(helper.make_node("Concat", [f"past_key_values.{i}.key", k], [present_k], name=f"ck{i}", axis=2))
+        g.nodes.append(helper.make_node("Concat", [f"past_key_values.{i}.value", v], [present_v], name=f"cv{i}",
+                                        axis=2))
+        if not mask:
+            mask = g.op("Unsqueeze", [_attention_mask(g, "attention_mask", present_k, "input_ids"), axis1])
+        q5 = g.op("Reshape", [q, groups_shape])
+        k5 = g.op("Transpose", [g.op("Unsqueeze", [present_k, axis2])], perm=[0, 1, 2, 4, 3])
+        probs = g.op("Softmax", [g.op("Where", [mask, g.op("Mul", [g.op("MatMul", [q5, k5]), scale]), neg])], axis=-1)
+        heads = g.op("Reshape", [g.op("MatMul", [probs, g.op("Unsqueeze", [present_v, axis2])]), ungroup_shape])
+        ctx = g.op("Reshape", [g.op("Transpose", [heads], perm=[0, 2, 1, 3]), merged_shape])
+        x = g.op("Add", [x, g.op("MatMul", [ctx, g.const(f"wo{i}", lw["o"])])], f"res1_{i}")
+        m = rms(x, lw["ln2"], f"ln2_{i}")
+        gate = g.op("MatMul", [m, g.const(f"wg{i}", lw["gate"])])
+        up = g.op("MatMul", [m, g.const(f"wu{i}", lw["up"])])
+        act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])
+        x = g.op("Add", [x, g.op("MatMul", [act, g.const(f"wd{i}", lw["down"])])], f"res2_{i}")
+    x = rms(x, weights.norm, "final_norm")
+    g.nodes.append(helper.make_node("MatMul", [x, g.const("lm_head", weights.lm_head)], ["logits"], name="lm_head"))
+    model = helper.make_model(helper.make_graph(g.nodes, "llama_optimum", inputs, outputs, g.inits),
+                              opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="fleetgen models.llama_gqa_onnx (Optimum layout)")
+    model.ir_version = 8
+    return model
+
+
+def write_optimum_folder(out_dir: Path, weights: Weights, tokenizer_json: Path | None = None) -> Path:
+    """The Optimum-layout folder: model.onnx (external data when large), config.json (llama),
+    generation_config.json, tokenizer.json (given, or trained here)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    s = weights.shape
+    if tokenizer_json is not None:
+        (out_dir / "tokenizer.json").write_bytes(Path(tokenizer_json).read_bytes())
+    else:
+        from models.gpt2_onnx import build_tokenizer
+
+        build_tokenizer(s.vocab_size).save(str(out_dir / "tokenizer.json"))  # type: ignore[attr-defined]
+    config = {
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "num_hidden_layers": s.n_layer,
+        "num_attention_heads": s.n_head, "num_key_value_heads": s.n_kv_head, "hidden_size": s.hidden,
+        "intermediate_size": s.intermediate, "max_position_embeddings": s.context, "vocab_size": s.vocab_size,
+        "bos_token_id": 0, "eos_token_id": 0, "rms_norm_eps": EPS, "rope_theta": ROPE_THETA, "use_cache": True,
+    }
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out_dir / "generation_config.json").write_text(json.dumps({"bos_token_id": 0, "eos_token_id": 0}) + "\n")
+    model = build_optimum_graph(weights)
+    large = sum(t.ByteSize() for t in model.graph.initializer) > 32 * 2**20
+    onnx.save(model, str(out_dir / "model.onnx"), save_as_external_data=large, all_tensors_to_one_file=True,
+              location="model.onnx_data")
+    return out_dir
+
+
+def weights_from_safetensors(hf_dir: Path) -> Weights:
+    """A Hugging Face Llama checkpoint's weights (safetensors, float32), as this module lays them out."""
+    from safetensors.numpy import load_file
+
+    cfg = json.loads((Path(hf_dir) / "config.json").read_text())
+    shape = LlamaShape(n_layer=cfg["num_hidden_layers"], n_head=cfg["num_attention_heads"],
+                       n_kv_head=cfg.get("num_key_value_heads", cfg["num_attention_heads"]),
+                       hidden=cfg["hidden_size"], intermediate=cfg["intermediate_size"],
+                       vocab_size=cfg["vocab_size"], context=cfg["max_position_embeddings"])
+    t = {}
+    for f in sorted(Path(hf_dir).glob("*.safetensors")):
+        t.update(load_file(str(f)))
+
+    def w(name: str) -> np.ndarray:
+        return np.ascontiguousarray(t[name].astype(np.float32).T)
+
+    names = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+             "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+    layers = []
+    for i in range(shape.n_layer):
+        lw = {k: w(f"model.layers.{i}.{n}.weight") for k, n in names.items()}
+        lw["ln1"] = t[f"model.layers.{i}.input_layernorm.weight"].astype(np.float32)
+        lw["ln2"] = t[f"model.layers.{i}.post_attention_layernorm.weight"].astype(np.float32)
+        layers.append(lw)
+    embed = t["model.embed_tokens.weight"].astype(np.float32)
+    head = w("lm_head.weight") if "lm_head.weight" in t else np.ascontiguousarray(embed.T)
+    return Weights(shape, embed, layers, t["model.norm.weight"].astype(np.float32), head)
+
+
 # ---------------------------------------------------------------- numpy reference
 
 

@@ -184,3 +184,15 @@ def test_health_probe_perplexity_through_the_shared_buffer(gqa: TextGenerator, w
     logp = logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
     want = float(np.exp(-logp[np.arange(len(ids) - 1), ids[1:]].mean()))
     assert probe_perplexity(gqa, text) == pytest.approx(want, rel=1e-3)
+
+
+def test_fused_graph_equals_the_optimum_layout_of_the_same_weights(
+    gqa: TextGenerator, gqa_dir: Path, weights: tiny_llama.Weights, tmp_path: Path
+) -> None:
+    # the unfused Optimum-style graph (RMSNorm, rotary, concatenated past spelled out) of the
+    # same weights, through the fallback decoder: the two paths agree token for token
+    folder = tiny_llama.write_optimum_folder(tmp_path / "optimum", weights, gqa_dir / "tokenizer.json")
+    ref = load_model(folder, ONE_THREAD)
+    assert isinstance(ref, TextGenerator) and type(ref.decoder) is KVDecoder and ref.info.origin == "optimum"
+    assert greedy(ref, PROMPT, 32) == greedy(gqa, PROMPT, 32)
+    ref.close()
