@@ -12,6 +12,9 @@ the same weights for each runtime (cached under ~/.cache/fleetgen/bench/peers):
 - fleetgen runs those same folders unchanged (agent.runtime.genai + agent.runtime.gqa), with
   its shared KV buffer ("fleetgen") and, as an ablation, with the Optimum-style ping-pong cache
   on the same graph ("fleetgen-concat");
+- "fleetgen-optimum": the baseline before issue 16, the same weights as an unfused Optimum-layout
+  graph (models/llama_gqa_onnx.py, as `optimum-cli export onnx` lays out a Llama; optimum itself
+  needs transformers < 4.58, the builder >= 5), imported with `fleetgen model import --quantize`;
 - llama.cpp: GGUF f32 / q8_0 / q4_0 with the `gguf` package; timed only when llama-cpp-python
   is importable in the bench venv (it builds from source in ~15 minutes on 2 cores): otherwise
   the bench says so and skips that peer.
@@ -32,6 +35,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -322,6 +326,12 @@ def worker(argv: list[str]) -> None:
         result = run_genai(Path(rest[0]), int(rest[1]))
     elif mode == "llamacpp":
         result = run_llamacpp(Path(rest[0]), int(rest[1]))
+    elif mode == "optimum-export":
+        from models.llama_gqa_onnx import weights_from_safetensors, write_optimum_folder
+
+        hf = Path(rest[0])
+        write_optimum_folder(Path(rest[1]), weights_from_safetensors(hf), hf / "tokenizer.json")
+        result = {}
     elif mode == "gguf":
         result = write_gguf(Path(rest[0]), Path(rest[1]), rest[2])
     else:
@@ -367,6 +377,25 @@ def build_builder(hf: Path, out: Path, precision: str) -> None:
         raise RuntimeError(f"builder {precision} failed:\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}")
 
 
+def optimum_variant(bench: Path, hf: Path, base: Path, precision: str) -> Path:
+    """The unfused Optimum-layout export (fp32), then `fleetgen model import [--quantize]`."""
+    src = base / "optimum-export"
+    if not (src / "model.onnx").is_file():
+        print(f"writing the Optimum-layout export into {src} ...", file=sys.stderr)
+        call(bench, "optimum-export", str(hf), str(src))
+    out = base / f"optimum-{precision}"
+    if not (out / "manifest.json").is_file():
+        print(f"fleetgen model import {precision} into {out} ...", file=sys.stderr)
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = [sys.executable, "-m", "controller", "model", "import", str(src), "-o", str(out), "--name",
+               f"smollm-optimum-{precision}"] + ([] if precision == "fp32" else ["--quantize", precision])
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"import {precision} failed: {proc.stderr[-1500:]}")
+    return out
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.glob("model.onnx*"))
 
@@ -393,7 +422,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--precisions", default="fp32,int8,int4")
-    parser.add_argument("--runtimes", default="fleetgen,fleetgen-concat,genai,llamacpp")
+    parser.add_argument("--runtimes", default="fleetgen,fleetgen-concat,fleetgen-optimum,genai,llamacpp")
     parser.add_argument("--quiet-load", type=float, default=1.0, help="load average counted as quiet")
     parser.add_argument("--wait-quiet", type=float, default=60.0, help="seconds to wait for a quiet machine")
     parser.add_argument("--out", type=Path, default=RESULTS / "peers.json")
@@ -438,6 +467,9 @@ def main() -> int:
                 call(bench, "gguf", str(hf), str(gguf_path), p)
             except RuntimeError as e:
                 print(f"GGUF {p}: {e}", file=sys.stderr)
+        if "fleetgen-optimum" in runtimes:
+            artifacts[("fleetgen-optimum", p)] = opt = optimum_variant(bench, hf, base, p)
+            sizes[("fleetgen-optimum", p)] = folder_bytes(opt)
         artifacts[("llamacpp", p)] = gguf_path
         sizes[("llamacpp", p)] = gguf_path.stat().st_size if gguf_path.is_file() else 0
     print("transformers greedy reference ...", file=sys.stderr)
@@ -455,7 +487,8 @@ def main() -> int:
                 n = str(args.new_tokens)
                 try:
                     if rt.startswith("fleetgen"):
-                        res = call(here, "fleetgen", path, n, "concat" if rt == "fleetgen-concat" else "shared")
+                        kv = {"fleetgen-concat": "concat", "fleetgen-optimum": "concat"}.get(rt, "shared")
+                        res = call(here, "fleetgen", path, n, kv)
                     elif rt == "genai":
                         res = call(bench, "genai", path, n)
                     else:
@@ -530,7 +563,7 @@ def main() -> int:
 
 
 def table(rows: list[dict[str, Any]], args: argparse.Namespace, loads: list[list[float]]) -> str:
-    head = (f"{'runtime':<16}{'prec':<6}{'decode tok/s (min-max)':>24}{'step':>7}{'vs genai':>9}{'paired':>7}"
+    head = (f"{'runtime':<17}{'prec':<6}{'decode tok/s (min-max)':>24}{'step':>7}{'vs genai':>9}{'paired':>7}"
             f"{'step pr':>8}{'vs l.cpp':>9}"
             f"{'prefill ms':>11}{'load ms':>8}{'RSS MiB':>8}{'file MiB':>9}{'KV B/tok':>9}{'=HF':>5}")
     one_min = [lo[0] for lo in loads]
@@ -547,7 +580,7 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace, loads: list[list
         rng = f"{r['decode_tok_s_median']:.1f} ({r['decode_tok_s_min']:.1f}-{r['decode_tok_s_max']:.1f})"
         match = "yes" if r["greedy_match_transformers"] else f"{r['greedy_prefix_match']}"
         lines.append(
-            f"{r['runtime']:<16}{r['precision']:<6}{rng:>24}{r['median_step_tok_s']:>7.1f}{''.join(vs)}"
+            f"{r['runtime']:<17}{r['precision']:<6}{rng:>24}{r['median_step_tok_s']:>7.1f}{''.join(vs)}"
             f"{r['prefill_ms']:>11.1f}{r['load_ms']:>8.0f}{r['peak_rss_bytes'] / 2**20:>8.0f}"
             f"{r['file_bytes'] / 2**20:>9.1f}{r['kv_bytes_per_token']:>9}{match:>5}"
         )
