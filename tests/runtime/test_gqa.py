@@ -196,3 +196,14 @@ def test_fused_graph_equals_the_optimum_layout_of_the_same_weights(
     assert isinstance(ref, TextGenerator) and type(ref.decoder) is KVDecoder and ref.info.origin == "optimum"
     assert greedy(ref, PROMPT, 32) == greedy(gqa, PROMPT, 32)
     ref.close()
+
+
+def test_a_config_claiming_a_shared_buffer_for_an_unfused_graph_is_refused_at_load(
+    gqa_dir: Path, weights: tiny_llama.Weights, tmp_path: Path
+) -> None:
+    # an Optimum-layout graph (present = past + new) behind a genai_config.json that says past
+    # and present share one buffer: the first run cannot write `present` into the bound buffer
+    folder = tiny_llama.write_optimum_folder(tmp_path / "liar", weights, gqa_dir / "tokenizer.json")
+    shutil.copy2(gqa_dir / "genai_config.json", folder / "genai_config.json")
+    with pytest.raises(ModelLoadError, match="warm-up run failed"):
+        load_model(folder, ONE_THREAD)
