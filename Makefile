@@ -56,6 +56,11 @@ dist: $(STAMP)
 bench: $(STAMP)
 	@for b in tests/bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
+# fleetgen against onnxruntime-genai and llama.cpp on one checkpoint (its own .venv-bench; slow)
+.PHONY: bench-peers
+bench-peers: $(STAMP)
+	$(BIN)/python tests/bench/peers.py $(ARGS)
+
 # Rebuild the shipped models from their recipes (needs PyTorch, CPU wheel; minutes).
 models: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[recipes]'

@@ -87,6 +87,22 @@ class TextSpec(msgspec.Struct, kw_only=True, frozen=True):
     num_kv_heads: Annotated[int, Meta(ge=1, le=512)] | None = None
 
 
+class GraphInfo(msgspec.Struct, kw_only=True, frozen=True):
+    """How `fleetgen model import` made the graph, and how the runtime drives its KV cache.
+
+    `kv_cache`: "concat" = the Optimum layout (past in, past + new out: two ping-pong
+    buffers); "shared" = GroupQueryAttention with past and present in one preallocated buffer
+    (onnxruntime-genai's `past_present_share_buffer`). `fusions`: the fused operators the
+    graph holds (e.g. GroupQueryAttention, SimplifiedLayerNormalization, MatMulNBits);
+    `quantization`: how the weights were quantized, in words (block size, symmetry, ...)."""
+
+    source: Literal["optimum", "genai-builder", "fleetgen"] = "optimum"
+    kv_cache: Literal["concat", "shared"] = "concat"
+    fusions: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=64)] = []
+    quantization: Annotated[str, Meta(max_length=256)] = ""
+    tool: Annotated[str, Meta(max_length=128)] = ""
+
+
 class ImageSpec(msgspec.Struct, kw_only=True, frozen=True):
     width: Annotated[int, Meta(ge=1, le=8192)]
     height: Annotated[int, Meta(ge=1, le=8192)]
@@ -118,6 +134,7 @@ class ModelManifest(Message, kw_only=True, frozen=True):
     image: ImageSpec | None = None
     license: Annotated[str, Meta(max_length=128)] = ""
     description: Annotated[str, Meta(max_length=2048)] = ""
+    graph: GraphInfo | None = None
 
     def file(self, path: str) -> FileEntry:
         for entry in self.files:

@@ -175,26 +175,29 @@ class KVDecoder:
             bind_out(pout, dev, kv_type, present_shape, dst[j])
 
     def _binders(self) -> tuple[Any, Any, Any]:
-        """(bind_input, bind_output, device) with signature (name, device, type, shape, ptr).
+        return binders(self._io)
 
-        The public `IOBinding.bind_input` builds a device object per call, which on a
-        12-layer model is most of the ~0.13 ms the 52 bindings of a step cost; the
-        underlying pybind methods take a device built once. Falls back to the public API
-        if this onnxruntime build lacks them.
-        """
-        io = self._io
-        try:
-            from onnxruntime.capi.onnxruntime_inference_collection import OrtDevice
 
-            c_io = io._iobinding
-            dev = OrtDevice.make("cpu", 0)._get_c_device()
-            return c_io.bind_input, c_io.bind_output, dev
-        except (ImportError, AttributeError):
+def binders(io: Any) -> tuple[Any, Any, Any]:
+    """(bind_input, bind_output, device) with signature (name, device, type, shape, ptr).
 
-            def bind_in(name: str, _dev: Any, t: Any, shape: list[int], ptr: int) -> None:
-                io.bind_input(name, "cpu", 0, t, shape, ptr)
+    The public `IOBinding.bind_input` builds a device object per call, which on a
+    12-layer model is most of the ~0.13 ms the 52 bindings of a step cost; the
+    underlying pybind methods take a device built once. Falls back to the public API
+    if this onnxruntime build lacks them.
+    """
+    try:
+        from onnxruntime.capi.onnxruntime_inference_collection import OrtDevice
 
-            def bind_out(name: str, _dev: Any, t: Any, shape: list[int], ptr: int) -> None:
-                io.bind_output(name, "cpu", 0, t, shape, ptr)
+        c_io = io._iobinding
+        dev = OrtDevice.make("cpu", 0)._get_c_device()
+        return c_io.bind_input, c_io.bind_output, dev
+    except (ImportError, AttributeError):
 
-            return bind_in, bind_out, None
+        def bind_in(name: str, _dev: Any, t: Any, shape: list[int], ptr: int) -> None:
+            io.bind_input(name, "cpu", 0, t, shape, ptr)
+
+        def bind_out(name: str, _dev: Any, t: Any, shape: list[int], ptr: int) -> None:
+            io.bind_output(name, "cpu", 0, t, shape, ptr)
+
+        return bind_in, bind_out, None

@@ -1,10 +1,16 @@
 """Model folders → what the runtime needs to load them.
 
-Two kinds of folder are accepted:
+Three kinds of folder are accepted:
 - a fleetgen model folder: `manifest.json` (agent.manifest) plus the files it lists;
 - a Hugging Face / Optimum ONNX decoder export: `model.onnx` (with past key values),
   `config.json`, `tokenizer.json`, maybe `generation_config.json` and `model.onnx_data`,
   and no manifest. What the manifest would say is inferred (agent.runtime.optimum).
+- an onnxruntime-genai model folder (what its model builder writes): `genai_config.json`,
+  the graph it names, `tokenizer.json`, no manifest (agent.runtime.genai).
+
+`ModelInfo.kv_cache` says how the text generator drives the cache: "concat" (the Optimum
+layout, agent.runtime.decoder) or "shared" (GroupQueryAttention with one buffer for past
+and present, agent.runtime.gqa), from the manifest's `graph` section or genai_config.json.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from agent.manifest import (
     TextSpec,
     load_manifest,
 )
-from agent.runtime import optimum
+from agent.runtime import genai, optimum
 from agent.runtime.engine import Engine, EngineOptions, open_engine
 from agent.runtime.errors import ModelLoadError
 
@@ -51,13 +57,14 @@ class ModelInfo:
     engine: str
     model_path: Path
     quantization: Quantization
-    origin: Literal["manifest", "optimum"]
+    origin: Literal["manifest", "optimum", "genai"]
     tokenizer_path: Path | None = None
     text: TextSpec | None = None
     image: ImageSpec | None = None
     generation: GenerationDefaults = field(default_factory=GenerationDefaults)
     self_test: SelfTest = field(default_factory=SelfTest)
     extra_eos_ids: tuple[int, ...] = ()
+    kv_cache: Literal["concat", "shared"] = "concat"
 
 
 def is_optimum_folder(root: Path) -> bool:
@@ -88,7 +95,17 @@ def _from_manifest(root: Path, manifest: ModelManifest) -> ModelInfo:
         image=manifest.image,
         generation=manifest.generation,
         self_test=manifest.self_test,
+        kv_cache=_manifest_kv_cache(root, manifest),
     )
+
+
+def _manifest_kv_cache(root: Path, manifest: ModelManifest) -> Literal["concat", "shared"]:
+    if manifest.graph is not None:
+        return manifest.graph.kv_cache
+    # a builder folder given a manifest by hand: what its genai_config.json declares
+    if any(f.path == genai.CONFIG_NAME for f in manifest.files):
+        return "shared" if genai.load(root).share_buffer else "concat"
+    return "concat"
 
 
 def open_folder(root: Path, options: EngineOptions) -> tuple[ModelInfo, Engine]:
@@ -99,6 +116,8 @@ def open_folder(root: Path, options: EngineOptions) -> tuple[ModelInfo, Engine]:
     if (root / MANIFEST_NAME).exists():
         info = _from_manifest(root, load_manifest(root))
         return info, open_engine(info.engine, info.model_path, options)
+    if genai.is_genai_folder(root):
+        return _open_genai(root, options)
     if not (root / OPTIMUM_MODEL).is_file() and (root / "decoder_model_merged.onnx").is_file():
         raise ModelLoadError(
             f"{root}: decoder_model_merged.onnx is the older Optimum layout (two "
@@ -142,6 +161,44 @@ def open_folder(root: Path, options: EngineOptions) -> tuple[ModelInfo, Engine]:
         spec.head_dim,
         spec.context_length,
         eos or "none",
+    )
+    return info, engine
+
+
+def _open_genai(root: Path, options: EngineOptions) -> tuple[ModelInfo, Engine]:
+    config = genai.load(root)
+    model_path = root / config.filename
+    if not model_path.is_file():
+        raise ModelLoadError(f"{root}: genai_config.json names {config.filename}, which is missing")
+    tokenizer = root / "tokenizer.json"
+    if not tokenizer.is_file():
+        raise ModelLoadError(f"{root}: no tokenizer.json next to genai_config.json")
+    engine = open_engine("onnxruntime", model_path, options)
+    info = ModelInfo(
+        root=root,
+        name=config.model_type or root.name,
+        version="0",
+        task="text-generation",
+        engine="onnxruntime",
+        model_path=model_path,
+        quantization=_guess_quantization(root),
+        origin="genai",
+        tokenizer_path=tokenizer,
+        text=config.spec,
+        generation=config.generation,
+        extra_eos_ids=config.eos_ids[1:],
+        kv_cache="shared" if config.share_buffer else "concat",
+    )
+    spec = config.spec
+    log.info(
+        "%s: onnxruntime-genai folder (%s), %d layers, %d kv heads x %d, context %d, kv cache %s",
+        root,
+        config.model_type,
+        spec.num_layers,
+        spec.num_kv_heads or spec.num_heads,
+        spec.head_dim,
+        spec.context_length,
+        info.kv_cache,
     )
     return info, engine
 

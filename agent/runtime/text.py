@@ -1,4 +1,8 @@
-"""Text generation on an Optimum-layout decoder: prefill, then one token per step.
+"""Text generation on a decoder graph: prefill, then one token per step.
+
+The graph's KV cache is driven by `KVDecoder` (the Optimum layout: past in, past + new out)
+or `SharedKVDecoder` (GroupQueryAttention, past and present one buffer), as the folder
+declares (`ModelInfo.kv_cache`); sampling, stop strings, streaming and pacing are the same.
 
 `TextGenerator` owns one loaded model (session, tokenizer, KV buffers) and serves one
 request at a time; `agent.runtime.service.GenerationQueue` serialises concurrent callers.
@@ -21,6 +25,7 @@ from agent.runtime.decoder import DecoderLayout, KVDecoder, check_layout
 from agent.runtime.detok import IncrementalDetokenizer, StopMatcher
 from agent.runtime.engine import EngineOptions, open_engine
 from agent.runtime.errors import ContextLengthError, ModelLoadError, RequestError
+from agent.runtime.gqa import SharedKVDecoder
 from agent.runtime.loader import ModelInfo
 from agent.runtime.sampling import Sampler, SamplingParams
 
@@ -142,7 +147,7 @@ class TextGenerator:
             self.spec.vocab_size,
             str(info.model_path),
         )
-        self.decoder = KVDecoder(session, self.layout, self.spec.context_length)
+        self.decoder = self._decoder(session)
         eos = {self.spec.eos_token_id, *info.extra_eos_ids} - {None}
         self.eos_ids: frozenset[int] = frozenset(int(e) for e in eos if e is not None)
         self.load_ms = load_ms
@@ -150,6 +155,11 @@ class TextGenerator:
         self._lock = threading.Lock()
         # the power governor's pacing (firmware.knobs.RuntimeKnobs fits); None: full speed
         self.pacer: Pacer | None = None
+
+    def _decoder(self, session: Any) -> KVDecoder | SharedKVDecoder:
+        if self.info.kv_cache == "shared":
+            return SharedKVDecoder(session, self.layout, self.spec.context_length)
+        return KVDecoder(session, self.layout, self.spec.context_length)
 
     @property
     def defaults(self) -> GenerationDefaults:
@@ -296,7 +306,7 @@ class TextGenerator:
         if session is None:
             engine.close()
             raise ModelLoadError(f"{self.info.name}: engine {self.info.engine} has no ORT session")
-        self.decoder = KVDecoder(session, self.layout, self.spec.context_length)
+        self.decoder = self._decoder(session)
         old, self.engine = self.engine, engine
         old.close()
         self.options = options
