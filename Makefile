@@ -10,6 +10,7 @@ PYTEST_ARGS ?=
 DIST   ?= dist
 
 .PHONY: all demo test lint bench models system-deps venv dist clean
+.PHONY: resilience fuzz
 
 all: test
 
@@ -46,6 +47,20 @@ dist: $(STAMP)
 
 bench: $(STAMP)
 	@for b in tests/bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# The resilience suite at full size (docs/resilience.md): faults injected into real brokers,
+# agents and controllers; prints the report table and writes $(RESILIENCE_JSON).
+RESILIENCE_JSON ?= build/resilience.json
+resilience: $(STAMP) system-deps
+	FLEETGEN_RESILIENCE=1 FLEETGEN_RESILIENCE_REPORT=$(RESILIENCE_JSON) \
+		$(BIN)/python -m pytest -q -p no:cacheprovider tests/resilience $(PYTEST_ARGS)
+
+# Coverage-guided fuzzing (atheris) of every parser of outside input, FUZZ_S seconds each;
+# a crash leaves its input in build/fuzz/ and fails the target.
+FUZZ_S ?= 30
+fuzz: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[fuzz]'
+	$(BIN)/python -m tests.fuzz.run --seconds $(FUZZ_S) --out build/fuzz
 
 # Rebuild the shipped models from their recipes (needs PyTorch, CPU wheel; minutes).
 models: $(STAMP)
