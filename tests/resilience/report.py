@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -122,3 +123,6 @@ def write_json(results: list[ScenarioResult], path: Path, *, wall_s: float, mode
     doc = {"schema": SCHEMA, "mode": mode, "wall_s": round(wall_s, 1), "totals": totals_of(results),
            "scenarios": [r.as_json() for r in results]}
     path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+Sized = Callable[[int, int], int]  # the `size` fixture: size(short, full)
