@@ -89,7 +89,9 @@ def test_controller_sigkilled_during_rollout_and_ingest(world: FleetWorld, scena
         scenario.rollouts_done += 1
         assert view.counts() == {"committed": DEVICES}
     except TimeoutError:
-        status = world.rollout(rollout_id).status
+        view = world.rollout(rollout_id)
+        status = view.status
+        scenario.note(f"rollout {status}: {view.reason}; results {view.counts()}")
         if status == "halted":
             scenario.rollouts_halted += 1
         else:
