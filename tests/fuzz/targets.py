@@ -176,7 +176,8 @@ def controller_config(data: bytes) -> None:
 
 def api_body(data: bytes) -> None:
     from agent.api.errors import ApiError
-    from agent.api.wire import ChatRequest, CompletionRequest, ImageRequestIn, decode as wire_decode
+    from agent.api.wire import ChatRequest, CompletionRequest, ImageRequestIn
+    from agent.api.wire import decode as wire_decode
 
     for kind in (CompletionRequest, ChatRequest, ImageRequestIn):
         with contextlib.suppress(ApiError):

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from agent.protocol import messages
 from tests.fuzz import targets
 
-FAST = settings(max_examples=60, deadline=None, database=None,
+FAST = settings(max_examples=40, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-SLOW = settings(FAST, max_examples=25)
+SLOW = settings(FAST, max_examples=20)
 
 
 @pytest.fixture(autouse=True)
@@ -250,7 +250,7 @@ def http_requests(draw: st.DrawFn, paths: list[str], auth: str | None = None) ->
                                   "%00", "?a=%ff%fe", "/" + "x" * 3000]) | st.text(max_size=8))
     body = draw(st.one_of(st.binary(max_size=120), st.fixed_dictionaries({}, optional={
         k: json_values for k in [*API_FIELDS, "name", "group", "target", "waves", "devices", "budget_w"]}).map(_dumps)))
-    headers = [f"Host: 127.0.0.1"]
+    headers = ["Host: 127.0.0.1"]
     if draw(st.booleans()):
         headers.append(draw(st.sampled_from([f"Content-Length: {len(body)}", "Content-Length: -1",
                                              "Content-Length: 99999999999", "Transfer-Encoding: chunked",
@@ -277,7 +277,7 @@ def _rest_paths() -> list[str]:
     import urllib.request
 
     with urllib.request.urlopen(f"{targets._web().server.url}/openapi.json", timeout=30) as r:
-        return sorted(json.loads(r.read())["paths"]) + ["/", "/dashboard", "/metrics"]
+        return [*sorted(json.loads(r.read())["paths"]), "/", "/dashboard", "/metrics"]
 
 
 def test_rest_requests() -> None:

@@ -55,8 +55,13 @@ def stored_samples(store: Store) -> int:
 
 @pytest.mark.resilience
 @pytest.mark.timeout(600)
-def test_controller_sigkilled_during_rollout_and_ingest(world: FleetWorld, scenario: ScenarioResult,
-                                                         size: Sized, seed: int) -> None:
+def test_controller_sigkilled_during_rollout_and_ingest(world: FleetWorld, scenario: ScenarioResult, size: Sized,
+                                                         seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One controller: plain subscriptions. With `$share/` ones (the default) Mosquitto 2.0 does
+    # not queue for a share group whose only member is away, so what devices publish while a
+    # lone controller is dead is lost in the broker (measured: 58 of 1138 samples; the
+    # report's notes and docs/resilience.md say so). Two replicas keep one member connected.
+    monkeypatch.setenv("FLEETGEN_SHARED_SUBSCRIPTIONS", "false")
     rng = random.Random(seed)
     kills = size(1, 3)
     world.start_controller()
