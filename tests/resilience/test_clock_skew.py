@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.agent.test_update_kill9 import ROOT, Fleet1
-from tests.resilience.report import ScenarioResult
+from tests.resilience.report import ScenarioResult, Sized
 
 DAY = 86400.0
 
@@ -39,7 +39,8 @@ def refusal(notices: list[dict[str, object]]) -> str:
 
 
 @pytest.mark.timeout(600)
-def test_clock_skew_forward_and_back_by_days(tmp_path: Path, scenario: ScenarioResult) -> None:
+def test_clock_skew_forward_and_back_by_days(tmp_path: Path, scenario: ScenarioResult, size: Sized) -> None:
+    full = size(0, 1) == 1  # the short run: ahead by 10 days, then right again
     fleet = Fleet1(tmp_path)
     first = fleet.next_desired()
     fleet.finish()
@@ -64,16 +65,18 @@ def test_clock_skew_forward_and_back_by_days(tmp_path: Path, scenario: ScenarioR
             scenario.recovered(time.monotonic() - t0)
 
     # Ahead by 3 days: the TUF timestamp (1 day) has expired; by 10: the director document (7) too.
-    fleet.next_desired()
-    attempt(3 * DAY, fleet.envelope.read_bytes(), "old", "expired")
+    if full:
+        fleet.next_desired()
+        attempt(3 * DAY, fleet.envelope.read_bytes(), "old", "expired")
     fleet.next_desired()
     attempt(10 * DAY, fleet.envelope.read_bytes(), "old", "expired")
     # Behind by 10 days: every expiry looks far away. A current document is good (neither TUF
     # nor the director has a "not before"): it installs.
-    fleet.next_desired()
-    attempt(-10 * DAY, fleet.envelope.read_bytes(), "new", "")
-    # Still behind, the replay of the older document: only the persisted director version stops it.
-    attempt(-10 * DAY, old_envelope, "old", "version")
+    if full:
+        fleet.next_desired()
+        attempt(-10 * DAY, fleet.envelope.read_bytes(), "new", "")
+        # Still behind, the replay of the older document: only the persisted director version stops it.
+        attempt(-10 * DAY, old_envelope, "old", "version")
     # The clock right again: the next document installs; nothing the skew left blocks it.
     target = fleet.next_desired()
     attempt(0.0, fleet.envelope.read_bytes(), "new", "")

@@ -1,0 +1,151 @@
+"""A bundle download over a slow link: the agent (`fleetgen-agent run`, local API on) reaches
+the broker through the fault proxy at 50 kB/s with 500 ms latency each way, the controller
+(`fleetgen serve --repo`) serves the signed bundle over MQTT. The link is cut at seeded
+instants during the download; it completes, resumes after each cut, and the local API keeps
+answering meanwhile (its latency is recorded, not asserted)."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from controller.demo.brokers import Mosquitto, free_port
+from controller.demo.fleetproc import DeviceSpec, FleetProcesses
+from controller.store import Store
+from tests.integration.test_fleet_mqtt import online_ids
+from tests.resilience.proxy import FaultProxy
+from tests.resilience.report import ScenarioResult, Sized
+
+MODELS = Path(__file__).resolve().parents[2] / "models" / "text"
+ENV = {"FLEETGEN_PASSPHRASE": "resilience passphrase", "FLEETGEN_SHARED_SUBSCRIPTIONS": "false"}
+
+
+def run(*argv: str) -> None:
+    out = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=180,
+                         env={**os.environ, **ENV}, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def health_ms(port: int) -> float | None:
+    t0 = time.monotonic()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/health")
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        return (time.monotonic() - t0) * 1000 if resp.status < 500 else None
+    except (OSError, http.client.HTTPException):
+        return None
+
+
+@pytest.mark.resilience
+@pytest.mark.timeout(900)
+def test_slow_link_bundle_download(mosquitto: Mosquitto, tmp_path: Path, scenario: ScenarioResult, size: Sized,
+                                   seed: int) -> None:
+    rng = random.Random(seed)
+    # The device runs the int8 model (installed air-gapped); the int4 one comes over the slow link.
+    repo = tmp_path / "repo"
+    running, bundle = tmp_path / "austen-3m-int8-1.0.0.fgb", tmp_path / "austen-3m-int4-1.0.0.fgb"
+    run("controller", "keys", "init", "--repo", str(repo))
+    for model, fgb in ((MODELS / "austen-3m-int8", running), (MODELS / "austen-3m-int4", bundle)):
+        run("controller", "bundle", "build", str(model), "-o", str(fgb))
+        run("controller", "bundle", "publish", str(fgb), "--repo", str(repo))
+    proxy = FaultProxy("127.0.0.1", mosquitto.port, seed=seed).start()
+    ctl = FleetProcesses(tmp_path / "fleet", mosquitto.url, repository=repo, keepalive=30, env=ENV)
+    dev = FleetProcesses(tmp_path / "fleet", proxy.url, keepalive=30, env=ENV)
+    device = "dev-slow"
+    state = dev.workdir / "agents" / device
+    run("agent", "provision", "--root", str(repo / "metadata" / "1.root.json"), "--state-dir", str(state))
+    run("agent", "install-bundle", str(running), "--metadata", str(repo / "metadata"), "--state-dir", str(state))
+    api_port = free_port()
+    config = dev.agent_config(DeviceSpec(device))
+    sock = Path(f"/tmp/fg-slow-{os.getpid()}.sock")
+    config.write_text(config.read_text().replace(
+        "[api]\nenabled = false", f'[api]\nenabled = true\nsocket = "{sock}"\nlisten = "127.0.0.1:{api_port}"'))
+    latencies: list[float] = []
+    stop = threading.Event()
+    try:
+        ctl.start_controller()
+        with open(dev.workdir / "logs" / f"{device}.log", "ab") as out:
+            dev.agents[device] = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)],
+                                                  stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **ENV})
+        ctl.wait_for(lambda ds: device in online_ids(ds), timeout=60)
+        deadline = time.monotonic() + 60
+        while health_ms(api_port) is None and time.monotonic() < deadline:
+            time.sleep(0.2)  # the installed model loading
+        baseline = [v for v in (health_ms(api_port) for _ in range(20)) if v is not None]
+        assert baseline, "the local API does not answer"
+
+        def poll() -> None:
+            while not stop.is_set():
+                v = health_ms(api_port)
+                if v is None:
+                    scenario.api_failed += 1
+                else:
+                    scenario.api_ok += 1
+                    latencies.append(v)
+                stop.wait(0.25)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        proxy.delay(0.5)
+        proxy.throttle(50_000)
+        scenario.faults += 2
+        t0 = time.monotonic()
+        run("controller", "director", "set", device, "--repo", str(repo), "--target", bundle.name,
+            "--broker", mosquitto.url)
+        store = Store(ctl.db_url)
+        cuts = size(1, 2)
+        try:
+            def progress() -> list[int]:
+                return [int(e.details.get("bytes", 0)) for e in store.events(device, kinds=["update.downloading"])]
+
+            for i in range(cuts):
+                # A seeded instant while the download runs: after some progress has been reported.
+                want = rng.uniform(0.2, 0.6) * bundle.stat().st_size * (i + 1) / cuts
+                deadline = time.monotonic() + 400
+                while max(progress(), default=0) < want and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                proxy.cut()
+                scenario.faults += 1
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                devices = {d.id: d for d in store.devices()}
+                if devices.get(device) is not None and devices[device].active_bundle == "austen-3m-int4-1.0.0":
+                    break
+                assert dev.agents[device].poll() is None, dev.log_text(device)[-3000:]
+                time.sleep(0.5)
+            took = time.monotonic() - t0
+            scenario.runs += 1
+            seen = sorted(progress())
+            failed = [e.message for e in store.events(device, kinds=["update.failed"])]
+        finally:
+            store.close()
+        assert (state / "current" / "model.onnx").is_file(), failed
+        scenario.installs_new += 1
+        scenario.recovered(took)
+        scenario.note(f"{bundle.stat().st_size} bytes at 50 kB/s + 500 ms, {cuts} cut(s): installed in {took:.0f} s; "
+                      f"{len(failed)} failed attempt(s) on the way")
+        if failed:
+            scenario.note("first failure: " + failed[-1][:150])
+        if latencies:
+            scenario.note(f"local API /health during the download: p50 {statistics.median(latencies):.1f} ms, "
+                          f"max {max(latencies):.1f} ms (before: p50 {statistics.median(baseline):.1f} ms)")
+        del seen
+    finally:
+        stop.set()
+        dev.stop()
+        ctl.stop()
+        proxy.stop()
+        sock.unlink(missing_ok=True)
+    assert scenario.api_failed == 0
