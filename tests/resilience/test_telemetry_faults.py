@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -57,6 +57,16 @@ class TelemetryWorld:
             if not self.alive() or time.monotonic() > deadline:
                 raise TimeoutError(f"not all of {self.ids} online (alive: {self.alive()})")
             time.sleep(0.1)
+
+    def start_custom_agent(self, device_id: str, edit: Callable[[str], str]) -> subprocess.Popen[bytes]:
+        """An agent whose generated config `edit` changed (settings FleetProcesses has no knob for)."""
+        config = self.devs.agent_config(DeviceSpec(device_id))
+        config.write_text(edit(config.read_text()))
+        with open(self.devs.workdir / "logs" / f"{device_id}.log", "ab") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)], stdout=out,
+                                    stderr=subprocess.STDOUT, env={**os.environ, **ENV})
+        self.devs.agents[device_id] = proc
+        return proc
 
     def state(self, device_id: str) -> Path:
         return self.devs.workdir / "agents" / device_id
@@ -212,14 +222,8 @@ def test_spool_reaching_its_bound(world: TelemetryWorld, scenario: ScenarioResul
     world.ids = [device]
     world.proxy.refuse(True)  # down from the start: everything goes to the spool
     scenario.faults += 1
-    config = world.devs.agent_config(DeviceSpec(device))
-    config.write_text(config.read_text().replace("sample_interval_s = 0.2", "sample_interval_s = 0.1")
-                      + "[spool]\nmax_bytes = 65536\n")
-    log_path = world.devs.workdir / "logs" / f"{device}.log"
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)], stdout=out,
-                                stderr=subprocess.STDOUT, env={**os.environ, **ENV})
-    world.devs.agents[device] = proc
+    proc = world.start_custom_agent(device, lambda text: text.replace(
+        "sample_interval_s = 0.2", "sample_interval_s = 0.1") + "[spool]\nmax_bytes = 65536\n")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if (world.state(device) / "spool.db").exists() and spool_stats(world.state(device)).dropped_samples \
@@ -243,5 +247,41 @@ def test_spool_reaching_its_bound(world: TelemetryWorld, scenario: ScenarioResul
     scenario.samples_sent -= stats.dropped_samples
     scenario.note(f"{stats.dropped_samples} oldest samples dropped by the 64 KiB bound and counted "
                   f"(dropped_samples in telemetry); {stats.dropped_events} events dropped")
+    assert scenario.samples_lost == 0 and scenario.events_lost == 0, scenario
+    assert scenario.samples_duplicated == 0
+
+
+@pytest.mark.resilience
+def test_partition_longer_than_session_expiry(world: TelemetryWorld, scenario: ScenarioResult, size: Sized,
+                                              seed: int) -> None:
+    """Devices partitioned (link refused) for longer than their session expiry (3 s here): the
+    broker forgets their sessions; on reconnect they find none, subscribe again and re-sync
+    retained state, and the spool still delivers everything once."""
+    rng = random.Random(seed + 2)
+    world.ctl.start_controller()
+    wait_subscribed(world.ctl, world.broker)
+    world.ids = ["part-0", "part-1"]
+    def short_session(text: str) -> str:
+        return text.replace("reconnect_min_s", "session_expiry = 3\nreconnect_min_s")
+
+    for device in world.ids:
+        world.start_custom_agent(device, short_session)
+    world.wait_online()
+    for _ in range(size(1, 3)):
+        time.sleep(rng.uniform(0.5, 1.5))
+        world.proxy.cut()
+        world.proxy.refuse(True)
+        scenario.faults += 1
+        scenario.runs += 1
+        time.sleep(3 + 1.5 * KEEPALIVE + rng.uniform(1, 2))  # past the expiry, counted from the broker noticing
+        t0 = time.monotonic()
+        world.proxy.heal()
+        world.wait_online()
+        scenario.recovered(time.monotonic() - t0)
+    logs = "".join(world.ctl.log_text(d) for d in world.ids)
+    fresh = logs.count("no session on the broker")
+    assert fresh >= len(world.ids) * (1 + scenario.runs), f"sessions were not expired: {fresh}"
+    scenario.note(f"{fresh} connects found no session (the first ones included) and re-synced")
+    count_both_sides(world, scenario)
     assert scenario.samples_lost == 0 and scenario.events_lost == 0, scenario
     assert scenario.samples_duplicated == 0
