@@ -60,11 +60,20 @@ LINKS = {
     "slow_50kBps_500ms_cuts": (0.5, 50_000, "cut"),
     "broker_sigkilled": (0.0, 1_000_000, "broker-kill"),
 }
+# Measured here (docs/resilience.md): at 50 kB/s the MQTT fetcher's window (16 x 256 KiB in
+# flight, each re-asked after 5 s) asks for 4 MiB that take 80 s to cross; every re-ask adds
+# another 256 KiB answer to the queue, the first attempt fails after 6 tries with 1 MiB
+# received, and every resumed attempt waits behind the stale answers still queued on the link
+# and ends "0 B/s is under the floor of 4096 B/s". strict: the day the fetcher adapts its
+# window and timeout to the link, this passes and the marker must go.
+SLOW_LINK_COLLAPSE = pytest.mark.xfail(strict=True, reason="MQTT fetcher collapses at 50 kB/s (fixed window "
+                                                           "16 x 256 KiB, 5 s request timeout)")
 
 
 @pytest.mark.resilience
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("link", sorted(LINKS))
+@pytest.mark.parametrize("link", [pytest.param("slow_50kBps_500ms_cuts", marks=SLOW_LINK_COLLAPSE),
+                                  "broker_sigkilled"])
 def test_bundle_download(mosquitto: Mosquitto, tmp_path: Path, scenario: ScenarioResult, size: Sized,
                          seed: int, link: str) -> None:
     delay, rate, fault = LINKS[link]
@@ -142,7 +151,7 @@ def test_bundle_download(mosquitto: Mosquitto, tmp_path: Path, scenario: Scenari
                     time.sleep(rng.uniform(0.5, 2.0))
                     mosquitto.start()
                 scenario.faults += 1
-            deadline = time.monotonic() + 600
+            deadline = time.monotonic() + max(60.0, 3 * size_bytes / rate)  # 3x what the bytes need
             while time.monotonic() < deadline:
                 devices = {d.id: d for d in store.devices()}
                 if devices.get(device) is not None and devices[device].active_bundle == "austen-3m-int4-1.0.0":
