@@ -29,6 +29,20 @@ atexit.register(shutil.rmtree, _WORK, ignore_errors=True)
 DEVICE = "dev-1"
 
 
+_running: list[Callable[[], None]] = []  # stops for the servers a target started
+
+
+def shutdown() -> None:
+    """Stop the live servers the HTTP targets started (they start again when next used)."""
+    while _running:
+        _running.pop()()
+    _api.cache_clear()
+    _web.cache_clear()
+
+
+atexit.register(shutdown)
+
+
 class Crash(AssertionError):
     """A parser answered outside input in a way it must not (a 500, a file outside its folder)."""
 
@@ -216,7 +230,7 @@ def _api() -> Any:
     from tests.api.conftest import start_api, stop_api
 
     api = start_api(_WORK, None)
-    atexit.register(stop_api, api)
+    _running.append(lambda: stop_api(api))
     return api
 
 
@@ -231,7 +245,8 @@ def _web() -> Any:
     from tests.web.conftest import start_web
 
     web = start_web(_WORK / "web", n=3)
-    atexit.register(web.server.stop)
+    _running.append(web.server.stop)
+    _running.append(web.store.close)
     return web
 
 

@@ -24,6 +24,12 @@ FAST = settings(max_examples=40, deadline=None, database=None,
 SLOW = settings(FAST, max_examples=20)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _servers() -> Iterator[None]:
+    yield
+    targets.shutdown()  # the local API and the REST face the HTTP targets started
+
+
 @pytest.fixture(autouse=True)
 def _quiet() -> Iterator[None]:
     logging.disable(logging.CRITICAL)  # every refusal logs; thousands of lines say nothing here

@@ -28,7 +28,8 @@ from tests.resilience.report import ScenarioResult, Sized
 DEVICES = 20
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres),
+                        pytest.param("postgres-2replicas", marks=pytest.mark.postgres)])
 def world(request: pytest.FixtureRequest, tmp_path: Path, mosquitto: Mosquitto) -> Iterator[FleetWorld]:
     if request.param == "sqlite":
         w = FleetWorld(tmp_path, mosquitto.url, make_repo(tmp_path))
@@ -58,10 +59,25 @@ def stored_samples(store: Store) -> int:
 @pytest.mark.resilience
 @pytest.mark.timeout(600)
 def test_controller_sigkilled_during_rollout_and_ingest(world: FleetWorld, scenario: ScenarioResult, size: Sized,
-                                                         seed: int) -> None:
+                                                         seed: int, request: pytest.FixtureRequest) -> None:
+    """With two replicas (PostgreSQL) the one that leads is the one killed each time."""
     rng = random.Random(seed)
     kills = size(1, 3)
-    world.start_controller()
+    names = ["replica-a", "replica-b"] if request.node.callspec.params["world"].endswith("2replicas") \
+        else ["controller"]
+    since: dict[str, int] = {}  # where each replica's current process starts in its (appended) log
+
+    def start(name: str) -> None:
+        since[name] = len(world.log(name))
+        world.start_controller(name)
+
+    def leads(name: str) -> bool:
+        return name in world.procs and "now runs rollouts" in world.log(name)[since[name]:]
+
+    for name in names:
+        start(name)
+        wait_until(f"{name} connected", lambda n=name: "connected to" in world.log(n)[since[n]:], 60,
+                   alive=world.check_alive)
     # The fleet starts once the controller's subscriptions are in force (a retained status
     # reaches it only through them): what devices send before it has a session is not ours
     # to count (measured: the first 2-4 samples of each device).
@@ -85,14 +101,22 @@ def test_controller_sigkilled_during_rollout_and_ingest(world: FleetWorld, scena
         wait_until(f"wave {i + 1} started", lambda i=i: world.rollout(rollout_id).current_wave >= min(i, 3)
                    or world.rollout(rollout_id).status != "running", 90, alive=world.check_alive)
         time.sleep(rng.uniform(0, 1.5))
-        world.kill("controller", signal.SIGKILL)
+        victim = names[0] if len(names) == 1 else wait_until(
+            "a leader", lambda: next((n for n in names if leads(n)), None), 60, alive=world.check_alive)
+        world.kill(victim, signal.SIGKILL)
         scenario.faults += 1
         scenario.runs += 1
         t0 = time.monotonic()
-        world.start_controller()
-        before = world.query(stored_samples)
-        wait_until("ingesting again", lambda b=before: world.query(stored_samples) > b, 60, alive=world.check_alive)
-        scenario.recovered(time.monotonic() - t0)
+        others = [n for n in names if n != victim]
+        if others:  # another replica takes the lead: that is the recovery
+            wait_until("another leader", lambda o=others: any(leads(n) for n in o), 60, alive=world.check_alive)
+            scenario.recovered(time.monotonic() - t0)
+        start(victim)  # systemd's Restart=: the same identity takes its broker session back
+        if not others:
+            before = world.query(stored_samples)
+            wait_until("ingesting again", lambda b=before: world.query(stored_samples) > b, 60,
+                       alive=world.check_alive)
+            scenario.recovered(time.monotonic() - t0)
     try:
         view = world.wait_rollout(rollout_id, "completed", timeout=180)
         scenario.rollouts_done += 1
@@ -117,6 +141,6 @@ def test_controller_sigkilled_during_rollout_and_ingest(world: FleetWorld, scena
         scenario.samples_stored = world.query(stored_samples)
         scenario.events_stored = world.query(lambda s: len(s.events(limit=1_000_000)))
         scenario.samples_duplicated = max(0, scenario.samples_stored - scenario.samples_sent)
-    scenario.crashes += world.log("controller").count("Traceback")
+    scenario.crashes += sum(world.log(n).count("Traceback") for n in names)
     assert scenario.samples_lost == 0 and scenario.samples_duplicated == 0, scenario
     assert scenario.crashes == 0
