@@ -49,11 +49,12 @@ bench: $(STAMP)
 	@for b in tests/bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 # The resilience suite at full size (docs/resilience.md): faults injected into real brokers,
-# agents and controllers; prints the report table and writes $(RESILIENCE_JSON).
+# agents and controllers; prints the report table and writes $(RESILIENCE_JSON). The processes'
+# logs stay in build/resilience-tmp/ until the next run.
 RESILIENCE_JSON ?= build/resilience.json
 resilience: $(STAMP) system-deps
 	FLEETGEN_RESILIENCE=1 FLEETGEN_RESILIENCE_REPORT=$(RESILIENCE_JSON) \
-		$(BIN)/python -m pytest -q -p no:cacheprovider tests/resilience $(PYTEST_ARGS)
+		$(BIN)/python -m pytest -q -p no:cacheprovider --basetemp=build/resilience-tmp tests/resilience $(PYTEST_ARGS)
 
 # Coverage-guided fuzzing (atheris) of every parser of outside input, FUZZ_S seconds each;
 # a crash leaves its input in build/fuzz/ and fails the target.

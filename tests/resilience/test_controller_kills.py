@@ -124,7 +124,7 @@ def test_controller_sigkilled_during_rollout_and_ingest(world: FleetWorld, scena
     except TimeoutError:
         view = world.rollout(rollout_id)
         status = view.status
-        scenario.note(f"rollout {status}: {view.reason}; results {view.counts()}")
+        scenario.note(f"rollout {status}: {view.reason}; results {view.counts()}; logs in {world.tmp / 'logs'}")
         if status == "halted":
             scenario.rollouts_halted += 1
         else:
