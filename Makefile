@@ -11,6 +11,7 @@ PYTEST_ARGS ?=
 DIST   ?= dist
 
 .PHONY: all demo test lint bench models system-deps venv dist clean
+.PHONY: resilience fuzz
 
 all: test
 
@@ -53,13 +54,29 @@ dist: $(STAMP)
 	@rm -f $(DIST)/.build.log
 	@ls -1 $(DIST)/fleetgen-*
 
+# Every bench but peers.py, which builds its own venv with torch (~20 min): make bench-peers.
 bench: $(STAMP)
-	@for b in tests/bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in tests/bench/*.py; do [ "$$b" = tests/bench/peers.py ] && continue; echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 # fleetgen against onnxruntime-genai and llama.cpp on one checkpoint (its own .venv-bench; slow)
 .PHONY: bench-peers
 bench-peers: $(STAMP)
 	$(BIN)/python tests/bench/peers.py $(ARGS)
+
+# The resilience suite at full size (docs/resilience.md): faults injected into real brokers,
+# agents and controllers; prints the report table and writes $(RESILIENCE_JSON). The processes'
+# logs stay in build/resilience-tmp/ until the next run.
+RESILIENCE_JSON ?= build/resilience.json
+resilience: $(STAMP) system-deps
+	FLEETGEN_RESILIENCE=1 FLEETGEN_RESILIENCE_REPORT=$(RESILIENCE_JSON) \
+		$(BIN)/python -m pytest -q -p no:cacheprovider --basetemp=build/resilience-tmp tests/resilience $(PYTEST_ARGS)
+
+# Coverage-guided fuzzing (atheris) of every parser of outside input, FUZZ_S seconds each;
+# a crash leaves its input in build/fuzz/ and fails the target.
+FUZZ_S ?= 30
+fuzz: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[fuzz]'
+	$(BIN)/python -m tests.fuzz.run --seconds $(FUZZ_S) --out build/fuzz
 
 # Rebuild the shipped models from their recipes (needs PyTorch, CPU wheel; minutes).
 models: $(STAMP)

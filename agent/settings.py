@@ -35,6 +35,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not readable (permission denied)") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path}: invalid TOML ({e})") from None
+    except UnicodeDecodeError as e:  # tomllib decodes the whole file first (found by tests/fuzz)
+        raise ConfigError(f"config file {path}: not UTF-8 (byte {e.start}: {e.reason})") from None
     except OSError as e:
         raise ConfigError(f"config file {path}: {e.strerror}") from None
 
