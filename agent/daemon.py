@@ -128,6 +128,9 @@ class Agent:
         self.inbox: queue.Queue[LinkItem | WorkerPost] = queue.Queue(maxsize=10_000)
         self._event_seq = SequenceCounter(self.state_dir / "events.seq")
         self._emit_lock = threading.Lock()
+        # Events leave at the next turn of the loop, not with the next telemetry batch: a
+        # rollout waits on update.committed (samples keep their publish interval).
+        self._event_added = threading.Event()
         self._telemetry_seq = SequenceCounter(self.state_dir / "telemetry.seq")
         self._sampler = sampler or Sampler(clock=clock)
         self.spool = Spool(self.state_dir / "spool.db", config.spool.max_bytes)
@@ -254,6 +257,7 @@ class Agent:
             details=details or {},
         )
         self.spool.add("event", encode(event))
+        self._event_added.set()
 
     # -- inbound ---------------------------------------------------------------------
 
@@ -397,9 +401,10 @@ class Agent:
     def flush_telemetry(self) -> None:
         self.pump()
 
-    def pump(self) -> None:
+    def pump(self, samples: bool = True) -> None:
         """Acknowledged rows leave the spool; then send more, oldest first, while the link
-        is up and fewer than `max_in_flight` messages await their PUBACK."""
+        is up and fewer than `max_in_flight` messages await their PUBACK (events first;
+        samples too unless `samples` is false)."""
         done = [key for key, (delivery, _rows) in self._in_flight.items() if delivery.acked()]
         for key in done:
             _delivery, rows = self._in_flight.pop(key)
@@ -412,7 +417,7 @@ class Agent:
         for row in self.spool.oldest("event", max(0, limit - len(self._in_flight)), busy):
             if not self._track(self._send(events_topic, row.payload, False), [row.id]):
                 return
-        while len(self._in_flight) < limit:
+        while samples and len(self._in_flight) < limit:
             batch_rows = self.spool.oldest("sample", self.config.spool.batch_samples, busy)
             if not batch_rows:
                 return
@@ -485,6 +490,9 @@ class Agent:
             if now >= next_flush:
                 self.pump()
                 next_flush = now + t.publish_interval_s
+            if self._event_added.is_set():
+                self._event_added.clear()
+                self.pump(samples=False)
             if self._in_flight:
                 self.pump()  # acknowledged rows leave as soon as their PUBACK is in
             wake = min(next_sample, next_flush, next_power if power_tick is not None else next_flush)
