@@ -1,4 +1,4 @@
-"""The update worker (tests/support/update_child.py) on a device whose clock is off:
+"""The update worker (tests/resilience/update_child.py) on a device whose clock is off:
 
     python -m tests.resilience.skewed_child SKEW_S STATE METADATA TARGETS [ENVELOPE.json]
 
@@ -35,6 +35,6 @@ def skew_clock(seconds: float) -> None:
 
 if __name__ == "__main__":
     skew_clock(float(sys.argv[1]))
-    from tests.support.update_child import main
+    from tests.resilience.update_child import main
 
     sys.exit(main(sys.argv[2:]))

@@ -1,5 +1,5 @@
 """The agent SIGKILLed at seeded random instants: during installs of real bundles (the
-update worker as a process, tests/agent/test_update_kill9.py's harness), and while its local
+update worker as a process, tests/resilience/update_harness.py), and while its local
 API answers generation requests (`fleetgen-agent serve`)."""
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import pytest
 
 from agent.manifest import ManifestError, load_manifest, verify_files
 from controller.demo.brokers import free_port
-from tests.agent.test_update_kill9 import Fleet1, labels
 from tests.api.conftest import TEXT, TEXT_ID
 from tests.api.processes import BIN, env_for, read_until
 from tests.resilience.report import ScenarioResult, Sized
+from tests.resilience.update_harness import Fleet1, labels
 
 
 def whole(fleet: Fleet1) -> str | None:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent.test_update_kill9 import ROOT, Fleet1
 from tests.resilience.report import ScenarioResult, Sized
+from tests.resilience.update_harness import ROOT, Fleet1
 
 DAY = 86400.0
 
