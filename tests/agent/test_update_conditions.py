@@ -1,5 +1,5 @@
 """Update conditions, pure: window (across midnight too), battery floor from a sysfs tree,
-drain with a deadline, free disk (a refusal), overrides from the desired document."""
+drain with a deadline, free disk (a wait, or a refusal when it can never fit), overrides from the desired document."""
 
 from __future__ import annotations
 
@@ -48,8 +48,10 @@ def test_each_condition_says_why_it_waits_or_refuses() -> None:
     v = evaluate(c, readings(battery=12), GiB)
     assert v is not None and not v.refuse and "battery at 12%" in v.reason
     assert evaluate(c, readings(battery=None), GiB) is None  # mains powered: no floor applies
-    v = evaluate(c, readings(free=GiB), GiB)
-    assert v is not None and v.refuse and "free disk" in v.reason
+    v = evaluate(c, readings(free=GiB), GiB)  # short of space now: wait (and recheck)
+    assert v is not None and not v.refuse and v.check == "disk" and "free disk" in v.reason
+    v = evaluate(c, Readings(time(3, 0), 80, GiB, 0, total_bytes=GiB), GiB)  # could never fit: refused
+    assert v is not None and v.refuse and v.check == "disk" and "1024 MiB filesystem" in v.reason
     v = evaluate(c, readings(in_flight=2, drain_started=90.0, now=100.0), GiB)
     assert v is not None and "draining: 2" in v.reason
     assert evaluate(c, readings(in_flight=2, drain_started=30.0, now=100.0), GiB) is None  # drain deadline

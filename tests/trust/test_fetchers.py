@@ -47,15 +47,28 @@ def test_deadline_floor_and_budget() -> None:
     d = Deadline(DownloadPolicy(min_bytes_per_s=1000, grace_s=2, deadline_s=10), "u", clock)
     assert d.wait_budget() == pytest.approx(2)  # nothing yet: the grace period
     clock.t += 1.5
-    d.add(5000)  # 5 KB in 1.5 s: fine, and buys time until t0+5 s
-    assert d.wait_budget() == pytest.approx(3.5)
-    clock.t += 3.6
+    d.add(5000)  # 5 KB in 1.5 s: fine, and it counts until it leaves the 2 s window
+    assert d.wait_budget() == pytest.approx(2)
+    clock.t += 2.1
     with pytest.raises(SlowRetrievalError, match="floor"):
         d.check()
     fast = Deadline(DownloadPolicy(min_bytes_per_s=0, deadline_s=1), "u", clock)
     clock.t += 1.01
     with pytest.raises(SlowRetrievalError, match="deadline"):
         fast.check()
+
+
+def test_floor_is_over_a_sliding_window_not_the_average() -> None:
+    """A fast start does not hide a stall: an average would allow 50 s of silence here."""
+    clock = _Clock()
+    d = Deadline(DownloadPolicy(min_bytes_per_s=1000, grace_s=5, deadline_s=1000), "u", clock)
+    for _ in range(10):
+        clock.t += 1
+        d.add(6000)  # 6 kB/s for 10 s
+    assert d.wait_budget() == pytest.approx(5)  # the last chunk alone holds the window up
+    clock.t += 5.1
+    with pytest.raises(SlowRetrievalError, match="over the last 5.0 s is under the floor"):
+        d.check()
 
 
 def test_policy_bounds_are_checked() -> None:
