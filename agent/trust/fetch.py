@@ -59,7 +59,9 @@ class DownloadPolicy:
     # ~23 MB/s, at 16 ~80 (bench, before ADR 0050).
     window: int = 16
     initial_window: int = 2
-    request_timeout_s: float = 5.0
+    # The timeout of a request until the link was measured: a 256 KiB chunk takes 5 s to
+    # cross 50 kB/s plus the round trip (ADR 0053); then it adapts.
+    request_timeout_s: float = 15.0
     min_rto_s: float = 0.2
     max_rto_s: float = 60.0
     max_retries: int = 5

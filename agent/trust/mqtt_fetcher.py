@@ -12,10 +12,11 @@ Answers come at QoS 0 (ADR 0050), so this side does what TCP does for its segmen
   round trip is queueing (the measured RTT well over the smallest one: the link is full,
   more in flight would only queue answers that a cut then throws away), and halves on a
   loss (to one chunk on a timeout);
-- an adaptive retransmission timeout (RFC 6298: smoothed RTT + 4 x its variation,
-  measured on chunks answered at their first request only, Karn), doubled per retry of a
-  chunk; a chunk's timer restarts whenever any answer of ours arrives, so chunks queued
-  behind others on a slow link are not asked again while the link is busy delivering;
+- an adaptive retransmission timeout (RFC 6298 on the round trip less the chunk's own
+  serialisation time at the measured bandwidth, see `_Flow`; measured on chunks answered
+  at their first request only, Karn), doubled per retry of a chunk; a chunk's timer
+  restarts whenever any answer of ours arrives, so chunks queued behind others on a slow
+  link are not asked again while the link is busy delivering;
 - fast retransmit: a chunk overtaken by three answers to requests sent after it is
   asked again at once (from its own offset, never from zero);
 - answers to requests no longer wanted (a chunk already received, a re-ask's twin, an
@@ -29,7 +30,9 @@ import logging
 import math
 import queue
 import secrets
+import statistics
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -55,6 +58,8 @@ DUPTHRESH = 3
 # Queueing the window may add to the smallest round trip before it stops growing (loopback
 # round trips are milliseconds: there the window always grows to its maximum).
 QUEUE_SLACK_S = 0.25
+# Delivery-rate samples the bandwidth estimate takes its maximum over.
+BW_SAMPLES = 16
 
 
 @dataclass
@@ -69,45 +74,70 @@ class _Pending:
 
 
 class _Flow:
-    """Congestion window and retransmission timer (TCP-like, see module doc). The RTT
-    estimate outlives one download (a resumed download starts with what the link showed);
-    the window starts small again for each."""
+    """Congestion window and retransmission timer (TCP-like, see module doc).
+
+    A 256 KiB chunk is no TCP segment: on a 50 kB/s link it alone takes 5 s to cross, on
+    loopback 2 ms. So the round trip is modelled as `base + length / bandwidth`: the
+    bandwidth is the median recent delivery rate (each answer gives one: its length over the
+    time since it was sent or since the answer before it, whichever is later; a median, not
+    BBR's max, because two answers a broker hands over together would claim any speed:
+    an underestimate only makes the timeout longer), the base is what remains of each sample, smoothed as RFC 6298
+    smooths a TCP round trip. The timeout of a chunk is base + 4 x its variation + its own
+    serialisation time. The estimates outlive one download (a resumed download starts with
+    what the link showed); the window starts small again for each."""
 
     def __init__(self, policy: DownloadPolicy) -> None:
         self.policy = policy
-        self.srtt: float | None = None
-        self.rttvar = 0.0
+        self.sbase: float | None = None
+        self.basevar = 0.0
+        self.bandwidth: float | None = None  # bytes/s
+        self._bw_samples: deque[float] = deque(maxlen=BW_SAMPLES)
         self.min_rtt = math.inf
-        self.rto = policy.request_timeout_s
+        self.avg_rtt: float | None = None
         self.cwnd = float(policy.initial_window)
         self.ssthresh = float(policy.window)
         self.recover_seq = 0  # one window decrease per loss event (sends up to this seq)
+        self.last_answer_at = 0.0
 
     def restart(self) -> None:
         self.cwnd = float(min(self.policy.initial_window, self.policy.window))
         self.ssthresh = float(self.policy.window)
-        self.min_rtt = math.inf
+        self.min_rtt, self.avg_rtt = math.inf, None
 
     def window(self) -> int:
         return max(1, min(self.policy.window, int(self.cwnd)))
 
-    def timeout(self, attempts: int) -> float:
-        return min(self.policy.max_rto_s, self.rto * 2 ** max(0, attempts - 1))
+    def timeout(self, length: int, attempts: int) -> float:
+        pol = self.policy
+        if self.sbase is None or self.bandwidth is None:
+            # Nothing measured yet: a bound that a full chunk over a slow link meets.
+            return min(pol.max_rto_s, pol.request_timeout_s * 2 ** max(0, attempts - 1))
+        base = min(pol.max_rto_s, max(min(pol.min_rto_s, pol.request_timeout_s), self.sbase + 4 * self.basevar))
+        return min(pol.max_rto_s, (base + length / self.bandwidth) * 2 ** max(0, attempts - 1))
 
-    def sample(self, rtt: float) -> None:
-        if self.srtt is None:
-            self.srtt, self.rttvar = rtt, rtt / 2
+    def answered(self, length: int, sent_at: float, now: float, first_try: bool) -> None:
+        """An answer arrived: bandwidth always; round trip only when unambiguous (Karn)."""
+        since = now - max(sent_at, self.last_answer_at)
+        self.last_answer_at = now
+        if length > 0 and since > 0:
+            self._bw_samples.append(length / since)
+            self.bandwidth = statistics.median(self._bw_samples)
+        if not first_try:
+            return
+        rtt = now - sent_at
+        base = max(0.0, rtt - (length / self.bandwidth if self.bandwidth else 0.0))
+        if self.sbase is None:
+            self.sbase, self.basevar = base, base / 2
         else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
-            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+            self.basevar = 0.75 * self.basevar + 0.25 * abs(self.sbase - base)
+            self.sbase = 0.875 * self.sbase + 0.125 * base
         self.min_rtt = min(self.min_rtt, rtt)
-        lo = min(self.policy.min_rto_s, self.policy.request_timeout_s)
-        self.rto = min(self.policy.max_rto_s, max(lo, self.srtt + 4 * self.rttvar))
+        self.avg_rtt = rtt if self.avg_rtt is None else 0.75 * self.avg_rtt + 0.25 * rtt
 
     def progress(self) -> None:
         """One chunk answered: grow, unless the round trip shows the link already queueing."""
-        if self.srtt is not None and self.min_rtt < math.inf:
-            queueing = self.srtt - self.min_rtt
+        if self.avg_rtt is not None and self.min_rtt < math.inf:
+            queueing = self.avg_rtt - self.min_rtt
             limit = max(self.min_rtt, QUEUE_SLACK_S)
             if queueing > 2 * limit:
                 self.cwnd = max(1.0, self.cwnd - 1)
@@ -249,7 +279,7 @@ class MqttFetcher(BoundedFetcher):
             if not pending:
                 continue
             heard = self._heard_at
-            due = min(max(p.sent_at, heard) + flow.timeout(p.attempts) for p in pending.values())
+            due = min(max(p.sent_at, heard) + flow.timeout(p.length, p.attempts) for p in pending.values())
             wait = min(due - time.monotonic(), deadline.wait_budget())
             try:
                 header, body = self._inbox.get(timeout=max(wait, 0.0))
@@ -278,8 +308,8 @@ class MqttFetcher(BoundedFetcher):
                 raise TransportError(
                     f"{url}: chunk at {p.offset} has {len(body)} bytes, expected {expected_len}"
                 )
-            if p.attempts == 1:  # Karn: an answer to a re-asked chunk says nothing of the RTT
-                flow.sample(time.monotonic() - p.sent_at)
+            # Karn: an answer to a re-asked chunk says nothing of the round trip
+            flow.answered(len(body), p.sent_at, time.monotonic(), p.attempts == 1)
             flow.progress()
             end = total if end is None else min(end, total)
             del pending[p.offset]
@@ -317,5 +347,5 @@ class MqttFetcher(BoundedFetcher):
     ) -> None:
         now, heard = time.monotonic(), self._heard_at
         for p in list(pending.values()):
-            if now - max(p.sent_at, heard) >= self._flow.timeout(p.attempts):
+            if now - max(p.sent_at, heard) >= self._flow.timeout(p.length, p.attempts):
                 self._again(path, p, ids, url, timeout=True)
