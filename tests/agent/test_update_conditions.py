@@ -76,3 +76,19 @@ def test_battery_is_read_from_power_supply_where_the_board_has_one(tmp_path: Pat
         if cap is not None:
             (base / name / "capacity").write_text(cap + "\n")
     assert battery_percent(tmp_path) == 41.0
+
+
+def test_the_download_policy_comes_from_agent_toml(tmp_path: Path) -> None:
+    from agent.config import load_config
+    from agent.errors import ConfigError
+
+    path = tmp_path / "agent.toml"
+    path.write_text('device_id = "d1"\n[update]\ndownload_window = 4\ndownload_initial_window = 1\n'
+                    "download_min_bytes_per_s = 1000\ndownload_floor_window_s = 60\n"
+                    "download_request_timeout_s = 20\n")
+    policy = load_config(path, env={}).update.download_policy()
+    assert (policy.window, policy.initial_window, policy.min_bytes_per_s, policy.grace_s,
+            policy.request_timeout_s) == (4, 1, 1000, 60, 20)
+    path.write_text('device_id = "d1"\n[update]\ndownload_chunk_bytes = 1048576\n')
+    with pytest.raises(ConfigError, match="update.download_chunk_bytes"):
+        load_config(path, env={})
