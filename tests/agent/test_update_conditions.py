@@ -90,5 +90,5 @@ def test_the_download_policy_comes_from_agent_toml(tmp_path: Path) -> None:
     assert (policy.window, policy.initial_window, policy.min_bytes_per_s, policy.grace_s,
             policy.request_timeout_s) == (4, 1, 1000, 60, 20)
     path.write_text('device_id = "d1"\n[update]\ndownload_chunk_bytes = 1048576\n')
-    with pytest.raises(ConfigError, match="update.download_chunk_bytes"):
+    with pytest.raises(ConfigError, match=r"update\.download_chunk_bytes"):
         load_config(path, env={})

@@ -67,7 +67,7 @@ def test_floor_is_over_a_sliding_window_not_the_average() -> None:
         d.add(6000)  # 6 kB/s for 10 s
     assert d.wait_budget() == pytest.approx(5)  # the last chunk alone holds the window up
     clock.t += 5.1
-    with pytest.raises(SlowRetrievalError, match="over the last 5.0 s is under the floor"):
+    with pytest.raises(SlowRetrievalError, match=r"over the last 5\.0 s is under the floor"):
         d.check()
 
 
