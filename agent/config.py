@@ -27,7 +27,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from msgspec import Meta
@@ -37,6 +37,9 @@ from agent.errors import ConfigError
 from agent.mqtt.settings import MqttSettings
 from agent.protocol.messages import DeviceId
 from agent.settings import load_settings
+
+if TYPE_CHECKING:
+    from agent.trust.fetch import DownloadPolicy
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,25 @@ class UpdateSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     backoff_max_s: Annotated[float, Meta(ge=0.01, le=86400)] = 900.0
     recheck_s: Annotated[float, Meta(ge=0.01, le=3600)] = 60.0
     max_trial_attempts: Annotated[int, Meta(ge=1, le=20)] = 3
+    # One download (agent/trust/fetch.py DownloadPolicy; flow control in mqtt_fetcher.py).
+    download_deadline_s: Annotated[float, Meta(gt=0, le=7 * 86400)] = 1800.0
+    download_min_bytes_per_s: Annotated[float, Meta(ge=0)] = 4096.0
+    download_floor_window_s: Annotated[float, Meta(ge=0, le=3600)] = 30.0
+    download_chunk_bytes: Annotated[int, Meta(ge=1, le=262144)] = 262144
+    download_window: Annotated[int, Meta(ge=1, le=32)] = 16
+    download_initial_window: Annotated[int, Meta(ge=1, le=32)] = 2
+    download_request_timeout_s: Annotated[float, Meta(gt=0, le=600)] = 15.0
+    download_max_retries: Annotated[int, Meta(ge=0, le=100)] = 5
+
+    def download_policy(self) -> DownloadPolicy:
+        from agent.trust.fetch import DownloadPolicy
+
+        return DownloadPolicy(
+            deadline_s=self.download_deadline_s, min_bytes_per_s=self.download_min_bytes_per_s,
+            grace_s=self.download_floor_window_s, chunk_size=self.download_chunk_bytes,
+            window=self.download_window, initial_window=self.download_initial_window,
+            request_timeout_s=self.download_request_timeout_s, max_retries=self.download_max_retries,
+        )
 
 
 class PowerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

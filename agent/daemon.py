@@ -187,7 +187,7 @@ class Agent:
     def _fetcher(self) -> BoundedFetcher:
         from agent.trust.mqtt_fetcher import MqttFetcher
 
-        return MqttFetcher(self.link, self.device_id)
+        return MqttFetcher(self.link, self.device_id, self.config.update.download_policy())
 
     # -- outbound --------------------------------------------------------------------
 

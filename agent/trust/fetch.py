@@ -3,7 +3,8 @@
 python-tuf only gives up after a 30 s silence between bytes, so a one-byte drip would keep
 a download alive for ever (PITFALLS, TUF). Every fetcher here derives from
 `BoundedFetcher`, which gives each download an overall deadline and a minimum-throughput
-floor (average since the start, enforced after a short grace period) and raises
+floor (the bytes received over a sliding window of `grace_s`, enforced once the download is
+that old, so a stall late in a long download is seen as soon as in a short one) and raises
 `SlowRetrievalError` as soon as either is certain to be missed. A fetcher only implements
 `_chunks(url, offset, deadline, limit)`, waiting at most `deadline.wait_budget()` for data.
 
@@ -18,6 +19,7 @@ import contextlib
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,17 +42,28 @@ TARGETS_URL = REPOSITORY_URL + "targets/"
 
 @dataclass(frozen=True, slots=True)
 class DownloadPolicy:
-    """Bounds of one download. Defaults suit a slow cellular link and a 1 GB bundle."""
+    """Bounds of one download. Defaults suit a slow cellular link and a 1 GB bundle.
+
+    The MQTT fetcher's flow control (agent/trust/mqtt_fetcher.py) starts with
+    `initial_window` chunks in flight and grows towards `window` while answers come;
+    `request_timeout_s` is the retransmission timeout until a round trip was measured,
+    then it adapts (clamped to `min_rto_s`..`max_rto_s`, doubled per retry)."""
 
     deadline_s: float = 1800.0
     min_bytes_per_s: float = 4 * KiB
-    # A lost request is asked again after request_timeout_s; the grace period must outlast
-    # a few of those, or one lost MQTT req/resp ends the download as slow retrieval.
+    # The floor's sliding window: it must outlast a few lost requests, or one lost MQTT
+    # req/resp (or a reconnect) ends the download as slow retrieval.
     grace_s: float = 30.0
     chunk_size: int = MAX_CHUNK
-    # 16 x 256 KiB in flight: 4 MiB; at 4 a loopback transfer ran at ~23 MB/s, at 16 ~80 (bench).
+    # The most chunks in flight (16 x 256 KiB: 4 MiB); at 4 a loopback transfer ran at
+    # ~23 MB/s, at 16 ~80 (bench, before ADR 0050).
     window: int = 16
-    request_timeout_s: float = 5.0
+    initial_window: int = 2
+    # The timeout of a request until the link was measured: a 256 KiB chunk takes 5 s to
+    # cross 50 kB/s plus the round trip (ADR 0053); then it adapts.
+    request_timeout_s: float = 15.0
+    min_rto_s: float = 0.2
+    max_rto_s: float = 60.0
     max_retries: int = 5
 
     def __post_init__(self) -> None:
@@ -58,14 +71,28 @@ class DownloadPolicy:
             raise ValueError(f"chunk_size {self.chunk_size} must be in 1..{MAX_CHUNK}")
         if not 1 <= self.window <= 32:
             raise ValueError(f"window {self.window} must be in 1..32")
+        if self.initial_window < 1:
+            raise ValueError(f"initial_window {self.initial_window} must be >= 1")
         if self.deadline_s <= 0 or self.request_timeout_s <= 0 or self.grace_s < 0:
             raise ValueError("deadline_s and request_timeout_s must be > 0, grace_s >= 0")
+        if not 0 < self.min_rto_s <= self.max_rto_s:
+            raise ValueError("min_rto_s must be > 0 and <= max_rto_s")
         if self.min_bytes_per_s < 0 or self.max_retries < 0:
             raise ValueError("min_bytes_per_s and max_retries must be >= 0")
 
 
+# The floor's window keeps at most this many buckets of arrivals, whatever the rate.
+_BUCKETS = 32
+
+
 class Deadline:
-    """Time accounting of one download: overall deadline plus throughput floor."""
+    """Time accounting of one download: overall deadline plus throughput floor.
+
+    The floor is measured over a sliding window of `grace_s`: the download fails once the
+    bytes that arrived in the last `grace_s` seconds are fewer than `min_bytes_per_s *
+    grace_s` (and the download is at least that old). An average since the start would let
+    a fast first half hide a dead link for as long again, and would make a resumed download
+    that first drains stale answers look as slow as its whole history."""
 
     def __init__(
         self, policy: DownloadPolicy, url: str, clock: Callable[[], float] = time.monotonic
@@ -75,13 +102,25 @@ class Deadline:
         self._clock = clock
         self.start = clock()
         self.received = 0
+        self._window = max(policy.grace_s, 1e-3)
+        # (bucket number, time of its latest arrival, bytes), oldest first
+        self._arrivals: deque[tuple[int, float, int]] = deque()
 
     def _floor_due(self) -> float:
-        """The instant the average throughput drops under the floor, if nothing arrives."""
+        """The instant the bytes in the sliding window drop under the floor, if nothing arrives."""
         floor = self.policy.min_bytes_per_s
         if floor <= 0:
             return float("inf")
-        return self.start + max(self.policy.grace_s, self.received / floor)
+        need = floor * self._window
+        acc = 0
+        for _, t, n in reversed(self._arrivals):
+            acc += n
+            if acc >= need:
+                return t + self._window
+        return self.start + self._window
+
+    def _in_window(self, now: float) -> int:
+        return sum(n for _, t, n in self._arrivals if t > now - self._window)
 
     def wait_budget(self) -> float:
         """How long one may wait for more data before this download is certain to fail."""
@@ -97,13 +136,24 @@ class Deadline:
                 f"({self.received} bytes received)"
             )
         if now > self._floor_due():
+            span = min(elapsed, self._window)
             raise SlowRetrievalError(
-                f"{self.url}: {self.received / elapsed:.0f} B/s is under the floor of "
-                f"{self.policy.min_bytes_per_s:g} B/s after {elapsed:.1f} s"
+                f"{self.url}: {self._in_window(now) / max(span, 1e-9):.0f} B/s over the last "
+                f"{span:.1f} s is under the floor of {self.policy.min_bytes_per_s:g} B/s "
+                f"({self.received} bytes in {elapsed:.1f} s)"
             )
 
     def add(self, n: int) -> None:
+        now = self._clock()
         self.received += n
+        key = int(now * _BUCKETS / self._window)
+        if self._arrivals and self._arrivals[-1][0] == key:
+            had = self._arrivals[-1][2]
+            self._arrivals[-1] = (key, now, had + n)  # its latest time: lenient by at most a bucket
+        else:
+            self._arrivals.append((key, now, n))
+        while self._arrivals and self._arrivals[0][1] <= now - self._window:
+            self._arrivals.popleft()
         self.check()
 
 

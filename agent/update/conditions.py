@@ -94,32 +94,40 @@ class Readings:
     in_flight: int
     drain_started_s: float | None = None  # monotonic time the drain began
     now_s: float = 0.0
+    total_bytes: int | None = None  # the filesystem's size: None when unknown
 
 
 @dataclass(frozen=True)
 class Verdict:
     reason: str
     refuse: bool = False  # True: final (the disk can never hold it as things are); else wait
+    check: str = ""  # which condition: window, battery, disk, drain
 
 
 def evaluate(c: UpdateConditions, r: Readings, need_bytes: int) -> Verdict | None:
     """None when the update may go on; otherwise why it waits, or why it is refused.
 
     Disk: the download and the unpacked bundle both need room (a bundle is uncompressed,
-    so twice its length) plus the reserve. Drain: wait while generation requests are in
-    flight, but no longer than `drain_timeout_s` after the drain began."""
+    so twice its length) plus the reserve. Refused (before any byte is fetched) only when
+    the filesystem could not hold that even empty; short of free space now, the update
+    waits and rechecks, so it proceeds once space is freed. Drain: wait while generation
+    requests are in flight, but no longer than `drain_timeout_s` after the drain began."""
     if c.window is not None and not c.window.contains(r.local_time):
-        return Verdict(f"outside the maintenance window {c.window} (device time {r.local_time:%H:%M})")
+        return Verdict(f"outside the maintenance window {c.window} (device time {r.local_time:%H:%M})",
+                       check="window")
     if c.battery_floor_pct is not None and r.battery_pct is not None and r.battery_pct < c.battery_floor_pct:
-        return Verdict(f"battery at {r.battery_pct:.0f}%, under the floor of {c.battery_floor_pct:.0f}%")
+        return Verdict(f"battery at {r.battery_pct:.0f}%, under the floor of {c.battery_floor_pct:.0f}%",
+                       check="battery")
     reserve = int(c.disk_reserve_mb * MiB)
     if r.free_bytes < need_bytes + reserve:
-        return Verdict(f"not enough free disk: {r.free_bytes // MiB} MiB free, {need_bytes // MiB} MiB "
-                       f"needed plus a reserve of {reserve // MiB} MiB", refuse=True)
+        never = r.total_bytes is not None and r.total_bytes < need_bytes + reserve
+        size = f" on a {r.total_bytes // MiB} MiB filesystem" if never and r.total_bytes is not None else ""
+        return Verdict(f"not enough free disk: {r.free_bytes // MiB} MiB free{size}, {need_bytes // MiB} MiB "
+                       f"needed plus a reserve of {reserve // MiB} MiB", refuse=never, check="disk")
     if r.in_flight > 0:
         started = r.drain_started_s if r.drain_started_s is not None else r.now_s
         if r.now_s - started < c.drain_timeout_s:
-            return Verdict(f"draining: {r.in_flight} generation request(s) in flight")
+            return Verdict(f"draining: {r.in_flight} generation request(s) in flight", check="drain")
     return None
 
 
@@ -143,3 +151,7 @@ def battery_percent(root: Path) -> float | None:
 
 def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
+
+
+def total_bytes(path: Path) -> int:
+    return shutil.disk_usage(path).total

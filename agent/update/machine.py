@@ -98,6 +98,7 @@ class Desired:
 @dataclass(frozen=True)
 class Blocked:
     reason: str
+    check: str = ""  # the condition: window, battery, disk (free space, rechecked), drain
 
 
 @dataclass(frozen=True)
@@ -409,8 +410,13 @@ def step(s: UpdateState, e: UpdateEvent, policy: Policy = Policy()) -> Result:
         if isinstance(e, Blocked):
             s2 = msgspec.structs.replace(s, phase="waiting", wait_reason=e.reason)
             emit: list[Action] = []
-            if s.wait_reason != e.reason:
-                emit = [Emit("update.waiting", e.reason, details=_details(s, why=e.reason))]
+            # Said once per cause: the figures in a reason (free MiB, device time) change
+            # between rechecks, the cause before its first colon does not.
+            if (s.wait_reason or "").split(":")[0] != e.reason.split(":")[0]:
+                extra: dict[str, Scalar] = {"why": e.reason}
+                if e.check:
+                    extra["check"] = e.check
+                emit = [Emit("update.waiting", e.reason, details=_details(s, **extra))]
             return s2, [*emit, WaitFor(policy.recheck_s)]
         if isinstance(e, Clear):
             return msgspec.structs.replace(s, phase="downloading", wait_reason=None), [Download()]

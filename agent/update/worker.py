@@ -40,6 +40,7 @@ from agent.update.conditions import (
     battery_percent,
     evaluate,
     free_bytes,
+    total_bytes,
 )
 from agent.update.health import run_health_check
 from agent.update.journal import Journal
@@ -401,13 +402,14 @@ class UpdateWorker:
             self._drain_started = None
         self.state_dir.mkdir(parents=True, exist_ok=True)
         readings = Readings(self.local_time(), battery_percent(self.settings.board_root),
-                            free_bytes(self.state_dir), in_flight, self._drain_started, now)
+                            free_bytes(self.state_dir), in_flight, self._drain_started, now,
+                            total_bytes(self.state_dir))
         verdict = evaluate(conditions, readings, need)
         if verdict is None:
             return m.Clear()
         if verdict.refuse:
             return m.Refused(verdict.reason, "disk")
-        return m.Blocked(verdict.reason)
+        return m.Blocked(verdict.reason, verdict.check)
 
     def _download(self) -> m.UpdateEvent | None:
         target = self.state.target

@@ -1,5 +1,5 @@
 """Update conditions, pure: window (across midnight too), battery floor from a sysfs tree,
-drain with a deadline, free disk (a refusal), overrides from the desired document."""
+drain with a deadline, free disk (a wait, or a refusal when it can never fit), overrides from the desired document."""
 
 from __future__ import annotations
 
@@ -48,8 +48,10 @@ def test_each_condition_says_why_it_waits_or_refuses() -> None:
     v = evaluate(c, readings(battery=12), GiB)
     assert v is not None and not v.refuse and "battery at 12%" in v.reason
     assert evaluate(c, readings(battery=None), GiB) is None  # mains powered: no floor applies
-    v = evaluate(c, readings(free=GiB), GiB)
-    assert v is not None and v.refuse and "free disk" in v.reason
+    v = evaluate(c, readings(free=GiB), GiB)  # short of space now: wait (and recheck)
+    assert v is not None and not v.refuse and v.check == "disk" and "free disk" in v.reason
+    v = evaluate(c, Readings(time(3, 0), 80, GiB, 0, total_bytes=GiB), GiB)  # could never fit: refused
+    assert v is not None and v.refuse and v.check == "disk" and "1024 MiB filesystem" in v.reason
     v = evaluate(c, readings(in_flight=2, drain_started=90.0, now=100.0), GiB)
     assert v is not None and "draining: 2" in v.reason
     assert evaluate(c, readings(in_flight=2, drain_started=30.0, now=100.0), GiB) is None  # drain deadline
@@ -74,3 +76,19 @@ def test_battery_is_read_from_power_supply_where_the_board_has_one(tmp_path: Pat
         if cap is not None:
             (base / name / "capacity").write_text(cap + "\n")
     assert battery_percent(tmp_path) == 41.0
+
+
+def test_the_download_policy_comes_from_agent_toml(tmp_path: Path) -> None:
+    from agent.config import load_config
+    from agent.errors import ConfigError
+
+    path = tmp_path / "agent.toml"
+    path.write_text('device_id = "d1"\n[update]\ndownload_window = 4\ndownload_initial_window = 1\n'
+                    "download_min_bytes_per_s = 1000\ndownload_floor_window_s = 60\n"
+                    "download_request_timeout_s = 20\n")
+    policy = load_config(path, env={}).update.download_policy()
+    assert (policy.window, policy.initial_window, policy.min_bytes_per_s, policy.grace_s,
+            policy.request_timeout_s) == (4, 1, 1000, 60, 20)
+    path.write_text('device_id = "d1"\n[update]\ndownload_chunk_bytes = 1048576\n')
+    with pytest.raises(ConfigError, match=r"update\.download_chunk_bytes"):
+        load_config(path, env={})

@@ -148,6 +148,30 @@ def test_window_waits_once_then_rechecks_quietly() -> None:
     assert s.phase == "downloading" and kinds(actions) == ["Download"]
 
 
+def test_a_download_that_filled_the_disk_waits_for_space_then_proceeds() -> None:
+    """ENOSPC mid-download is a failure, not a refusal: after the backoff the conditions are
+    checked again, the shortage is a wait (reason disk) rechecked every recheck_s, and the
+    download resumes once space is back, without a new desired document."""
+    s, _ = run(m.UpdateState(), m.Desired(1, B, None), m.Clear())
+    s, actions = m.step(s, m.Failed("download: [Errno 28] No space left on device", "disk", 0.0), POLICY)
+    assert kinds(actions) == ["update.failed", "WaitFor"] and s.phase == "downloading"
+    s, actions = m.step(s, m.Recheck(), POLICY)
+    assert s.phase == "checking" and kinds(actions) == ["CheckConditions"]
+    s, actions = m.step(s, m.Blocked("not enough free disk: 0 MiB free, 1 MiB needed", "disk"), POLICY)
+    assert s.phase == "waiting" and kinds(actions) == ["update.waiting", "WaitFor"]
+    emit, wait = actions
+    assert isinstance(emit, m.Emit) and emit.details is not None and emit.details["check"] == "disk"
+    assert isinstance(wait, m.WaitFor) and wait.seconds == POLICY.recheck_s
+    for free in (0, 1):  # still short (other figures): rechecked quietly, never given up
+        s, actions = m.step(s, m.Recheck(), POLICY)
+        assert kinds(actions) == ["CheckConditions"]
+        s, actions = m.step(s, m.Blocked(f"not enough free disk: {free} MiB free, 2 MiB needed", "disk"), POLICY)
+        assert kinds(actions) == ["WaitFor"] and s.phase == "waiting"
+    s, _ = m.step(s, m.Recheck(), POLICY)
+    s, actions = m.step(s, m.Clear(), POLICY)
+    assert s.phase == "downloading" and kinds(actions) == ["Download"] and s.retries == 1
+
+
 def test_a_newer_desired_cancels_before_the_switch_and_waits_after_it() -> None:
     s, _ = run(m.UpdateState(), m.Desired(1, B, None), m.Clear())
     s, actions = m.step(s, m.Desired(2, C, None), POLICY)

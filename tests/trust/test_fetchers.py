@@ -47,15 +47,28 @@ def test_deadline_floor_and_budget() -> None:
     d = Deadline(DownloadPolicy(min_bytes_per_s=1000, grace_s=2, deadline_s=10), "u", clock)
     assert d.wait_budget() == pytest.approx(2)  # nothing yet: the grace period
     clock.t += 1.5
-    d.add(5000)  # 5 KB in 1.5 s: fine, and buys time until t0+5 s
-    assert d.wait_budget() == pytest.approx(3.5)
-    clock.t += 3.6
+    d.add(5000)  # 5 KB in 1.5 s: fine, and it counts until it leaves the 2 s window
+    assert d.wait_budget() == pytest.approx(2)
+    clock.t += 2.1
     with pytest.raises(SlowRetrievalError, match="floor"):
         d.check()
     fast = Deadline(DownloadPolicy(min_bytes_per_s=0, deadline_s=1), "u", clock)
     clock.t += 1.01
     with pytest.raises(SlowRetrievalError, match="deadline"):
         fast.check()
+
+
+def test_floor_is_over_a_sliding_window_not_the_average() -> None:
+    """A fast start does not hide a stall: an average would allow 50 s of silence here."""
+    clock = _Clock()
+    d = Deadline(DownloadPolicy(min_bytes_per_s=1000, grace_s=5, deadline_s=1000), "u", clock)
+    for _ in range(10):
+        clock.t += 1
+        d.add(6000)  # 6 kB/s for 10 s
+    assert d.wait_budget() == pytest.approx(5)  # the last chunk alone holds the window up
+    clock.t += 5.1
+    with pytest.raises(SlowRetrievalError, match=r"over the last 5\.0 s is under the floor"):
+        d.check()
 
 
 def test_policy_bounds_are_checked() -> None:
@@ -119,6 +132,78 @@ def test_mqtt_fetcher_asks_again_from_the_last_good_offset(world: World) -> None
     offsets = [r.offset for r in _requests(agent)]
     assert offsets.count(0) == 1  # never restarted from zero
     assert {o for o in offsets if offsets.count(o) > 1} == seen  # only the lost chunks, again
+
+
+class _SlowLink:
+    """The responder behind a serial link: answers cross one at a time, each taking its
+    length / rate (plus a fixed latency), the way a throttled TCP connection delivers them."""
+
+    def __init__(self, root: Path, rate: float, latency: float = 0.0) -> None:
+        import queue
+
+        self.bus = Bus()
+        self.responder = RepositoryResponder(self.bus.client(), root)
+        self.rate, self.latency = rate, latency
+        self.sent = 0
+        self.delivered = 0
+        self.max_in_flight = 0
+        self._q: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
+        self.responder._transport.subscribe(self.responder._filter, self._on_request)
+        self._thread = threading.Thread(target=self._deliver, daemon=True)
+        self._thread.start()
+
+    def _on_request(self, topic: str, payload: bytes) -> None:
+        self.sent += 1
+        self.max_in_flight = max(self.max_in_flight, self.sent - self.delivered)
+        answer = self.responder.handle(topic, payload)
+        if answer is not None:
+            self._q.put(answer)
+
+    def _deliver(self) -> None:
+        while (item := self._q.get()) is not None:
+            time.sleep(self.latency + len(item[1]) / self.rate)
+            self.delivered += 1
+            self.responder._transport.publish(*item)
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join(timeout=5)
+
+
+def test_mqtt_fetcher_waits_for_a_busy_slow_link_instead_of_asking_again(world: World) -> None:
+    """A window of chunks takes far longer to cross than the initial request timeout: the
+    timers restart on every answer and the timeout learns the chunk's crossing time, so no
+    chunk is asked twice (the re-asks that piled duplicate answers on a 50 kB/s link), and
+    the window grows from its initial size (slow start) without passing its maximum."""
+    bundle = world.publish("1.0.0", size=640 * KiB)
+    link = _SlowLink(world.repo.path, rate=2_000_000, latency=0.002)  # 16 KiB: ~10 ms each
+    try:
+        tap = Tap(link.bus.client())
+        policy = DownloadPolicy(chunk_size=16 * KiB, window=12, initial_window=2, request_timeout_s=0.05, grace_s=5)
+        fetcher = MqttFetcher(tap, "dev-1", policy)
+        sha = world.repo.targets().targets[bundle.name].hashes["sha256"]
+        data = b"".join(fetcher.fetch_range(f"{TARGETS_URL}{sha}.{bundle.name}", 0, bundle.stat().st_size))
+    finally:
+        link.close()
+    assert data == bundle.read_bytes()
+    offsets = [r.offset for r in _requests(tap)]
+    assert len(offsets) == len(set(offsets)) == -(-len(data) // (16 * KiB))  # none asked twice
+    assert 2 < link.max_in_flight <= 12
+
+
+def test_stale_answers_are_dropped_on_the_network_thread(world: World) -> None:
+    """An answer to a request no longer wanted (a chunk already had, a re-ask's twin) never
+    reaches the inbox, where it would queue ahead of the answers awaited."""
+    from agent.protocol.codec import encode_response
+    from agent.protocol.messages import ResponseHeader
+
+    fetcher = MqttFetcher(Bus().client(), "dev-1")
+    frame = encode_response(ResponseHeader(id=f"{fetcher._prefix}-7", ok=True, offset=0, total=3), b"abc")
+    fetcher._on_response("fleetgen/v1/dev/dev-1/resp", frame)
+    assert fetcher._inbox.empty() and fetcher.stale_dropped == 1
+    fetcher._live.add(f"{fetcher._prefix}-7")
+    fetcher._on_response("fleetgen/v1/dev/dev-1/resp", frame)
+    assert fetcher._inbox.qsize() == 1
 
 
 def test_mqtt_fetcher_gives_up_when_nobody_answers(world: World) -> None:
