@@ -151,6 +151,7 @@ class UpdateWorker:
         self._interrupted = False
         self._verify_retries = 0
         self._retry_envelope: SignedEnvelope | None = None
+        self._acting_on: SignedEnvelope | None = None  # the document the steps now follow
         self._installer: Installer | None = None
         self._busy = threading.Event()  # set while an envelope or a wake-up is handled
         self._busy.set()  # until Boot has been handled
@@ -251,6 +252,7 @@ class UpdateWorker:
             self.post(Notice("update.failed", f"internal error: {type(e).__name__}: {e}", "error"))
 
     def _on_envelope(self, envelope: SignedEnvelope) -> None:
+        self._acting_on = envelope
         try:
             verified = self.installer.verifier.verify_desired(envelope)
             config = dict(verified.desired.config)
@@ -316,7 +318,12 @@ class UpdateWorker:
                     events.append(outcome)
 
     def _has_newer(self) -> bool:
-        return not self._pending.empty()
+        """A document waits that differs from the one being acted on. The retained document
+        the broker re-delivers on every reconnect is the same one: it must not cancel (and
+        restart) a download in progress, which cost ~15 s per cut on a slow link."""
+        with self._pending.mutex:
+            items = list(self._pending.queue)
+        return any(item is None or item != self._acting_on for item in items)
 
     def _abandons_trial(self) -> bool:
         """Whether the pending document would end the trial in progress: a stop, or a newer

@@ -226,6 +226,48 @@ def test_a_newer_desired_document_cancels_a_download_in_progress(world: UpdateWo
     assert not list((world.state / "downloads").glob("*.part"))
 
 
+def test_the_same_document_again_does_not_restart_a_download(world: UpdateWorld) -> None:
+    """The broker re-delivers the retained desired document on every reconnect: mid-download
+    it is the same document, so the download goes on instead of starting over."""
+    import threading
+    from collections.abc import Iterator
+
+    from agent.trust.fetch import Deadline, DownloadPolicy, LocalFetcher
+
+    gate, first_chunk = threading.Event(), threading.Event()
+    opened: list[int] = []
+
+    class SlowLink(LocalFetcher):
+        def _chunks(self, url: str, offset: int, deadline: Deadline, limit: int | None) -> Iterator[bytes]:
+            if "austen-2.0.0" in url:
+                opened.append(offset)
+            for i, chunk in enumerate(super()._chunks(url, offset, deadline, limit)):
+                if "austen-2.0.0" in url and i == 1 and not first_chunk.is_set():
+                    first_chunk.set()
+                    gate.wait(30)
+                yield chunk
+
+    def fetcher() -> LocalFetcher:
+        return SlowLink(world.repo.metadata_dir, world.repo.targets_dir, DownloadPolicy(chunk_size=4096))
+
+    two = world.publish(variant(world.tmp / "models", "austen", "2.0.0"))
+    dev = Device(world)
+    dev.worker._fetcher_factory = fetcher
+    document = world.desired(two)
+    try:
+        dev.worker.submit(document)
+        assert first_chunk.wait(30)
+        dev.worker.submit(document)  # the retained copy, after a reconnect
+        gate.set()
+        dev.settle()
+    finally:
+        gate.set()
+        dev.worker.stop()
+    assert not [n for n in dev.notices if n.kind == "update.cancelled"]
+    assert opened == [0], opened  # one transfer, never re-opened
+    assert [n.details["target"] for n in dev.notices if n.kind == "update.committed"] == [two]
+
+
 @pytest.mark.timeout(180)
 def test_a_newer_desired_document_cancels_the_trial_rolls_back_and_installs_the_newest(
     world: UpdateWorld, monkeypatch: pytest.MonkeyPatch
