@@ -16,6 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from agent.errors import FleetgenError
 from controller.fleet.rollout import (
     Abort,
@@ -30,6 +33,7 @@ from controller.fleet.rollout import (
     decide,
 )
 from controller.services.director import DirectorPublisher
+from controller.store.core import DeviceRow
 from controller.store.rollouts import RolloutRepository, snapshot
 
 if TYPE_CHECKING:
@@ -60,6 +64,7 @@ class RolloutService:
             view = self.rollouts.get(rollout_id)
             now = self.clock()
             outcomes = self.rollouts.outcomes(view)
+            outcomes.update(self._reported_committed(view, outcomes))
             if outcomes:
                 self.rollouts.set_results(rollout_id, outcomes, now)
                 view = self.rollouts.get(rollout_id)
@@ -87,6 +92,32 @@ class RolloutService:
                 log.info("rollout %d completed", rollout_id)
                 self.rollouts.finish(rollout_id, RolloutStatus.COMPLETED, "", now)
                 return
+
+    def _reported_committed(self, view: RolloutView, found: dict[str, tuple[DeviceResult, str]]
+                            ) -> dict[str, tuple[DeviceResult, str]]:
+        """Pending devices whose retained `reported` says they run the bundle, healthy, having
+        acted on this rollout's document (its director version or later), though no terminal
+        event came: a broker SIGKILLed after acknowledging a device's `update.committed`, and
+        before it saved or delivered it, loses that event for good; the retained state is sent
+        again whenever the controller subscribes, so the wave need not time out for it."""
+        pending = {d: v.director_version for d, v in view.devices.items()
+                   if v.result == DeviceResult.PENDING.value and d not in found and v.director_version is not None}
+        if not pending:
+            return {}
+        label = view.bundle.removesuffix(".fgb")
+        out: dict[str, tuple[DeviceResult, str]] = {}
+        ids = list(pending)
+        with Session(self.rollouts.engine) as s:
+            for i in range(0, len(ids), 500):
+                q = select(DeviceRow.id, DeviceRow.active_bundle, DeviceRow.desired_version, DeviceRow.health).where(
+                    DeviceRow.id.in_(ids[i:i + 500]))
+                for device, active, version, health in s.execute(q):
+                    if active == label and health == "ok" and (version or 0) >= pending[device]:
+                        out[device] = (DeviceResult.COMMITTED, f"reported running {label} (no update event came)")
+        if out:
+            log.warning("rollout %d: %d devices report the bundle running without an update event",
+                        view.id, len(out))
+        return out
 
     def _roll_back(self, rollout_id: int, devices: tuple[str, ...], status: RolloutStatus, reason: str,
                    now: float) -> None:

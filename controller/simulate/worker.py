@@ -207,7 +207,10 @@ class Worker:
                 break
             while self._due and self._due[0].at <= now:
                 due = heapq.heappop(self._due)
-                if due.sim.connected:
+                # Disconnected too: paho keeps a QoS 1 message and sends it on reconnect, as a
+                # real agent's spool keeps an event until its PUBACK (dropping it here lost a
+                # device's `update.committed` and timed the rollout's wave out).
+                if not due.sim.gone:
                     self._publish(due.sim, due.channel, due.payload)
             wall = time.time()
             for sim in self.sims:
