@@ -63,6 +63,16 @@ def peek_desired(envelope: SignedEnvelope) -> DesiredState:
         raise BundleFormatError(f"director document: {e}") from None
 
 
+def claimed_version(envelope: SignedEnvelope) -> int | None:
+    """The version a refused document claims, unverified, for the refusal event: the
+    controller ignores a refusal of an older document than the one it sent (a broker that
+    lost the newer retained copy replays the older one after a restart)."""
+    try:
+        return peek_desired(envelope).version
+    except BundleFormatError:
+        return None
+
+
 def check_claims(state: DesiredState, *, device_id: str, now: float, highest_version: int) -> None:
     """Device, version and expiry of a desired state.
 

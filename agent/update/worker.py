@@ -31,6 +31,7 @@ import msgspec
 from agent.errors import FleetgenError
 from agent.manifest import load_manifest
 from agent.protocol.messages import DesiredState, Scalar, SignedEnvelope
+from agent.trust.director import claimed_version
 from agent.trust.errors import SlowRetrievalError, TransportError, TrustError
 from agent.update import machine as m
 from agent.update.conditions import (
@@ -275,6 +276,9 @@ class UpdateWorker:
         except (TrustError, ConditionsError) as e:
             check = getattr(e, "check", "trust")
             details: dict[str, Scalar] = {"check": check, "error": type(e).__name__}
+            claimed = claimed_version(envelope)
+            if claimed is not None:
+                details["director_version"] = claimed
             self.post(Notice("update.refused", str(e), "error", details))
             self._resume_if_interrupted()
             return

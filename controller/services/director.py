@@ -64,6 +64,27 @@ class DirectorPublisher:
             self.published += 1
         return versions
 
+    def republish(self, devices: Iterable[str]) -> int:
+        """Sign each device's current document again, same version, and publish it: for a
+        broker that acknowledged the retained copy and lost it (SIGKILLed before it saved
+        it). The agent takes an equal version as the same document (ADR 0074)."""
+        views = self.desired.many(devices)
+        revoked = self.desired.revoked(views)
+        refs: dict[str, TargetRef] = {}
+        n = 0
+        for device, view in views.items():
+            if device in revoked:
+                continue
+            ref = None
+            if view.target is not None:
+                ref = refs.get(view.target) or refs.setdefault(view.target, self.director.repo.target_ref(view.target))
+            envelope = self.director.signed(device, view.version, ref, power_budget_w=view.power_budget_w,
+                                            now=self.clock())
+            publish_desired(self.transport, device, envelope)
+            n += 1
+        self.published += n
+        return n
+
     def direct_each(self, targets: dict[str, Any]) -> dict[str, int]:
         """Each device to its own target (a rollback to each one's previous bundle)."""
         versions: dict[str, int] = {}

@@ -43,6 +43,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _MAX_STEPS_PER_TICK = 16
+# A pending device that has not reported this wave's document this long after it was
+# directed gets it again (then after twice as long, ...): a broker SIGKILLed after
+# acknowledging the retained document, before saving it, lost it (ADR 0074).
+REPUBLISH_AFTER_S = 10.0
+REPUBLISH_MAX_S = 300.0
 
 
 class RolloutService:
@@ -51,6 +56,7 @@ class RolloutService:
         self.rollouts = rollouts
         self.publisher = publisher
         self.clock = clock
+        self._republished: dict[tuple[int, str], tuple[float, float]] = {}  # -> (when, interval)
 
     def tick(self) -> None:
         for rollout_id in self.rollouts.active():
@@ -70,6 +76,7 @@ class RolloutService:
                 view = self.rollouts.get(rollout_id)
             decision = decide(snapshot(view), now)
             if isinstance(decision, Wait):
+                self._republish_unseen(view, now)
                 return
             if isinstance(decision, StartWave):
                 log.info("rollout %d: wave %d of %d, %d devices -> %s", rollout_id, decision.wave + 1,
@@ -118,6 +125,29 @@ class RolloutService:
             log.warning("rollout %d: %d devices report the bundle running without an update event",
                         view.id, len(out))
         return out
+
+    def _republish_unseen(self, view: RolloutView, now: float) -> None:
+        """Pending devices that have not reported acting on their document (its director
+        version) get it once more, with a doubling interval."""
+        due: dict[str, int] = {}
+        for d, v in view.devices.items():
+            if v.result != DeviceResult.PENDING.value or v.director_version is None or v.directed_at is None:
+                continue
+            when, interval = self._republished.get((view.id, d), (v.directed_at, REPUBLISH_AFTER_S))
+            if now - when >= interval:
+                due[d] = v.director_version
+        if not due:
+            return
+        with Session(self.rollouts.engine) as s:
+            seen = dict(s.execute(select(DeviceRow.id, DeviceRow.desired_version).where(DeviceRow.id.in_(list(due)))
+                                  ).tuples().all())
+        unseen = [d for d, version in due.items() if (seen.get(d) or 0) < version]
+        for d in due:
+            _when, interval = self._republished.get((view.id, d), (0.0, REPUBLISH_AFTER_S))
+            self._republished[(view.id, d)] = (now, min(REPUBLISH_MAX_S, interval * 2))
+        if unseen:
+            n = self.publisher.republish(unseen)
+            log.info("rollout %d: %d devices have not reported their document; published it again", view.id, n)
 
     def _roll_back(self, rollout_id: int, devices: tuple[str, ...], status: RolloutStatus, reason: str,
                    now: float) -> None:

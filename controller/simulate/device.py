@@ -27,7 +27,7 @@ from agent.protocol import (
 )
 from agent.protocol.messages import Details
 from agent.protocol.topics import CHANNELS, Channel
-from agent.trust.director import DirectorKeys, verify_desired
+from agent.trust.director import DirectorKeys, claimed_version, verify_desired
 from agent.trust.errors import TrustError
 from controller.simulate.boards import SimBoard
 
@@ -116,7 +116,11 @@ class SimDevice:
             state = verify_desired(envelope, self.keys, device_id=self.device_id, now=now,
                                    highest_version=self.highest_version)
         except TrustError as e:
-            event = self._event(now, "update.refused", str(e)[:4096], "error", dict(e.details()))
+            details: Details = dict(e.details())
+            claimed = claimed_version(envelope)  # as the agent names it (agent/update/worker.py)
+            if claimed is not None:
+                details["director_version"] = claimed
+            event = self._event(now, "update.refused", str(e)[:4096], "error", details)
             return [Outgoing(0.0, Channel.EVENTS, event)]
         except ProtocolError as e:
             event = self._event(now, "message.refused", str(e)[:4096], "warning")

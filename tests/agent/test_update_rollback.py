@@ -184,6 +184,26 @@ def test_an_impossible_window_in_the_desired_document_is_refused(world: UpdateWo
     assert "update.started" not in dev.kinds()
 
 
+@pytest.mark.timeout(60)
+def test_a_replayed_older_document_is_refused_naming_its_version(world: UpdateWorld) -> None:
+    """A broker that lost the newer retained copy replays the older one after a restart: the
+    refusal names the version it refused, so a rollout of the newer one does not count it."""
+    from agent.trust.director import peek_desired
+
+    older, newer = world.desired(None), world.desired(None)
+    dev = Device(world)
+    try:
+        dev.worker.submit(newer)
+        dev.settle()
+        dev.worker.submit(older)
+        dev.settle()
+    finally:
+        dev.worker.stop()
+    refused = dev.one("update.refused")
+    assert refused.details["director_version"] == peek_desired(older).version < peek_desired(newer).version
+    assert "older" in refused.message or "replay" in refused.message
+
+
 @pytest.mark.timeout(120)
 def test_a_newer_desired_document_cancels_a_download_in_progress(world: UpdateWorld) -> None:
     import threading
