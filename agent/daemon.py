@@ -421,8 +421,8 @@ class Agent:
             batch_rows = self.spool.oldest("sample", self.config.spool.batch_samples, busy)
             if not batch_rows:
                 return
-            samples = [msgspec.json.decode(r.payload, type=TelemetrySample) for r in batch_rows]
-            batch = encode(TelemetryBatch(device_id=self.device_id, samples=samples))
+            decoded = [msgspec.json.decode(r.payload, type=TelemetrySample) for r in batch_rows]
+            batch = encode(TelemetryBatch(device_id=self.device_id, samples=decoded))
             if not self._track(self._send(telemetry_topic, batch, False), [r.id for r in batch_rows]):
                 return
             busy.update(r.id for r in batch_rows)
