@@ -573,6 +573,9 @@ def main() -> int:
         results["api_gpt2_small"] = bench_api_diff(gpt2_small(), "gpt2")
         save()
     results = {**previous, **results}
+    if "daemon" not in results or "api" not in results:  # --only-ratio before any full run
+        print(json.dumps({k: results[k] for k in ("decode_ratio", "api_gpt2_small") if k in results}, indent=2))
+        return 0
     d, a = results["daemon"], results["api"]
     rows = [
         ("daemon idle, API up, no model: RSS / PSS", f"{d['idle']['rss_mb']} / {d['idle']['pss_mb']} MB", "<= 40 MB"),
