@@ -14,11 +14,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from agent.errors import FleetgenError
 from agent.runtime.engine import EngineOptions
 from agent.runtime.errors import EngineError, RequestError
+from agent.runtime.spin import Knobs
 from agent.runtime.text import TextGenerator, TextRequest, TextResult
 
 log = logging.getLogger(__name__)
@@ -115,18 +115,6 @@ class Job:
         self._chunks.put(_DONE)
         if self._listener is not None:
             self._listener()
-
-
-class Knobs(Protocol):
-    """What the power governor sets (firmware.knobs.RuntimeKnobs fits)."""
-
-    @property
-    def threads(self) -> int: ...
-
-    @property
-    def admit(self) -> bool: ...
-
-    def pace_delay(self, step_s: float) -> float: ...
 
 
 class GenerationQueue:

@@ -140,6 +140,8 @@ class SteadyFlag:
 
 
 class Knobs(Protocol):
+    """What the power governor sets (firmware.knobs.RuntimeKnobs fits)."""
+
     @property
     def threads(self) -> int: ...
 
