@@ -21,7 +21,7 @@ import msgspec
 
 from agent.manifest import GenerationDefaults, TextSpec
 from agent.runtime.errors import LayoutError, ModelLoadError
-from agent.runtime.optimum import read_json
+from agent.runtime.optimum import read_json, token_ids
 
 CONFIG_NAME = "genai_config.json"
 
@@ -63,16 +63,6 @@ def _pos_int(section: Mapping[str, Any], key: str, origin: str, required: bool =
     return value
 
 
-def _ids(value: Any) -> list[int]:
-    if isinstance(value, bool):
-        return []
-    if isinstance(value, int) and value >= 0:
-        return [value]
-    if isinstance(value, list):
-        return [v for v in value if isinstance(v, int) and not isinstance(v, bool) and v >= 0]
-    return []
-
-
 def parse(doc: Mapping[str, Any], origin: str) -> GenaiConfig:
     model = doc.get("model")
     if not isinstance(model, dict):
@@ -107,8 +97,8 @@ def parse(doc: Mapping[str, Any], origin: str) -> GenaiConfig:
         head_dim = hidden // heads
     vocab = _pos_int(model, "vocab_size", origin)
     context = _pos_int(model, "context_length", origin)
-    eos = _ids(model.get("eos_token_id"))
-    bos = _ids(model.get("bos_token_id"))
+    eos = token_ids(model.get("eos_token_id"))
+    bos = token_ids(model.get("bos_token_id"))
     search = doc.get("search") if isinstance(doc.get("search"), dict) else {}
     assert isinstance(search, dict)
     spec = TextSpec(

@@ -50,7 +50,8 @@ def _int(config: Mapping[str, Any], *keys: str, origin: str) -> int | None:
     return None
 
 
-def _token_ids(value: Any) -> list[int]:
+def token_ids(value: Any) -> list[int]:
+    """Token ids from a config value: an id, a list of ids, or anything else (none)."""
     if isinstance(value, bool):
         return []
     if isinstance(value, int) and value >= 0:
@@ -62,7 +63,7 @@ def _token_ids(value: Any) -> list[int]:
 
 def eos_ids(config: Mapping[str, Any], generation: Mapping[str, Any]) -> list[int]:
     """All EOS ids (generation_config wins; it may list several, as Llama 3 does)."""
-    return _token_ids(generation.get("eos_token_id")) or _token_ids(config.get("eos_token_id"))
+    return token_ids(generation.get("eos_token_id")) or token_ids(config.get("eos_token_id"))
 
 
 def text_spec(
@@ -114,7 +115,7 @@ def text_spec(
     if missing:
         raise ModelLoadError(f"{origin}: cannot infer {', '.join(missing)} from config.json or the graph")
     eos = eos_ids(config, generation)
-    bos = _token_ids(generation.get("bos_token_id")) or _token_ids(config.get("bos_token_id"))
+    bos = token_ids(generation.get("bos_token_id")) or token_ids(config.get("bos_token_id"))
     return TextSpec(
         num_layers=layers,
         num_heads=heads or 1,
