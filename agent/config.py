@@ -108,6 +108,9 @@ class SpoolSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     max_bytes: Annotated[int, Meta(ge=64 * 1024)] = 64 * 1024 * 1024
     batch_samples: Annotated[int, Meta(ge=1, le=1000)] = 500
     max_in_flight: Annotated[int, Meta(ge=1, le=1000)] = 20
+    # Seconds to wait for the controller's `stored` confirmation before sending again (the
+    # wait doubles per attempt, up to 5 minutes); a broker restart sends everything unconfirmed.
+    confirm_timeout_s: Annotated[float, Meta(ge=0.5, le=3600)] = 10.0
 
 
 # `[labels]`: operator-set facts (site, rack, ...) the device reports in `reported.labels`,

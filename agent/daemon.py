@@ -6,7 +6,8 @@ reported as an event, and the loop goes on. Handlers run on this loop, never on 
 network thread.
 
 Outbound telemetry and events go through the durable spool (agent/spool.py): written
-first, sent oldest first while the link is up, deleted on the broker's PUBACK. The update
+first, sent oldest first while the link is up, deleted once the controller confirms
+storing them (`dev/{id}/stored`, ADR 0091). The update
 lifecycle runs in agent/update/worker.py; the power governor (firmware/control.py) ticks
 on this loop with the budget of the signed desired document (or agent.toml).
 """
@@ -38,6 +39,7 @@ from agent.protocol import (
     Reported,
     SignedEnvelope,
     Status,
+    Stored,
     TelemetryBatch,
     TelemetrySample,
     UpdateReport,
@@ -48,8 +50,9 @@ from agent.protocol import (
 )
 from agent.protocol.messages import Details
 from agent.sequence import SequenceCounter
-from agent.spool import Spool
+from agent.spool import Kind, Spool
 from agent.telemetry import Sampler
+from agent.unconfirmed import Unconfirmed, expand
 from agent.update.worker import ActiveBundle, DesiredApplied, Notice, Snapshot, UpdateWorker, WorkerPost, WorkerSettings
 
 if TYPE_CHECKING:
@@ -75,6 +78,20 @@ class AgentStats:
     refusal_events_suppressed: int = 0
     dropped_outbound: int = 0
     budget_refused: int = 0
+    resent: int = 0  # messages sent again: their confirmation was overdue, or the link came back
+    confirmed: int = 0  # spool rows the controller confirmed storing
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """A message awaiting the controller's confirmation: its spool rows by seq."""
+
+    rows: dict[int, int]
+    delivery: Delivery
+
+
+class _Seq(msgspec.Struct):
+    seq: int
 
 
 @dataclass
@@ -134,10 +151,14 @@ class Agent:
         self._telemetry_seq = SequenceCounter(self.state_dir / "telemetry.seq")
         self._sampler = sampler or Sampler(clock=clock)
         self.spool = Spool(self.state_dir / "spool.db", config.spool.max_bytes)
-        self._in_flight: dict[int, tuple[Delivery, list[int]]] = {}  # id(delivery) -> rows
+        # Sent and not yet confirmed stored by the controller (ADR 0091); rows given up on
+        # keep their attempt count, so the wait before the next try keeps doubling.
+        self._unconfirmed: Unconfirmed[_Sent] = Unconfirmed(config.spool.confirm_timeout_s, clock=time.monotonic)
+        self._attempts: dict[int, int] = {}  # row id -> attempts so far
         self._refusals = _RefusalLimiter(_REFUSAL_EVENTS_PER_MINUTE)
         self._stop = threading.Event()
-        self.handlers: dict[Channel, InboundHandler] = {Channel.DESIRED: self._on_desired}
+        self.handlers: dict[Channel, InboundHandler] = {Channel.DESIRED: self._on_desired,
+                                                        Channel.STORED: self._on_stored}
         self.latest_desired: SignedEnvelope | None = None
         self.power = power
         self.power_tick_s = power_tick_s if power_tick_s is not None else (power.settings.tick_s if power else None)
@@ -151,6 +172,7 @@ class Agent:
             subscriptions=[
                 (device_topic(self.device_id, Channel.DESIRED), 1),
                 (device_topic(self.device_id, Channel.RESP), 1),
+                (device_topic(self.device_id, Channel.STORED), 1),
             ],
             will=Will(self.topic(Channel.STATUS), self._status("offline")),
         )
@@ -244,7 +266,7 @@ class Agent:
         self._publish(Channel.REPORTED, self.reported())
 
     def emit(self, kind: str, message: str = "", level: str = "info", details: Details | None = None) -> None:
-        """Record an event in the spool; it leaves once the broker acknowledged it."""
+        """Record an event in the spool; it leaves once the controller confirmed storing it."""
         with self._emit_lock:  # the loop and the update worker both emit
             seq = self._event_seq.next()
         event = Event(
@@ -350,8 +372,9 @@ class Agent:
             # The broker lost (or never had) our session: subscriptions were just renewed and
             # the retained desired state will be re-delivered, so nothing else to re-sync.
             log.info("no session on the broker; retained state will be re-delivered")
-        # Whatever was in flight before is sent again (the controller drops duplicates).
-        self._in_flight.clear()
+        # The broker may have lost anything not yet confirmed (a SIGKILLed Mosquitto loses
+        # what it acknowledged): all of it is sent again (the controller drops duplicates).
+        self._unconfirmed.all_due()
         self._send(self.topic(Channel.STATUS), self._status("online"), retain=True)
         self.publish_reported()
         self.pump()
@@ -402,36 +425,60 @@ class Agent:
         self.pump()
 
     def pump(self, samples: bool = True) -> None:
-        """Acknowledged rows leave the spool; then send more, oldest first, while the link
-        is up and fewer than `max_in_flight` messages await their PUBACK (events first;
-        samples too unless `samples` is false)."""
-        done = [key for key, (delivery, _rows) in self._in_flight.items() if delivery.acked()]
-        for key in done:
-            _delivery, rows = self._in_flight.pop(key)
-            self.spool.ack(rows)
+        """Send spooled rows, oldest first, while the link is up and fewer than `max_in_flight`
+        messages await the controller's confirmation (events first; samples too unless
+        `samples` is false). Messages whose confirmation is overdue are sent again."""
+        for pending in self._unconfirmed.take_due():
+            for row_id in pending.item.rows.values():
+                self._attempts[row_id] = pending.attempts
         if not self.link.connected:
             return
         limit = self.config.spool.max_in_flight
-        busy = {r for _d, ids in self._in_flight.values() for r in ids}
+        busy = {r for p in self._unconfirmed for r in p.item.rows.values()}
         events_topic, telemetry_topic = self.topic(Channel.EVENTS), self.topic(Channel.TELEMETRY)
-        for row in self.spool.oldest("event", max(0, limit - len(self._in_flight)), busy):
-            if not self._track(self._send(events_topic, row.payload, False), [row.id]):
+        for row in self.spool.oldest("event", max(0, limit - len(self._unconfirmed)), busy):
+            seq = msgspec.json.decode(row.payload, type=_Seq).seq
+            if not self._track("event", self._send(events_topic, row.payload, False), {seq: row.id}):
                 return
-        while samples and len(self._in_flight) < limit:
+        while samples and len(self._unconfirmed) < limit:
             batch_rows = self.spool.oldest("sample", self.config.spool.batch_samples, busy)
             if not batch_rows:
                 return
             decoded = [msgspec.json.decode(r.payload, type=TelemetrySample) for r in batch_rows]
             batch = encode(TelemetryBatch(device_id=self.device_id, samples=decoded))
-            if not self._track(self._send(telemetry_topic, batch, False), [r.id for r in batch_rows]):
+            rows = {s.seq: r.id for s, r in zip(decoded, batch_rows, strict=True)}
+            if not self._track("sample", self._send(telemetry_topic, batch, False), rows):
                 return
-            busy.update(r.id for r in batch_rows)
+            busy.update(rows.values())
 
-    def _track(self, delivery: Delivery | None, rows: list[int]) -> bool:
+    def _track(self, kind: Kind, delivery: Delivery | None, rows: dict[int, int]) -> bool:
         if delivery is None:
             return False
-        self._in_flight[id(delivery)] = (delivery, rows)
+        attempts = 1 + max((self._attempts.pop(r, 0) for r in rows.values()), default=0)
+        if attempts > 1:
+            self.stats.resent += 1
+        self._unconfirmed.sent(kind, rows, _Sent(rows, delivery), attempts)
         return True
+
+    def _drained(self) -> bool:
+        """Every spooled row was sent and the broker acknowledged all of it; and confirmed,
+        when a controller has been confirming (else a stop would wait for nobody)."""
+        if self.stats.confirmed:
+            return self.spool.stats().rows == 0
+        tracked = sum(len(p.item.rows) for p in self._unconfirmed)
+        return self.spool.stats().rows <= tracked and all(p.item.delivery.acked() for p in self._unconfirmed)
+
+    def _on_stored(self, msg: Inbound, document: msgspec.Struct) -> None:
+        """The controller committed these seqs: their rows leave the spool, and the window
+        they held opens for more."""
+        assert isinstance(document, Stored)
+        done: list[int] = []
+        for kind, spans in (("event", document.events), ("sample", document.samples)):
+            for pending, seqs in self._unconfirmed.confirm(kind, expand(spans)):  # type: ignore[arg-type]
+                done.extend(pending.item.rows[seq] for seq in seqs)
+        self.spool.ack(done)
+        self.stats.confirmed += len(done)
+        self.pump()
 
     def status_snapshot(self, api: ApiStatus | None = None) -> DaemonStatus:
         """What `fleetgen-agent status` shows (read from the API's thread: plain reads only)."""
@@ -493,12 +540,16 @@ class Agent:
             if self._event_added.is_set():
                 self._event_added.clear()
                 self.pump(samples=False)
-            if self._in_flight:
-                self.pump()  # acknowledged rows leave as soon as their PUBACK is in
             wake = min(next_sample, next_flush, next_power if power_tick is not None else next_flush)
+            resend = self._unconfirmed.next_due()
+            if resend is not None:
+                if resend <= now:
+                    self.pump()
+                else:
+                    wake = min(wake, resend)
             timeout = max(0.0, wake - time.monotonic())
             try:
-                item = self.inbox.get(timeout=min(timeout, 0.05 if self._in_flight else 0.5))
+                item = self.inbox.get(timeout=min(timeout, 0.5))
             except queue.Empty:
                 continue
             self.handle(item)
@@ -513,11 +564,18 @@ class Agent:
 
     def shutdown(self, drain_s: float = 2.0) -> None:
         if self.link.connected:
-            # Drain the spool (bounded): what is left is sent by the next start.
+            # Drain the spool (bounded): until the controller confirmed everything if it has
+            # been confirming, else until the broker has it all. What is left then stays, and
+            # the next start sends it again.
             deadline = time.monotonic() + drain_s
             self.pump()
-            while (self._in_flight or self.spool.stats().rows) and time.monotonic() < deadline:
-                time.sleep(0.02)
+            while not self._drained() and time.monotonic() < deadline:
+                try:
+                    item = self.inbox.get(timeout=0.02)
+                except queue.Empty:
+                    item = None
+                if isinstance(item, Inbound) and item.topic == self.topic(Channel.STORED):
+                    self._on_inbound(item)  # other messages wait for the next start
                 self.pump()
             try:
                 self.link.publish(self.topic(Channel.STATUS), self._status("offline"), qos=1, retain=True, wait=1.5)

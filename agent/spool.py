@@ -1,9 +1,10 @@
 """The durable outbox of telemetry samples and events (STATE/spool.db, SQLite in WAL mode).
 
 Every sample and event is written here first; the daemon sends rows oldest first when
-the link is up, and a row leaves the spool only after the broker acknowledged the message
-that carried it (QoS 1 PUBACK). A crash or a broker outage loses nothing: unacknowledged
-rows are sent again (the controller stores each (device, seq) once).
+the link is up, and a row leaves the spool only after the controller confirmed storing it
+(`dev/{id}/stored`, ADR 0091; a broker's PUBACK is not enough: a SIGKILLed Mosquitto loses
+what it acknowledged). A crash or an outage of the broker or the controller loses nothing:
+unconfirmed rows are sent again (the controller stores each (device, seq) once).
 
 Bounded in bytes: when full, the oldest samples go first (counted as dropped and reported);
 events go only when no sample is left to drop. A spool file SQLite cannot read is moved
@@ -159,7 +160,7 @@ class Spool:
         return out
 
     def ack(self, ids: Iterable[int]) -> None:
-        """The broker acknowledged the message carrying these rows: they leave the spool."""
+        """The controller confirmed storing these rows: they leave the spool."""
         ids = list(ids)
         if not ids:
             return

@@ -23,6 +23,7 @@ from agent.protocol.messages import (
     ResponseHeader,
     SignedEnvelope,
     Status,
+    Stored,
     TelemetryBatch,
 )
 from agent.protocol.topics import CHANNELS, Channel
@@ -38,6 +39,7 @@ CHANNEL_TYPES: dict[Channel, type[msgspec.Struct]] = {
     Channel.TELEMETRY: TelemetryBatch,
     Channel.EVENTS: Event,
     Channel.REQ: Request,
+    Channel.STORED: Stored,
 }
 
 _encoder = msgspec.json.Encoder()

@@ -110,6 +110,25 @@ class Event(Message, kw_only=True, frozen=True):
     details: Details = {}
 
 
+Seq = Annotated[int, Meta(ge=0)]
+SeqRanges = Annotated[list[tuple[Seq, Seq]], Meta(max_length=1024)]
+
+
+class Stored(Message, kw_only=True, frozen=True):
+    """`dev/{id}/stored` (controller → device): what the controller has committed to its store,
+    or refused for good, as inclusive `[first, last]` ranges of seq. The device's spool lets
+    those rows go only now, not on the broker's PUBACK: a broker acknowledges a QoS 1 message
+    before it persists it, so its crash loses what it acknowledged (ADR 0091)."""
+
+    events: SeqRanges = []
+    samples: SeqRanges = []
+
+    def __post_init__(self) -> None:
+        for first, last in (*self.events, *self.samples):
+            if first > last:
+                raise ValueError(f"range [{first}, {last}] ends before it starts")
+
+
 class TargetRef(msgspec.Struct, kw_only=True, frozen=True):
     """The exact TUF target a director document names (path, length, hashes)."""
 

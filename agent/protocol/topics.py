@@ -26,6 +26,7 @@ class Channel(StrEnum):
     EVENTS = "events"
     REQ = "req"
     RESP = "resp"
+    STORED = "stored"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,7 @@ CHANNELS: dict[Channel, ChannelSpec] = {
     Channel.EVENTS: ChannelSpec(qos=1, retained=False, max_bytes=32 * KiB, from_agent=True),
     Channel.REQ: ChannelSpec(qos=1, retained=False, max_bytes=8 * KiB, from_agent=True),
     Channel.RESP: ChannelSpec(qos=1, retained=False, max_bytes=260 * KiB, from_agent=False),
+    Channel.STORED: ChannelSpec(qos=1, retained=False, max_bytes=32 * KiB, from_agent=False),
 }
 
 

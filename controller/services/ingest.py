@@ -8,7 +8,10 @@ so that controller replicas split the load; (device, seq) keys make duplicates h
 Nothing acknowledged is lost: the link acknowledges manually, and a batch's QoS 1
 messages are acknowledged only after the batch is committed. A failed write keeps the
 batch and retries it (with backoff); if the controller dies first, the broker still
-holds the unacknowledged messages and delivers them again to the next session.
+holds the unacknowledged messages and delivers them again to the next session. Once a
+batch is committed, each device that sent events or telemetry in it is told which seqs
+are stored (`dev/{id}/stored`): only then do they leave the device's spool, since a broker
+that dies can lose what it acknowledged (ADR 0091).
 
 What a device sends is checked before it is stored: documents by the protocol codec,
 and then samples with impossible values (timestamps far in the future) are dropped one
@@ -30,9 +33,20 @@ import msgspec
 from agent.errors import FleetgenError, ProtocolError
 from agent.mqtt.backoff import Backoff
 from agent.mqtt.link import Inbound, LinkItem, LinkUp, MqttLink
-from agent.protocol import Channel, TelemetryBatch, decode, fleet_filter, parse_topic
+from agent.protocol import (
+    Channel,
+    Event,
+    Stored,
+    TelemetryBatch,
+    decode,
+    device_topic,
+    encode,
+    fleet_filter,
+    parse_topic,
+)
+from agent.unconfirmed import ranges
 from controller.config import ControllerConfig
-from controller.store import Ingested, Store
+from controller.store import ApplyResult, Ingested, Store
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +54,8 @@ _BATCH_MAX = 2000
 _BATCH_WAIT_S = 0.2
 RECEIVE_MAXIMUM = 3 * _BATCH_MAX // 2
 FUTURE_SLACK_S = 300.0  # device clocks drift; a sample more than 5 minutes ahead is impossible
+# Ranges per `stored` message: 800 of the widest seqs stay under the channel's 32 KiB.
+_RANGES_PER_CONFIRMATION = 800
 
 
 class Ingestor:
@@ -52,6 +68,7 @@ class Ingestor:
         self.dropped: Counter[str] = Counter()
         self.ingested = 0
         self.samples = 0
+        self.confirmed = 0  # seqs confirmed to devices (`stored`)
         self._stop = threading.Event()
         shared = config.shared
         subscriptions = [
@@ -76,8 +93,10 @@ class Ingestor:
         self.dropped[reason] += n
         log.warning("refused message on %s (%s): %s", topic, reason, detail)
 
-    def parse(self, msg: Inbound) -> Ingested | None:
-        """Validate one inbound message; None (counted and logged) if refused."""
+    def parse(self, msg: Inbound, refused: dict[str, list[int]] | None = None) -> Ingested | None:
+        """Validate one inbound message; None (counted and logged) if refused. Samples refused
+        for good (impossible timestamps) are added to `refused` by device: they are confirmed
+        too, or the device would send them forever."""
         try:
             device_id, channel = parse_topic(msg.topic)
             if channel not in (Channel.STATUS, Channel.REPORTED, Channel.TELEMETRY, Channel.EVENTS):
@@ -94,14 +113,18 @@ class Ingestor:
             if len(good) < len(message.samples):
                 self._drop("future_timestamp", msg.topic, f"{len(message.samples) - len(good)} samples",
                            len(message.samples) - len(good))
+                if refused is not None:
+                    late = (s.seq for s in message.samples if s.ts > now + FUTURE_SLACK_S)
+                    refused.setdefault(device_id, []).extend(late)
                 if not good:
                     return None
                 message = msgspec.structs.replace(message, samples=good)
         return Ingested(device_id, now, message)
 
-    def _drain(self) -> tuple[list[Ingested], list[Inbound]]:
+    def _drain(self) -> tuple[list[Ingested], list[Inbound], dict[str, list[int]]]:
         batch: list[Ingested] = []
         received: list[Inbound] = []
+        refused: dict[str, list[int]] = {}
         deadline = time.monotonic() + _BATCH_WAIT_S
         while len(received) < _BATCH_MAX:
             try:
@@ -110,12 +133,12 @@ class Ingestor:
                 break
             if isinstance(item, Inbound):
                 received.append(item)
-                parsed = self.parse(item)
+                parsed = self.parse(item, refused)
                 if parsed is not None:
                     batch.append(parsed)
             elif isinstance(item, LinkUp) and not item.session_present:
                 log.info("new broker session: retained device state will be re-delivered")
-        return batch, received
+        return batch, received, refused
 
     def start(self) -> None:
         self.link.start()
@@ -123,35 +146,63 @@ class Ingestor:
     def stop(self) -> None:
         self._stop.set()
 
-    def _commit(self, batch: list[Ingested]) -> bool:
+    def _commit(self, batch: list[Ingested]) -> ApplyResult | None:
         try:
             result = self.store.apply(batch)
         except FleetgenError as e:
             log.error("writing %d messages to the store failed: %s; retrying", len(batch), e)
-            return False
+            return None
         except Exception as e:  # SQLAlchemy's errors: the database is away or refuses
             log.error("writing %d messages to the store failed: %s: %s; retrying", len(batch),
                       type(e).__name__, e)
-            return False
+            return None
         if result.unknown_device:
             self._drop("unknown_device", "telemetry of unregistered devices",
                        f"{result.unknown_device} batches", result.unknown_device)
         self.ingested += len(batch)
         self.samples += sum(len(i.message.samples) for i in batch if isinstance(i.message, TelemetryBatch))
-        return True
+        return result
+
+    def _confirm(self, batch: list[Ingested], refused: dict[str, list[int]], unknown: frozenset[str]) -> None:
+        """Tell each device which of its seqs are now stored (or refused for good). Telemetry
+        of a device nobody registered is not confirmed: it was not stored."""
+        seqs: dict[str, tuple[list[int], list[int]]] = {d: ([], list(s)) for d, s in refused.items()}
+        for item in batch:
+            msg = item.message
+            if isinstance(msg, Event):
+                seqs.setdefault(item.device_id, ([], []))[0].append(msg.seq)
+            elif isinstance(msg, TelemetryBatch) and item.device_id not in unknown:
+                seqs.setdefault(item.device_id, ([], []))[1].extend(s.seq for s in msg.samples)
+        for device_id, (events, samples) in seqs.items():
+            spans = [("e", r) for r in ranges(events)] + [("s", r) for r in ranges(samples)]
+            topic = device_topic(device_id, Channel.STORED)
+            for i in range(0, len(spans), _RANGES_PER_CONFIRMATION):
+                part = spans[i:i + _RANGES_PER_CONFIRMATION]
+                stored = Stored(events=[r for k, r in part if k == "e"], samples=[r for k, r in part if k == "s"])
+                try:
+                    self.link.publish(topic, encode(stored), qos=1)
+                except FleetgenError as e:  # the device sends them again; they are stored once
+                    log.warning("could not confirm storage to %s: %s", device_id, e)
+        self.confirmed += sum(len(e) + len(s) for e, s in seqs.values())
 
     def run(self) -> None:
         backoff = Backoff(0.2, 10.0)
         while not self._stop.is_set():
-            batch, received = self._drain()
+            batch, received, refused = self._drain()
             if not received:
                 continue
             # Keep the batch until it is committed: its messages are not acknowledged before.
-            while batch and not self._commit(batch):
+            result = ApplyResult()
+            while batch:
+                committed = self._commit(batch)
+                if committed is not None:
+                    result = committed
+                    break
                 if self._stop.wait(backoff.next()):
                     self.link.stop()
                     return
             backoff.reset()
+            self._confirm(batch, refused, result.unknown_ids)
             for msg in received:
                 self.link.ack(msg.mid, msg.qos)
         self.link.stop()

@@ -139,8 +139,8 @@ class RolloutService:
         if not due:
             return
         with Session(self.rollouts.engine) as s:
-            seen = dict(s.execute(select(DeviceRow.id, DeviceRow.desired_version).where(DeviceRow.id.in_(list(due)))
-                                  ).tuples().all())
+            rows = s.execute(select(DeviceRow.id, DeviceRow.desired_version).where(DeviceRow.id.in_(list(due))))
+            seen: dict[str, int | None] = {d: version for d, version in rows}
         unseen = [d for d, version in due.items() if (seen.get(d) or 0) < version]
         for d in due:
             _when, interval = self._republished.get((view.id, d), (0.0, REPUBLISH_AFTER_S))

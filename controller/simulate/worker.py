@@ -3,6 +3,10 @@
 Thousands of clients cannot each have a network thread, so the worker drives paho's
 external loop itself (`loop_read`, `loop_write`, `loop_misc`) over a selector. Callbacks
 run on this one thread; they only queue what the device answers.
+
+Events and telemetry are kept until the controller confirms storing them (`dev/{id}/stored`)
+and sent again when that is overdue or the connection comes back, as the agent's spool does
+(ADR 0091): the numbers a simulated fleet reports then count what a real one would lose.
 """
 
 from __future__ import annotations
@@ -18,14 +22,18 @@ import time
 from dataclasses import dataclass, field
 from types import FrameType
 
+import msgspec
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.errors import ProtocolError
 from agent.mqtt.url import BrokerUrl
-from agent.protocol import Channel, device_topic, encode
+from agent.protocol import Channel, Stored, decode, device_topic, encode
 from agent.protocol.topics import CHANNELS
+from agent.spool import Kind
 from agent.trust.director import DirectorKeys
+from agent.unconfirmed import Unconfirmed, expand
 from controller.simulate.boards import SimBoard
 from controller.simulate.device import SimDevice
 
@@ -63,6 +71,8 @@ class WorkerStats:
     events_sent: int = 0
     desired_received: int = 0
     connect_failures: int = 0
+    resent: int = 0  # events and batches sent again (their confirmation was overdue or lost)
+    confirmed: int = 0  # seqs the controller confirmed storing
 
 
 @dataclass
@@ -73,6 +83,12 @@ class _Sim:
     gone: bool = False  # went offline on purpose
     next_telemetry: float = 0.0
     sock: object = None
+    # Sent, not yet confirmed stored: (channel, payload) to send again.
+    unconfirmed: Unconfirmed[tuple[Channel, bytes]] = field(default_factory=Unconfirmed)
+
+
+class _Seq(msgspec.Struct):
+    seq: int
 
 
 @dataclass(order=True)
@@ -116,8 +132,24 @@ class Worker:
     def _publish(self, sim: _Sim, channel: Channel, payload: bytes) -> None:
         spec = CHANNELS[channel]
         sim.client.publish(device_topic(sim.device.device_id, channel), payload, qos=1, retain=spec.retained)
-        if channel is Channel.EVENTS:
+
+    def _send_kept(self, sim: _Sim, kind: Kind, seqs: list[int], channel: Channel, payload: bytes,
+                   attempts: int = 1) -> None:
+        """An event or a telemetry batch: kept until the controller confirms it stored."""
+        self._publish(sim, channel, payload)
+        sim.unconfirmed.sent(kind, seqs, (channel, payload), attempts)
+        if attempts > 1:
+            self.stats.resent += 1
+        elif channel is Channel.EVENTS:
             self.stats.events_sent += 1
+
+    def _resend_due(self) -> None:
+        for sim in self.sims:
+            if sim.gone:
+                continue
+            for pending in sim.unconfirmed.take_due():
+                channel, payload = pending.item
+                self._send_kept(sim, pending.kind, sorted(pending.seqs), channel, payload, pending.attempts + 1)
 
     def _schedule(self, sim: _Sim, delay: float, channel: Channel, payload: bytes) -> None:
         heapq.heappush(self._due, _Due(time.monotonic() + delay, next(self._n), sim, channel, payload))
@@ -131,13 +163,18 @@ class Worker:
                 return
             sim.connected = True
             now = time.time()
-            client.subscribe(device_topic(sim.device.device_id, Channel.DESIRED), qos=1)
+            client.subscribe([(device_topic(sim.device.device_id, Channel.DESIRED), 1),
+                              (device_topic(sim.device.device_id, Channel.STORED), 1)])
+            sim.unconfirmed.all_due()  # a broker that restarted may have lost any of it
             self._publish(sim, Channel.STATUS, encode(sim.device.status("online", now)))
             self._publish(sim, Channel.REPORTED, encode(sim.device.reported(now)))
         return on_connect
 
     def _on_message(self, sim: _Sim):
         def on_message(client, userdata, message) -> None:
+            if message.topic.endswith("/" + Channel.STORED.value):
+                self._on_stored(sim, bytes(message.payload))
+                return
             self.stats.desired_received += 1
             for out in sim.device.on_desired(bytes(message.payload), time.time()):
                 self._schedule(sim, out.delay_s, out.channel, encode(out.message))
@@ -146,6 +183,17 @@ class Worker:
                 # MQTT 5 reason 0x04: disconnect and have the broker publish the Last Will.
                 client.disconnect(reasoncode=ReasonCode(paho.PacketTypes.DISCONNECT, identifier=4))
         return on_message
+
+    def _on_stored(self, sim: _Sim, payload: bytes) -> None:
+        try:
+            stored = decode(Channel.STORED, payload, sim.device.device_id)
+        except ProtocolError as e:
+            log.warning("%s: refused a stored confirmation: %s", sim.device.device_id, e)
+            return
+        assert isinstance(stored, Stored)
+        for kind, spans in (("event", stored.events), ("sample", stored.samples)):
+            for _pending, seqs in sim.unconfirmed.confirm(kind, expand(spans)):  # type: ignore[arg-type]
+                self.stats.confirmed += len(seqs)
 
     def _on_disconnect(self, sim: _Sim):
         def on_disconnect(client, userdata, flags, reason_code, properties) -> None:
@@ -207,17 +255,21 @@ class Worker:
                 break
             while self._due and self._due[0].at <= now:
                 due = heapq.heappop(self._due)
-                # Disconnected too: paho keeps a QoS 1 message and sends it on reconnect, as a
-                # real agent's spool keeps an event until its PUBACK (dropping it here lost a
-                # device's `update.committed` and timed the rollout's wave out).
+                # Disconnected too: paho keeps a QoS 1 message and sends it on reconnect, and the
+                # event is kept until the controller confirms it, as a real agent's spool does
+                # (dropping it here lost a device's `update.committed`: the wave timed out).
                 if not due.sim.gone:
-                    self._publish(due.sim, due.channel, due.payload)
+                    if due.channel is Channel.EVENTS:
+                        seq = msgspec.json.decode(due.payload, type=_Seq).seq
+                        self._send_kept(due.sim, "event", [seq], due.channel, due.payload)
+                    else:
+                        self._publish(due.sim, due.channel, due.payload)
             wall = time.time()
             for sim in self.sims:
                 if sim.connected and now >= sim.next_telemetry:
                     sim.next_telemetry = now + self.spec.telemetry_interval_s
                     batch = sim.device.telemetry(wall, self.spec.samples_per_batch, self.spec.telemetry_interval_s)
-                    self._publish(sim, Channel.TELEMETRY, encode(batch))
+                    self._send_kept(sim, "sample", [s.seq for s in batch.samples], Channel.TELEMETRY, encode(batch))
                     self.stats.batches_sent += 1
                     self.stats.samples_sent += len(batch.samples)
                 if sim.client.want_write():
@@ -229,6 +281,7 @@ class Worker:
                         sim.client.loop_misc()
             if now - last_retry >= 1.0:
                 last_retry = now
+                self._resend_due()
                 for sim in self.sims:
                     if not sim.connected and not sim.gone:
                         self._connect(sim)

@@ -134,7 +134,8 @@ class Ingested:
 
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
-    unknown_device: int = 0
+    unknown_device: int = 0  # telemetry batches of devices nobody registered (dropped)
+    unknown_ids: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +269,7 @@ class Store:
         Telemetry of a device the registry does not know (it never said status or reported)
         is dropped and counted: nothing lands in the store for an id nobody registered."""
         unknown = 0
+        unknown_ids: set[str] = set()
         samples: list[tuple[str, int, float, TelemetrySample]] = []
         events: list[dict[str, Any]] = []
         # Per device that sent only telemetry: [last_seen, demand_w, last_sample].
@@ -304,6 +306,7 @@ class Store:
                 if isinstance(msg, TelemetryBatch):
                     if item.device_id not in known:
                         unknown += 1
+                        unknown_ids.add(item.device_id)
                         continue
                     state = touched.get(item.device_id)
                     if state is None:
@@ -361,7 +364,7 @@ class Store:
                                                          for d, v in touched.items()])
             if events:
                 conn.execute(_insert_ignore(self.engine, EventRow.__table__), events)
-        return ApplyResult(unknown_device=unknown)
+        return ApplyResult(unknown_device=unknown, unknown_ids=frozenset(unknown_ids))
 
     # -- queries ---------------------------------------------------------------------
 

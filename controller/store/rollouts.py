@@ -171,7 +171,8 @@ class RolloutRepository:
         """New results of the pending devices, read from their events since they were directed.
 
         An event counts when it arrived after the device was directed and, where the agent
-        names the director version it acted on (details.director_version), for this one or later.
+        names the director version it acted on (details.director_version), for this one or later;
+        an `update.failed` the agent will retry (details.final false) is not an outcome.
         """
         pending = {d: v for d, v in view.devices.items() if v.result == DeviceResult.PENDING.value}
         if not pending:
@@ -189,6 +190,8 @@ class RolloutRepository:
                     dv = pending[device]
                     if device in found or received < (dv.directed_at or 0.0):
                         continue
+                    if (details or {}).get("final") is False:
+                        continue  # a failure the agent retries by itself is not an outcome
                     version = (details or {}).get("director_version")
                     if isinstance(version, int) and dv.director_version is not None and version < dv.director_version:
                         continue

@@ -14,7 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.config import AgentConfig, TelemetrySettings
 from agent.daemon import Agent
 from agent.mqtt.settings import MqttSettings
-from agent.protocol import Channel, device_topic
+from agent.protocol import Channel, Event, Stored, decode, device_topic, encode
 from controller.demo.brokers import Mosquitto
 
 
@@ -22,10 +22,15 @@ def test_an_event_leaves_without_waiting_for_the_next_telemetry_batch(mosquitto:
     seen: list[str] = []
     got_event, subscribed = threading.Event(), threading.Event()
 
-    def on_message(_c: object, _u: object, m: paho.MQTTMessage) -> None:
+    def on_message(client: paho.Client, _u: object, m: paho.MQTTMessage) -> None:
         seen.append(m.topic)
         if m.topic == device_topic("ev-1", Channel.EVENTS):
-            got_event.set()
+            # The watcher confirms storage as the controller would, so events leave the spool.
+            event = decode(Channel.EVENTS, m.payload)
+            assert isinstance(event, Event)
+            client.publish(device_topic("ev-1", Channel.STORED), encode(Stored(events=[(event.seq, event.seq)])), 1)
+            if event.kind == "test.ping":
+                got_event.set()
 
     watcher = paho.Client(CallbackAPIVersion.VERSION2, client_id="watcher", protocol=paho.MQTTv5)
     watcher.on_message = on_message
@@ -44,11 +49,11 @@ def test_an_event_leaves_without_waiting_for_the_next_telemetry_batch(mosquitto:
     runner.start()
     try:
         assert agent.link.wait_connected(30)
-        # The agent's own start-up events gone (acknowledged): nothing else is in flight that
+        # The agent's own start-up events gone (confirmed): nothing else is in flight that
         # would make the loop send, so only the emit itself can.
         deadline = time.monotonic() + 30
         while agent.spool.oldest("event", 1, set()):
-            assert time.monotonic() < deadline, "start-up events not acknowledged"
+            assert time.monotonic() < deadline, "start-up events not confirmed"
             time.sleep(0.02)
         got_event.clear()
         agent.emit("test.ping")
