@@ -102,8 +102,9 @@ class RolloutService:
 
     def _reported_committed(self, view: RolloutView, found: dict[str, tuple[DeviceResult, str]]
                             ) -> dict[str, tuple[DeviceResult, str]]:
-        """Pending devices whose retained `reported` says they run the bundle, healthy, having
-        acted on this rollout's document (its director version or later), though no terminal
+        """Pending devices whose retained `reported` says they run the bundle, healthy, with no
+        update under way, having acted on this rollout's document (its director version or
+        later), though no terminal
         event came: a broker SIGKILLed after acknowledging a device's `update.committed`, and
         before it saved or delivered it, loses that event for good; the retained state is sent
         again whenever the controller subscribes, so the wave need not time out for it."""
@@ -116,10 +117,12 @@ class RolloutService:
         ids = list(pending)
         with Session(self.rollouts.engine) as s:
             for i in range(0, len(ids), 500):
-                q = select(DeviceRow.id, DeviceRow.active_bundle, DeviceRow.desired_version, DeviceRow.health).where(
-                    DeviceRow.id.in_(ids[i:i + 500]))
-                for device, active, version, health in s.execute(q):
-                    if active == label and health == "ok" and (version or 0) >= pending[device]:
+                q = select(DeviceRow.id, DeviceRow.active_bundle, DeviceRow.desired_version, DeviceRow.health,
+                           DeviceRow.reported).where(DeviceRow.id.in_(ids[i:i + 500]))
+                for device, active, version, health, reported in s.execute(q):
+                    # Mid-update (committing, say) the new bundle already runs healthy: not yet.
+                    phase = ((reported or {}).get("update") or {}).get("phase", "idle")
+                    if active == label and health == "ok" and (version or 0) >= pending[device] and phase == "idle":
                         out[device] = (DeviceResult.COMMITTED, f"reported running {label} (no update event came)")
         if out:
             log.warning("rollout %d: %d devices report the bundle running without an update event",

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from agent.protocol import Event, Reported, Status, decode_as
+from agent.protocol import Event, Reported, Status, UpdateReport, decode_as
 from agent.protocol.messages import DesiredState, SignedEnvelope
 from controller.director import Director
 from controller.fleet.rollout import RolloutPolicy, parse_waves
@@ -86,9 +86,10 @@ class Fleet:
         store.repos.groups.create("lab")
         store.repos.groups.add("lab", [GroupRule("board", BOARD)])
 
-    def _reported(self, device: str, bundle: str, health: Any, desired_version: int) -> Reported:
+    def _reported(self, device: str, bundle: str, health: Any, desired_version: int,
+                  phase: str = "idle") -> Reported:
         return Reported(device_id=device, agent_version="1", board=BOARD, ts=self.clock.now, active_bundle=bundle,
-                        slot="a", health=health, desired_version=desired_version)
+                        slot="a", health=health, desired_version=desired_version, update=UpdateReport(phase=phase))
 
     def start(self, waves: str = "100%", max_failures: float = 0.0, timeout_s: float = 3600.0) -> int:
         policy = RolloutPolicy(parse_waves(waves), max_failures, timeout_s)
@@ -99,9 +100,11 @@ class Fleet:
         self.clock.now = T0 + t
         self.service.tick()
 
-    def report(self, device: str, bundle: str, health: str = "ok", desired_version: int = 0) -> None:
+    def report(self, device: str, bundle: str, health: str = "ok", desired_version: int = 0,
+               phase: str = "idle") -> None:
         """The device's retained `reported`, as the ingest stores it (no event with it)."""
-        self.store.apply([Ingested(device, self.clock.now, self._reported(device, bundle, health, desired_version))])
+        self.store.apply([Ingested(device, self.clock.now,
+                                   self._reported(device, bundle, health, desired_version, phase))])
 
     def event(self, device: str, kind: str, **details: Any) -> None:
         seq = self._seq[device] = self._seq.get(device, 0) + 1
@@ -163,6 +166,18 @@ def test_a_device_reporting_the_bundle_running_healthy_commits_without_an_event(
     final = f.rollout(rollout_id)
     assert final.status == "completed"
     assert final.counts() == {"committed": 5}
+
+
+def test_a_device_still_committing_is_not_counted_committed(store: Store, fleet_repo: Path) -> None:
+    f = fleet(store, fleet_repo, 1)
+    rollout_id = f.start()
+    f.at(0)
+    f.report("rc-0", NEW, "ok", 1, phase="committing")  # the new bundle runs; the commit is under way
+    f.at(1)
+    assert f.rollout(rollout_id).devices["rc-0"].result == "pending"
+    f.report("rc-0", NEW, "ok", 1)
+    f.at(2)
+    assert f.rollout(rollout_id).devices["rc-0"].result == "committed"
 
 
 def test_waves_advance_on_reported_alone_and_a_later_event_changes_nothing(store: Store, fleet_repo: Path) -> None:
