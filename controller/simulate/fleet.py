@@ -102,7 +102,7 @@ def run_fleet(spec: FleetSpec, stats_file: Path | None = None) -> dict[str, Any]
                 p.terminate()
         while len(collected) < len(procs):
             try:
-                collected.append(results.get(timeout=10))
+                collected.append(results.get(timeout=20))  # a worker drains up to 8 s, then says goodbye
             except queue.Empty:
                 break
     for p in procs:

@@ -73,6 +73,7 @@ class WorkerStats:
     connect_failures: int = 0
     resent: int = 0  # events and batches sent again (their confirmation was overdue or lost)
     confirmed: int = 0  # seqs the controller confirmed storing
+    unconfirmed_at_exit: int = 0  # events still unconfirmed when the worker stopped (lost with it)
 
 
 @dataclass
@@ -292,8 +293,21 @@ class Worker:
         self._goodbye()
         return self.stats
 
-    def _goodbye(self) -> None:
-        """Say offline (retained) and disconnect cleanly, flushing what is queued."""
+    def _goodbye(self, drain_s: float = 8.0) -> None:
+        """Send what is unconfirmed once more and wait (bounded) for its confirmation: a
+        simulated device keeps nothing across runs, so this is its spool's last chance. Then
+        say offline (retained) and disconnect cleanly, flushing what is queued."""
+        for sim in self.sims:
+            sim.unconfirmed.all_due()
+        self._resend_due()
+        deadline = time.monotonic() + drain_s
+        while time.monotonic() < deadline and any(len(s.unconfirmed) for s in self.sims if s.connected and not s.gone):
+            for sim in self.sims:
+                if sim.client.want_write():
+                    sim.client.loop_write()
+            self._pump(0.05)
+        self.stats.unconfirmed_at_exit = sum(
+            len(p.seqs) for s in self.sims for p in s.unconfirmed if p.kind == "event")
         for sim in self.sims:
             if sim.connected:
                 self._publish(sim, Channel.STATUS, encode(sim.device.status("offline", time.time())))
