@@ -54,9 +54,16 @@ dist: $(STAMP)
 	@rm -f $(DIST)/.build.log
 	@ls -1 $(DIST)/fleetgen-*
 
-# Every bench but peers.py, which builds its own venv with torch (~20 min): make bench-peers.
+# Every bench but peers.py and optimum_check.py, which build their own venvs with torch:
+# make bench-peers / make bench-optimum.
 bench: $(STAMP)
-	@for b in tests/bench/*.py; do [ "$$b" = tests/bench/peers.py ] && continue; echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in tests/bench/*.py; do case "$$b" in tests/bench/peers.py|tests/bench/optimum_check.py) continue;; esac; \
+		echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# Real optimum-cli exports (Llama, Qwen2, GPT-2) through fleetgen against transformers (own .venv-optimum)
+.PHONY: bench-optimum
+bench-optimum: $(STAMP)
+	$(BIN)/python tests/bench/optimum_check.py $(ARGS)
 
 # fleetgen against onnxruntime-genai and llama.cpp on one checkpoint (its own .venv-bench; slow)
 .PHONY: bench-peers

@@ -114,3 +114,32 @@ def test_external_data_when_asked(tiny_dir: Path, tmp_path: Path, quantize: obje
         wa = {i.name: numpy_helper.to_array(i) for i in a.graph.initializer}
         wb = {i.name: numpy_helper.to_array(i) for i in b.graph.initializer}
         assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
+
+
+def test_int4_quantizes_gemm_projections_too(tmp_path: Path) -> None:
+    """Optimum exports GPT-2's projections as Gemm (bias, transB): int4 must quantize those
+    weights as well, and compute the same function within 4-bit error."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    k, n = 64, 96
+    w = rng.standard_normal((n, k)).astype(np.float32)  # transB: stored [N, K]
+    bias = rng.standard_normal(n).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1, name="proj")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b")])
+    src = tmp_path / "gemm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    dst = tmp_path / "int4" / "model.onnx"
+    dst.parent.mkdir()
+    quantize_int4(src, dst)
+    ops = [node.op_type for node in onnx.load(str(dst)).graph.node]
+    assert "Gemm" not in ops and "MatMulNBits" in ops, ops
+    x = rng.standard_normal((3, k)).astype(np.float32)
+    y = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    want = x @ w.T + bias
+    assert np.abs(y - want).max() < 0.25 * np.abs(want).max()
+    assert dst.stat().st_size < w.nbytes / 3  # 4-bit weights, not the fp32 matrix kept beside them
