@@ -52,7 +52,7 @@ from agent.protocol.messages import Details
 from agent.sequence import SequenceCounter
 from agent.spool import Kind, Spool
 from agent.telemetry import Sampler
-from agent.unconfirmed import Unconfirmed, expand
+from agent.unconfirmed import Unconfirmed
 from agent.update.worker import ActiveBundle, DesiredApplied, Notice, Snapshot, UpdateWorker, WorkerPost, WorkerSettings
 
 if TYPE_CHECKING:
@@ -474,7 +474,7 @@ class Agent:
         assert isinstance(document, Stored)
         done: list[int] = []
         for kind, spans in (("event", document.events), ("sample", document.samples)):
-            for pending, seqs in self._unconfirmed.confirm(kind, expand(spans)):  # type: ignore[arg-type]
+            for pending, seqs in self._unconfirmed.confirm_ranges(kind, spans):  # type: ignore[arg-type]
                 done.extend(pending.item.rows[seq] for seq in seqs)
         self.spool.ack(done)
         self.stats.confirmed += len(done)

@@ -14,6 +14,7 @@ Pure bookkeeping with an injected clock: no I/O, no threads.
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -103,6 +104,21 @@ class Unconfirmed(Generic[T]):
     def next_due(self) -> float | None:
         """When the earliest overdue message falls due (the clock's time), if any is tracked."""
         return min((p.due for p in self._pending.values()), default=None)
+
+    def confirm_ranges(self, kind: Kind, spans: list[tuple[int, int]]) -> list[tuple[Pending[T], list[int]]]:
+        """`confirm` for inclusive ranges, in time bounded by the smaller of the ranges' width
+        and what is tracked (a range may span billions of seqs)."""
+        width = sum(last - first + 1 for first, last in spans)
+        if width <= len(self._by_seq):
+            return self.confirm(kind, expand(spans))
+        ordered = sorted(spans)
+        starts = [first for first, _ in ordered]
+
+        def covered(seq: int) -> bool:
+            i = bisect.bisect_right(starts, seq) - 1
+            return i >= 0 and seq <= ordered[i][1]
+
+        return self.confirm(kind, [seq for k, seq in list(self._by_seq) if k == kind and covered(seq)])
 
     def take_due(self) -> list[Pending[T]]:
         """Messages whose confirmation is overdue, no longer tracked: the caller sends them

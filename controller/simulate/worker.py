@@ -33,7 +33,7 @@ from agent.protocol import Channel, Stored, decode, device_topic, encode
 from agent.protocol.topics import CHANNELS
 from agent.spool import Kind
 from agent.trust.director import DirectorKeys
-from agent.unconfirmed import Unconfirmed, expand
+from agent.unconfirmed import Unconfirmed
 from controller.simulate.boards import SimBoard
 from controller.simulate.device import SimDevice
 
@@ -193,7 +193,7 @@ class Worker:
             return
         assert isinstance(stored, Stored)
         for kind, spans in (("event", stored.events), ("sample", stored.samples)):
-            for _pending, seqs in sim.unconfirmed.confirm(kind, expand(spans)):  # type: ignore[arg-type]
+            for _pending, seqs in sim.unconfirmed.confirm_ranges(kind, spans):  # type: ignore[arg-type]
                 self.stats.confirmed += len(seqs)
 
     def _on_disconnect(self, sim: _Sim):

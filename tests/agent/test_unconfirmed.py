@@ -84,3 +84,13 @@ def test_a_new_connection_makes_everything_due_now() -> None:
     assert sorted(p.item for p in due) == ["e1", "s1"]
     assert {p.item: p.attempts for p in due} == {"e1": 1, "s1": 3}
     assert t.next_due() is None
+
+
+def test_a_huge_range_confirms_what_it_covers_without_walking_it() -> None:
+    t, _ = table()
+    t.sent("sample", [5, 6, 10**12], "a")
+    t.sent("sample", [3], "b")
+    hits = t.confirm_ranges("sample", [(4, 10**15), (0, 0)])
+    assert sorted((p.item, sorted(seqs)) for p, seqs in hits) == [("a", [5, 6, 10**12])]
+    assert [p.item for p in t] == ["b"]
+    assert [p.item for p, _ in t.confirm_ranges("sample", [(3, 3)])] == ["b"]  # narrow: walked
