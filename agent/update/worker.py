@@ -483,7 +483,10 @@ class UpdateWorker:
         report = run_health_check(self.store.bundles / self.state.bundle, self.settings.providers,
                                   cancelled=self._abandons_trial)
         if report.check == "cancelled":
-            log.info("health check of %s stopped: a newer desired document arrived", self.state.bundle)
+            with self._pending.mutex:
+                stopping = bool(self._pending.queue) and self._pending.queue[0] is None
+            why = "the agent is stopping" if stopping else "a newer desired document arrived"
+            log.info("health check of %s stopped: %s", self.state.bundle, why)
             self._interrupted = True
             return None
         details: dict[str, Scalar] = {"check": report.check, **report.details}
