@@ -13,13 +13,13 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import AgentConfig, SpoolSettings, TelemetrySettings
 from agent.daemon import Agent
 from agent.mqtt.settings import MqttSettings
 from agent.protocol import Channel, Event, Stored, decode, device_topic, encode
 from controller.demo.brokers import Mosquitto
+from tests.support.mqtt import close, subscribed_client
 
 pytestmark = pytest.mark.timeout(120)
 DEVICE = "conf-1"
@@ -31,14 +31,8 @@ class FakeController:
     def __init__(self, broker: Mosquitto) -> None:
         self.copies: Counter[int] = Counter()  # event seq -> copies seen
         self.changed = threading.Condition()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="fake-controller", protocol=paho.MQTTv5)
-        self.client.on_message = self._on_message
-        subscribed = threading.Event()
-        self.client.on_subscribe = lambda *_a: subscribed.set()
-        self.client.connect("127.0.0.1", broker.port)
-        self.client.subscribe(device_topic(DEVICE, Channel.EVENTS), qos=1)
-        self.client.loop_start()
-        assert subscribed.wait(10)
+        self.client = subscribed_client(broker.port, "fake-controller", device_topic(DEVICE, Channel.EVENTS),
+                                        self._on_message)
 
     def _on_message(self, _c: object, _u: object, m: paho.MQTTMessage) -> None:
         event = decode(Channel.EVENTS, m.payload)
@@ -56,8 +50,7 @@ class FakeController:
                             encode(Stored(events=[(s, s) for s in seqs])), qos=1).wait_for_publish(10)
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        close(self.client)
 
 
 @pytest.fixture

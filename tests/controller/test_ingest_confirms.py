@@ -11,7 +11,6 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.mqtt.settings import MqttSettings
 from agent.protocol import (
@@ -31,6 +30,7 @@ from controller.config import ControllerConfig
 from controller.demo.brokers import Mosquitto
 from controller.services.ingest import FUTURE_SLACK_S, Ingestor
 from controller.store import Store
+from tests.support.mqtt import close, subscribed_client
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,14 +41,7 @@ class Devices:
     def __init__(self, broker: Mosquitto) -> None:
         self.stored: dict[str, list[Stored]] = {}
         self.arrived = threading.Condition()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="devices", protocol=paho.MQTTv5)
-        self.client.on_message = self._on_message
-        subscribed = threading.Event()
-        self.client.on_subscribe = lambda *_a: subscribed.set()
-        self.client.connect("127.0.0.1", broker.port)
-        self.client.subscribe("fleetgen/v1/dev/+/stored", qos=1)
-        self.client.loop_start()
-        assert subscribed.wait(10)
+        self.client = subscribed_client(broker.port, "devices", "fleetgen/v1/dev/+/stored", self._on_message)
 
     def _on_message(self, _c: object, _u: object, m: paho.MQTTMessage) -> None:
         device_id, channel = parse_topic(m.topic)
@@ -82,8 +75,7 @@ def running(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[tuple[Ingestor, De
     runner.start()
     devices = Devices(mosquitto)
     yield ingestor, devices
-    devices.client.disconnect()
-    devices.client.loop_stop()
+    close(devices.client)
     ingestor.stop()
     runner.join(10)
 
