@@ -251,6 +251,10 @@ def fuse_optimum(src: Path, dst: Path, config: dict[str, Any]) -> list[str]:
     except Exception as e:  # the optimizer raises whatever its fusions hit
         raise ModelImportError(f"ORT's optimizer failed on {src}: {str(e).splitlines()[0][:200]}") from None
     model = optimized.model
+    # The fused ops live in com.microsoft; the optimizer does not always declare the domain, and
+    # then the quantizers' shape inference refuses the graph ("No opset import for domain").
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     original = onnx.load(str(src), load_external_data=False)
 
     def io(m: onnx.ModelProto) -> tuple[list[str], list[str]]:

@@ -113,7 +113,9 @@ def quantize_int8(src: Path, dst: Path, external: bool | None = None) -> Path:
                 weight_type=QuantType.QInt8,
                 per_channel=False,
                 use_external_data_format=_external(src, external),
-                extra_options={"MatMulConstBOnly": True},
+                # DefaultTensorType: ONNX shape inference cannot type the outputs of fused
+                # com.microsoft ops (a `--fuse` import); the decoders here are float32 throughout.
+                extra_options={"MatMulConstBOnly": True, "DefaultTensorType": 1},
             )
     except Exception as e:  # onnxruntime.quantization raises plain Exceptions of many kinds
         raise QuantizeError(f"int8 quantization of {src} failed: {_line(e)}") from None

@@ -550,13 +550,14 @@ def build_builder(hf: Path, out: Path, precision: str) -> None:
         raise RuntimeError(f"builder {precision} failed:\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}")
 
 
-def fleetgen_import(src: Path, out: Path, name: str, precision: str) -> Path:
-    """`fleetgen model import [--quantize]` of an Optimum-layout export."""
+def fleetgen_import(src: Path, out: Path, name: str, precision: str, fuse: bool = False) -> Path:
+    """`fleetgen model import [--fuse] [--quantize]` of an Optimum-layout export."""
     if not (out / "manifest.json").is_file():
         print(f"fleetgen model import {precision} into {out} ...", file=sys.stderr)
         shutil.rmtree(out, ignore_errors=True)
         cmd = [sys.executable, "-m", "controller", "model", "import", str(src), "-o", str(out), "--name",
-               f"{name}-{precision}"] + ([] if precision == "fp32" else ["--quantize", precision])
+               f"{name}-{precision}"] + (["--fuse"] if fuse else []) + (
+               [] if precision == "fp32" else ["--quantize", precision])
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
         if proc.returncode != 0:
@@ -705,7 +706,9 @@ def prepare(shape: Shape, bench: Path, here: Path, precisions: list[str], runtim
             call(bench, "gpt2-hf", str(export), str(hf))
         if "fleetgen" in runtimes:
             for p in precisions:
-                artifacts[("fleetgen", p)] = onnx_artifact(fleetgen_import(export, base / f"optimum-{p}", "gpt2", p))
+                # As a user imports an Optimum export for speed: with ORT's transformers fusions.
+                artifacts[("fleetgen", p)] = onnx_artifact(
+                    fleetgen_import(export, base / f"optimum-fused-{p}", "gpt2", p, fuse=True))
     if llamacpp:
         for p, path in gguf_variants(bench, hf, base, precisions).items():
             info = call(bench, "gguf-info", str(path))

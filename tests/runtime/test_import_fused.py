@@ -141,3 +141,18 @@ def test_optimum_export_with_fusions(tiny_dir: Path, tmp_path: Path) -> None:
     assert _greedy(a) == _greedy(b)
     a.close()
     b.close()
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_fused_graph_quantizes(tiny_dir: Path, tmp_path: Path, precision: str) -> None:
+    """`--fuse --quantize`: the quantizers' shape inference needs the fused ops' domain
+    declared (it refused SkipLayerNormalization: "No opset import for domain com.microsoft")."""
+    out = tmp_path / precision
+    args = ["model", "import", str(tiny_dir), "-o", str(out), "--fuse", "--quantize", precision, "--name", "q"]
+    assert controller_main(args) == 0
+    manifest = load_manifest(out)
+    assert manifest.graph is not None and manifest.graph.fusions
+    generator = load_model(out, ONE_THREAD)
+    assert isinstance(generator, TextGenerator)
+    assert len(_greedy(generator)) > 0
+    generator.close()
