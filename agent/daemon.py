@@ -52,7 +52,7 @@ from agent.protocol.messages import Details
 from agent.sequence import SequenceCounter
 from agent.spool import Kind, Spool
 from agent.telemetry import Sampler
-from agent.unconfirmed import Unconfirmed
+from agent.unconfirmed import Unconfirmed, seq_of
 from agent.update.worker import ActiveBundle, DesiredApplied, Notice, Snapshot, UpdateWorker, WorkerPost, WorkerSettings
 
 if TYPE_CHECKING:
@@ -88,10 +88,6 @@ class _Sent:
 
     rows: dict[int, int]
     delivery: Delivery
-
-
-class _Seq(msgspec.Struct):
-    seq: int
 
 
 @dataclass
@@ -437,7 +433,7 @@ class Agent:
         busy = {r for p in self._unconfirmed for r in p.item.rows.values()}
         events_topic, telemetry_topic = self.topic(Channel.EVENTS), self.topic(Channel.TELEMETRY)
         for row in self.spool.oldest("event", max(0, limit - len(self._unconfirmed)), busy):
-            seq = msgspec.json.decode(row.payload, type=_Seq).seq
+            seq = seq_of(row.payload)
             if not self._track("event", self._send(events_topic, row.payload, False), {seq: row.id}):
                 return
         while samples and len(self._unconfirmed) < limit:

@@ -20,9 +20,20 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+import msgspec
+
 from agent.spool import Kind
 
 T = TypeVar("T")
+
+
+class _Seq(msgspec.Struct):
+    seq: int
+
+
+def seq_of(payload: bytes) -> int:
+    """The `seq` of an encoded event or sample, the rest of it left undecoded."""
+    return msgspec.json.decode(payload, type=_Seq).seq
 
 
 def ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:

@@ -174,11 +174,12 @@ class Ingestor:
             elif isinstance(msg, TelemetryBatch) and item.device_id not in unknown:
                 seqs.setdefault(item.device_id, ([], []))[1].extend(s.seq for s in msg.samples)
         for device_id, (events, samples) in seqs.items():
-            spans = [("e", r) for r in ranges(events)] + [("s", r) for r in ranges(samples)]
+            event_spans, sample_spans = ranges(events), ranges(samples)
             topic = device_topic(device_id, Channel.STORED)
-            for i in range(0, len(spans), _RANGES_PER_CONFIRMATION):
-                part = spans[i:i + _RANGES_PER_CONFIRMATION]
-                stored = Stored(events=[r for k, r in part if k == "e"], samples=[r for k, r in part if k == "s"])
+            while event_spans or sample_spans:
+                room = _RANGES_PER_CONFIRMATION - min(len(event_spans), _RANGES_PER_CONFIRMATION)
+                stored = Stored(events=event_spans[:_RANGES_PER_CONFIRMATION], samples=sample_spans[:room])
+                event_spans, sample_spans = event_spans[_RANGES_PER_CONFIRMATION:], sample_spans[room:]
                 try:
                     self.link.publish(topic, encode(stored), qos=1)
                 except FleetgenError as e:  # the device sends them again; they are stored once

@@ -22,7 +22,6 @@ import time
 from dataclasses import dataclass, field
 from types import FrameType
 
-import msgspec
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
@@ -33,7 +32,7 @@ from agent.protocol import Channel, Stored, decode, device_topic, encode
 from agent.protocol.topics import CHANNELS
 from agent.spool import Kind
 from agent.trust.director import DirectorKeys
-from agent.unconfirmed import Unconfirmed
+from agent.unconfirmed import Unconfirmed, seq_of
 from controller.simulate.boards import SimBoard
 from controller.simulate.device import SimDevice
 
@@ -86,10 +85,6 @@ class _Sim:
     sock: object = None
     # Sent, not yet confirmed stored: (channel, payload) to send again.
     unconfirmed: Unconfirmed[tuple[Channel, bytes]] = field(default_factory=Unconfirmed)
-
-
-class _Seq(msgspec.Struct):
-    seq: int
 
 
 @dataclass(order=True)
@@ -261,8 +256,7 @@ class Worker:
                 # (dropping it here lost a device's `update.committed`: the wave timed out).
                 if not due.sim.gone:
                     if due.channel is Channel.EVENTS:
-                        seq = msgspec.json.decode(due.payload, type=_Seq).seq
-                        self._send_kept(due.sim, "event", [seq], due.channel, due.payload)
+                        self._send_kept(due.sim, "event", [seq_of(due.payload)], due.channel, due.payload)
                     else:
                         self._publish(due.sim, due.channel, due.payload)
             wall = time.time()

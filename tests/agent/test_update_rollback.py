@@ -5,11 +5,14 @@ committed; conditions and cancellation act on a real worker."""
 from __future__ import annotations
 
 import datetime
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.manifest import load_manifest, verify_files
+from agent.trust.fetch import Deadline, DownloadPolicy, LocalFetcher
 from agent.update.conditions import UpdateConditions, parse_window
 from agent.update.worker import Notice, UpdateWorker, WorkerPost, WorkerSettings
 from tests.support.update_world import INT4, UpdateWorld, read_journal, variant, wait_until
@@ -204,40 +207,47 @@ def test_a_replayed_older_document_is_refused_naming_its_version(world: UpdateWo
     assert "older" in refused.message or "replay" in refused.message
 
 
+class StallingLink:
+    """A fetcher factory serving 4 KiB chunks whose 2.0.0 target stalls after its first chunk
+    (the first time) until `gate` is set; `opened` records each offset 2.0.0 was opened at."""
+
+    def __init__(self, world: UpdateWorld) -> None:
+        self.world = world
+        self.gate, self.first_chunk = threading.Event(), threading.Event()
+        self.opened: list[int] = []
+
+    def fetcher(self) -> LocalFetcher:
+        link = self
+
+        class Slow(LocalFetcher):
+            def _chunks(self, url: str, offset: int, deadline: Deadline, limit: int | None) -> Iterator[bytes]:
+                if "austen-2.0.0" in url:
+                    link.opened.append(offset)
+                for i, chunk in enumerate(super()._chunks(url, offset, deadline, limit)):
+                    if "austen-2.0.0" in url and i == 1 and not link.first_chunk.is_set():
+                        link.first_chunk.set()
+                        link.gate.wait(30)
+                    yield chunk
+
+        repo = self.world.repo
+        return Slow(repo.metadata_dir, repo.targets_dir, DownloadPolicy(chunk_size=4096))
+
+
 @pytest.mark.timeout(120)
 def test_a_newer_desired_document_cancels_a_download_in_progress(world: UpdateWorld) -> None:
-    import threading
-    from collections.abc import Iterator
-
-    from agent.trust.fetch import Deadline, DownloadPolicy, LocalFetcher
-
-    gate, first_chunk = threading.Event(), threading.Event()
-
-    class SlowLink(LocalFetcher):
-        """Serves 4 KiB chunks; the 2.0.0 target stalls after its first chunk until released."""
-
-        def _chunks(self, url: str, offset: int, deadline: Deadline, limit: int | None) -> Iterator[bytes]:
-            for i, chunk in enumerate(super()._chunks(url, offset, deadline, limit)):
-                if "austen-2.0.0" in url and i == 1:
-                    first_chunk.set()
-                    gate.wait(30)
-                yield chunk
-
-    def fetcher() -> LocalFetcher:
-        return SlowLink(world.repo.metadata_dir, world.repo.targets_dir, DownloadPolicy(chunk_size=4096))
-
+    link = StallingLink(world)
     two = world.publish(variant(world.tmp / "models", "austen", "2.0.0"))
     three = world.publish(variant(world.tmp / "models", "austen", "3.0.0", INT4))
     dev = Device(world)
-    dev.worker._fetcher_factory = fetcher
+    dev.worker._fetcher_factory = link.fetcher
     try:
         dev.worker.submit(world.desired(two))
-        assert first_chunk.wait(30)
+        assert link.first_chunk.wait(30)
         dev.worker.submit(world.desired(three))  # while 2.0.0 is mid-download
-        gate.set()
+        link.gate.set()
         dev.settle()
     finally:
-        gate.set()
+        link.gate.set()
         dev.worker.stop()
     cancelled = dev.one("update.cancelled")
     assert cancelled.details["target"] == two and cancelled.details["replaced_by"] == three
@@ -249,42 +259,22 @@ def test_a_newer_desired_document_cancels_a_download_in_progress(world: UpdateWo
 def test_the_same_document_again_does_not_restart_a_download(world: UpdateWorld) -> None:
     """The broker re-delivers the retained desired document on every reconnect: mid-download
     it is the same document, so the download goes on instead of starting over."""
-    import threading
-    from collections.abc import Iterator
-
-    from agent.trust.fetch import Deadline, DownloadPolicy, LocalFetcher
-
-    gate, first_chunk = threading.Event(), threading.Event()
-    opened: list[int] = []
-
-    class SlowLink(LocalFetcher):
-        def _chunks(self, url: str, offset: int, deadline: Deadline, limit: int | None) -> Iterator[bytes]:
-            if "austen-2.0.0" in url:
-                opened.append(offset)
-            for i, chunk in enumerate(super()._chunks(url, offset, deadline, limit)):
-                if "austen-2.0.0" in url and i == 1 and not first_chunk.is_set():
-                    first_chunk.set()
-                    gate.wait(30)
-                yield chunk
-
-    def fetcher() -> LocalFetcher:
-        return SlowLink(world.repo.metadata_dir, world.repo.targets_dir, DownloadPolicy(chunk_size=4096))
-
+    link = StallingLink(world)
     two = world.publish(variant(world.tmp / "models", "austen", "2.0.0"))
     dev = Device(world)
-    dev.worker._fetcher_factory = fetcher
+    dev.worker._fetcher_factory = link.fetcher
     document = world.desired(two)
     try:
         dev.worker.submit(document)
-        assert first_chunk.wait(30)
+        assert link.first_chunk.wait(30)
         dev.worker.submit(document)  # the retained copy, after a reconnect
-        gate.set()
+        link.gate.set()
         dev.settle()
     finally:
-        gate.set()
+        link.gate.set()
         dev.worker.stop()
     assert not [n for n in dev.notices if n.kind == "update.cancelled"]
-    assert opened == [0], opened  # one transfer, never re-opened
+    assert link.opened == [0], link.opened  # one transfer, never re-opened
     assert [n.details["target"] for n in dev.notices if n.kind == "update.committed"] == [two]
 
 
@@ -325,10 +315,9 @@ def test_a_newer_desired_document_cancels_the_trial_rolls_back_and_installs_the_
 
 @pytest.mark.timeout(120)
 def test_a_transport_failure_is_retried_with_backoff_not_refused(world: UpdateWorld) -> None:
-    from collections.abc import Iterator
 
     from agent.trust.errors import TransportError
-    from agent.trust.fetch import Deadline, LocalFetcher
+    from agent.trust.fetch import LocalFetcher
     from agent.update.machine import Policy
 
     link = {"down": True, "failures": 0}

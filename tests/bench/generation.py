@@ -273,14 +273,14 @@ def measure(mode: str, folder: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------- bandwidth
 
 
-def read_bandwidth(threads: int, size: int = 512 * 2**20, repeats: int = 20) -> float:
-    """Bytes/s of summing a large float64 array, split over `threads` threads (numpy
-    releases the GIL in reductions). Best of `repeats`."""
-    data = np.ones(size // 8, np.float64)
-    parts = np.array_split(data, threads)
+def read_bandwidth(threads: int, size: int = 512 * 2**20, repeats: int = 20,
+                   reduce: Any = np.sum, dtype: Any = np.float64) -> float:
+    """Bytes/s of reducing (`reduce`, default a float64 sum) a large array split over `threads`
+    threads (numpy releases the GIL in reductions). Best of `repeats`."""
+    parts = np.array_split(np.ones(size // np.dtype(dtype).itemsize, dtype), threads)
     best = 0.0
     for _ in range(repeats):
-        ts = [threading.Thread(target=np.sum, args=(p,)) for p in parts]
+        ts = [threading.Thread(target=reduce, args=(p,)) for p in parts]
         t0 = time.perf_counter()
         for t in ts:
             t.start()

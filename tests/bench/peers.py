@@ -636,23 +636,12 @@ def bandwidth(size: int = 512 * 2**20, repeats: int = 20) -> float:
     """Bytes/s read from DRAM: the best of two reductions of a 512 MiB array split over THREADS
     threads (numpy releases the GIL in them), best of `repeats`: tests/bench/generation.py's
     float64 sum, and a float32 max, which does less work per byte and reads faster here."""
-    import threading
-
     import numpy as np
 
     from tests.bench.generation import read_bandwidth
 
-    parts = np.array_split(np.ones(size // 4, np.float32), THREADS)
-    best = read_bandwidth(THREADS, size, repeats)
-    for _ in range(repeats):
-        threads = [threading.Thread(target=np.max, args=(part,)) for part in parts]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        best = max(best, size / (time.perf_counter() - t0))
-    return best
+    return max(read_bandwidth(THREADS, size, repeats),
+               read_bandwidth(THREADS, size, repeats, reduce=np.max, dtype=np.float32))
 
 
 @dataclass

@@ -110,3 +110,16 @@ def test_telemetry_of_an_unregistered_device_is_not_confirmed(running: tuple[Ing
     devices.send("d2", Channel.EVENTS, encode(Event(device_id="d2", seq=1, ts=now, kind="agent.started")))
     devices.wait("d2", {1}, set())  # confirmations leave in order: the stranger's would be in by now
     assert "stranger" not in devices.stored
+
+
+def test_a_confirmation_too_wide_for_one_message_is_split(running: tuple[Ingestor, Devices]) -> None:
+    """1,000 samples with gaps between all of them: 1,000 ranges, more than one `stored` holds."""
+    _ingestor, devices = running
+    now = time.time()
+    seqs = set(range(0, 2000, 2))
+    devices.send("d3", Channel.STATUS, encode(Status(state="online", ts=now)))
+    batch = TelemetryBatch(device_id="d3", samples=[sample(s, now) for s in sorted(seqs)])
+    devices.send("d3", Channel.TELEMETRY, encode(batch))
+    devices.wait("d3", set(), seqs)
+    assert len(devices.stored["d3"]) == 2
+    assert all(len(m.samples) <= 800 for m in devices.stored["d3"])

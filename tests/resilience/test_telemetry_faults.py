@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import msgspec
 import pytest
 from sqlalchemy import select
 
 from agent.spool import Spool
+from agent.unconfirmed import seq_of
 from controller.demo.brokers import Mosquitto
 from controller.demo.fleetproc import DeviceSpec, FleetProcesses
 from controller.store import Store
@@ -123,8 +123,8 @@ def count_both_sides(world: TelemetryWorld, result: ScenarioResult) -> None:
     for d in world.ids:
         spool = Spool(world.state(d) / "spool.db")
         try:
-            spooled[d] = ({msgspec.json.decode(r.payload, type=_Seq).seq for r in spool.oldest("sample", 1_000_000)},
-                          {msgspec.json.decode(r.payload, type=_Seq).seq for r in spool.oldest("event", 1_000_000)})
+            spooled[d] = ({seq_of(r.payload) for r in spool.oldest("sample", 1_000_000)},
+                          {seq_of(r.payload) for r in spool.oldest("event", 1_000_000)})
         finally:
             spool.close()
     store = Store(world.ctl.db_url)
@@ -156,10 +156,6 @@ def count_both_sides(world: TelemetryWorld, result: ScenarioResult) -> None:
     if any(pending) or dropped:
         result.note(f"{pending[0]} samples and {pending[1]} events still in the spools after the stop "
                     f"(sent at the next start, not counted as sent); {dropped} dropped by the bound")
-
-
-class _Seq(msgspec.Struct):
-    seq: int
 
 
 def test_broker_and_link_faults_during_telemetry(world: TelemetryWorld, scenario: ScenarioResult,
