@@ -118,3 +118,14 @@ def test_response_frames_carry_raw_bytes() -> None:
 def test_bad_response_frames_are_refused(frame: bytes) -> None:
     with pytest.raises(ProtocolError):
         decode_response(frame)
+
+
+def test_a_stored_confirmation_with_a_reversed_range_is_refused() -> None:
+    from agent.protocol import Channel, Stored, decode
+
+    assert decode(Channel.STORED, b'{"events": [[3, 3]], "samples": [[1, 9]]}') == Stored(
+        events=[(3, 3)], samples=[(1, 9)])
+    with pytest.raises(ProtocolError, match=r"range \[5, 3\] ends before it starts"):
+        decode(Channel.STORED, b'{"samples": [[5, 3]]}')
+    with pytest.raises(ProtocolError, match="Stored"):
+        decode(Channel.STORED, b'{"events": [[-1, 2]]}')
