@@ -44,7 +44,7 @@ test: $(STAMP) system-deps
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy agent controller firmware models/quantize.py
+	$(BIN)/mypy agent controller firmware models/quantize.py models/shared_tables.py
 
 # The wheel and the sdist, shipped models and board profiles inside, in $(DIST)/. The wheel
 # is built from the sdist (python -m build's default), so what the sdist lacks shows here.

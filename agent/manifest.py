@@ -94,13 +94,15 @@ class GraphInfo(msgspec.Struct, kw_only=True, frozen=True):
     buffers); "shared" = GroupQueryAttention with past and present in one preallocated buffer
     (onnxruntime-genai's `past_present_share_buffer`). `fusions`: the fused operators the
     graph holds (e.g. GroupQueryAttention, SimplifiedLayerNormalization, MatMulNBits);
-    `quantization`: how the weights were quantized, in words (block size, symmetry, ...)."""
+    `quantization`: how the weights were quantized, in words (block size, symmetry, ...);
+    `tables`: how a tied embedding / LM head is held once in memory (ADR 0103), in words."""
 
     source: Literal["optimum", "genai-builder", "fleetgen"] = "optimum"
     kv_cache: Literal["concat", "shared"] = "concat"
     fusions: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=64)] = []
     quantization: Annotated[str, Meta(max_length=256)] = ""
     tool: Annotated[str, Meta(max_length=128)] = ""
+    tables: Annotated[list[Annotated[str, Meta(max_length=256)]], Meta(max_length=8)] = []
 
 
 class ImageSpec(msgspec.Struct, kw_only=True, frozen=True):

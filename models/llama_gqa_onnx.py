@@ -25,6 +25,7 @@ tests compare the runtime's tokens with.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +101,35 @@ def rotary_caches(shape: LlamaShape) -> tuple[np.ndarray, np.ndarray]:
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-def build_graph(weights: Weights) -> onnx.ModelProto:
+def tie(weights: Weights) -> Weights:
+    """Tied word embeddings: the LM head is the embedding, transposed. The embedding is scaled
+    to the head's size (at its own, each token's logit for itself wins and greedy repeats it)."""
+    embed = (weights.embed * np.float32(0.1)).astype(np.float32)
+    return dataclasses.replace(weights, embed=embed, lm_head=np.ascontiguousarray(embed.T))
+
+
+def quantize_head_int8(lm_head: np.ndarray, block: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """The builder's int8 MatMulNBits weights of an LM head [hidden, vocab]: symmetric blocks of
+    `block` along hidden, uint8 = round(w / scale) + 128 with scale = absmax / -128 (the positive
+    extreme clips at 255, as the builder's quantizer does). Returns (q [vocab, blocks, block], scales)."""
+    w = lm_head.T.astype(np.float32)  # [vocab, hidden]
+    n, k = w.shape
+    blocks = w.reshape(n, k // block, block)
+    scales = (np.abs(blocks).max(axis=2) / -128.0).astype(np.float32)
+    safe = np.where(scales == 0, 1.0, scales)[:, :, None]
+    q = np.clip(np.rint(blocks / safe) + 128, 0, 255).astype(np.uint8)
+    return q, scales
+
+
+def dequantize_head_int8(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """[vocab, hidden] float32 of `quantize_head_int8`'s output."""
+    return ((q.astype(np.float32) - 128.0) * scales[:, :, None]).reshape(q.shape[0], -1)
+
+
+def build_graph(weights: Weights, tied: str = "") -> onnx.ModelProto:
+    """`tied`: "" (separate embedding and LM head), "fp32" (the builder's shared_embeddings:
+    Transpose(lm_head) -> Gather; pass `tie(weights)`), "int8" (an int8 MatMulNBits LM head
+    and a separate float embedding table, as the builder writes a tied checkpoint at int8)."""
     s = weights.shape
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
@@ -128,7 +157,11 @@ def build_graph(weights: Weights) -> onnx.ModelProto:
     op("Squeeze", ["total_len_1", "squeeze_axis"], "total_len_i64")
     op("Cast", ["total_len_i64"], "total_sequence_length", to=TensorProto.INT32)
 
-    x = op("Gather", [init("embed", weights.embed), "input_ids"], "embedded")
+    if tied == "fp32":
+        table = op("Transpose", [init("lm_head", weights.lm_head)], "embed_table", perm=[1, 0])
+        x = op("Gather", [table, "input_ids"], "embedded")
+    else:
+        x = op("Gather", [init("embed", weights.embed), "input_ids"], "embedded")
     for i, lw in enumerate(weights.layers):
         p = f"l{i}_"
         h = op("SimplifiedLayerNormalization", [x, init(p + "ln1", lw["ln1"])], p + "norm1", axis=-1, epsilon=EPS)
@@ -149,7 +182,12 @@ def build_graph(weights: Weights) -> onnx.ModelProto:
         up = op("Mul", [silu, op("MatMul", [h, init(p + "wu", lw["up"])], p + "up")], p + "gated")
         x = op("Add", [x, op("MatMul", [up, init(p + "wd", lw["down"])], p + "down")], p + "res2")
     h = op("SimplifiedLayerNormalization", [x, init("final_ln", weights.norm)], "final_norm", axis=-1, epsilon=EPS)
-    op("MatMul", [h, init("lm_head", weights.lm_head)], "logits")
+    if tied == "int8":
+        q, scales = quantize_head_int8(weights.lm_head)
+        op("MatMulNBits", [h, init("lm_head_Q8", q), init("lm_head_scales", scales)], "logits",
+           domain="com.microsoft", K=s.hidden, N=s.vocab_size, bits=8, block_size=32, accuracy_level=4)
+    else:
+        op("MatMul", [h, "lm_head" if tied == "fp32" else init("lm_head", weights.lm_head)], "logits")
 
     kv_shape = ["batch_size", s.n_kv_head, "past_sequence_length", s.head_dim]
     present = ["batch_size", s.n_kv_head, "total_sequence_length", s.head_dim]
@@ -212,15 +250,21 @@ def genai_config(shape: LlamaShape, eos: int = 0, bos: int = 0) -> dict[str, obj
     }
 
 
-def write_genai_folder(out_dir: Path, shape: LlamaShape = TINY, seed: int = 0) -> Path:
-    """Write a builder-style folder (model.onnx, genai_config.json, tokenizer.json)."""
+def write_genai_folder(out_dir: Path, shape: LlamaShape = TINY, seed: int = 0, tied: str = "") -> Path:
+    """Write a builder-style folder (model.onnx, genai_config.json, tokenizer.json); a `tied`
+    one (see build_graph) keeps its weights in model.onnx.data, as the builder does."""
     from models.gpt2_onnx import build_tokenizer
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     build_tokenizer(shape.vocab_size).save(str(out_dir / "tokenizer.json"))  # type: ignore[attr-defined]
     (out_dir / "genai_config.json").write_text(json.dumps(genai_config(shape), indent=4) + "\n")
-    onnx.save(build_graph(random_weights(shape, seed)), str(out_dir / "model.onnx"))
+    weights = random_weights(shape, seed)
+    if tied:
+        onnx.save(build_graph(tie(weights), tied), str(out_dir / "model.onnx"), save_as_external_data=True,
+                  all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=1024)
+    else:
+        onnx.save(build_graph(weights), str(out_dir / "model.onnx"))
     return out_dir
 
 

@@ -9,7 +9,7 @@ Prefill and decode run the same graph (prefill with a past of length 0). Batch s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ import numpy as np
 
 from agent.runtime.engine import TensorInfo
 from agent.runtime.errors import ContextLengthError, EngineError, LayoutError
+from agent.runtime.mapped import bind_all
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ def check_layout(
 class KVDecoder:
     """Feeds tokens to the graph; `forward` returns the last position's logits."""
 
-    def __init__(self, session: Any, layout: DecoderLayout, context_length: int) -> None:
+    def __init__(self, session: Any, layout: DecoderLayout, context_length: int,
+                 mapped: Mapping[str, np.ndarray] | None = None) -> None:
         self.session = session
         self.layout = layout
         self.context_length = context_length
@@ -112,6 +114,7 @@ class KVDecoder:
             for pin, pout in zip(past_names(i), present_names(i), strict=True)
         ]
         self._bind_in, self._bind_out, self._dev = self._binders()
+        bind_all(self._bind_in, self._dev, mapped or {})
 
     def reset(self, capacity: int) -> None:
         """Start a new sequence that may grow to `capacity` tokens."""

@@ -18,13 +18,14 @@ instead of once per query head).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from agent.runtime.decoder import DecoderLayout, binders, past_names, present_names
 from agent.runtime.errors import ContextLengthError, EngineError
+from agent.runtime.mapped import bind_all
 
 
 class SharedKVDecoder:
@@ -32,7 +33,8 @@ class SharedKVDecoder:
 
     shared_buffer = True
 
-    def __init__(self, session: Any, layout: DecoderLayout, context_length: int) -> None:
+    def __init__(self, session: Any, layout: DecoderLayout, context_length: int,
+                 mapped: Mapping[str, np.ndarray] | None = None) -> None:
         self.session = session
         self.layout = layout
         self.context_length = context_length
@@ -40,6 +42,7 @@ class SharedKVDecoder:
         self.capacity = 0  # tokens the bound buffers hold
         self._io = session.io_binding()
         self._bind_in, self._bind_out, self._dev = binders(self._io)
+        bind_all(self._bind_in, self._dev, mapped or {})  # weights mapped from the data file, bound for good
         self._mask = np.ones((1, context_length), dtype=np.int64)
         self._positions = np.arange(context_length, dtype=np.int64)[None, :]
         self._step_ids = np.zeros((1, 1), dtype=np.int64)

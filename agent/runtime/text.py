@@ -157,9 +157,10 @@ class TextGenerator:
         self.pacer: Pacer | None = None
 
     def _decoder(self, session: Any) -> KVDecoder | SharedKVDecoder:
+        mapped = getattr(self.engine, "mapped", None)
         if self.info.kv_cache == "shared":
-            return SharedKVDecoder(session, self.layout, self.spec.context_length)
-        return KVDecoder(session, self.layout, self.spec.context_length)
+            return SharedKVDecoder(session, self.layout, self.spec.context_length, mapped)
+        return KVDecoder(session, self.layout, self.spec.context_length, mapped)
 
     @property
     def defaults(self) -> GenerationDefaults:

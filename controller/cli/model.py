@@ -229,6 +229,7 @@ def _import_fused(args: argparse.Namespace, source: Path, kind: str, name: str) 
     from agent.runtime import EngineOptions, TextGenerator, load_model
     from agent.runtime import genai as genai_config
     from agent.runtime.errors import ModelLoadError
+    from models import shared_tables
     from models.fused_import import (
         ModelImportError,
         check_hf_checkpoint,
@@ -281,6 +282,9 @@ def _import_fused(args: argparse.Namespace, source: Path, kind: str, name: str) 
                 shutil.copy2(built / f, out / f)
         if "tokenizer.json" not in copied:
             raise UsageError(f"{built}: no tokenizer.json (the runtime needs a fast tokenizer file)")
+        # a tied embedding / LM head held once in memory (ADR 0103); the data file may shrink
+        tables = shared_tables.rewrite(out / config.filename)
+        weight_files = model_files(out / config.filename)
         spec = config.spec
         weights = sum((out / f).stat().st_size for f in weight_files)
         kv_per_token = 2 * spec.num_layers * (spec.num_kv_heads or spec.num_heads) * spec.head_dim * 4
@@ -292,6 +296,7 @@ def _import_fused(args: argparse.Namespace, source: Path, kind: str, name: str) 
             fusions=facts.fusions,
             quantization=facts.quantization_detail,
             tool=f"onnxruntime_genai.models.builder ({config.model_type})",
+            tables=[t.detail for t in tables],
         )
         origin = "a Hugging Face checkpoint" if kind == "hf-checkpoint" else "an onnxruntime-genai folder"
         manifest = ModelManifest(
@@ -336,6 +341,7 @@ def _import_fused(args: argparse.Namespace, source: Path, kind: str, name: str) 
         "eos_token_id": spec.eos_token_id,
         "fusions": graph.fusions,
         "kv_cache": graph.kv_cache,
+        "tables": graph.tables,
     }
     if args.json:
         print(json.dumps(summary))
@@ -344,5 +350,6 @@ def _import_fused(args: argparse.Namespace, source: Path, kind: str, name: str) 
             f"imported {source} -> {out}: {name} {args.version}, {manifest.quantization} ({graph.quantization}), "
             f"{weights / 2**20:.1f} MiB, {spec.num_layers} layers, context {spec.context_length}, "
             f"fused: {', '.join(graph.fusions) or 'nothing'}, KV cache {graph.kv_cache}"
+            + "".join(f"; {t}" for t in graph.tables)
         )
     return 0

@@ -13,9 +13,11 @@ never the agent's or the tests'), written once per runtime and cached under
 smollm: a SmolLM-135M-shaped Llama (30 layers, 9 query / 3 KV heads, hidden 576, vocab 49152)
 - onnxruntime-genai's model builder, `-e cpu -p fp32|int8|int4` (fused: GroupQueryAttention
   with rotary, SimplifiedLayerNormalization, MatMulNBits; past and present share one buffer);
-- fleetgen runs those same folders unchanged (agent.runtime.genai + agent.runtime.gqa), with
-  its shared KV buffer ("fleetgen") and, as an ablation, with the Optimum-style ping-pong cache
-  on the same graph ("fleetgen-concat");
+- "fleetgen": those folders through `fleetgen model import` (the graph as built, but a tied
+  embedding / LM head held once in memory: read in place from the data file at fp32, gathered
+  from the int8 head at int8; ADR 0103), run with its shared KV buffer (agent.runtime.genai +
+  agent.runtime.gqa); "fleetgen-concat", an ablation: the builder's folder unchanged with the
+  Optimum-style ping-pong cache;
 - "fleetgen-optimum": the baseline before issue 16, the same weights as an unfused Optimum-layout
   graph (models/llama_gqa_onnx.py, as `optimum-cli export onnx` lays out a Llama; optimum itself
   needs transformers < 4.58, the builder >= 5), imported with `fleetgen model import --quantize`.
@@ -550,14 +552,16 @@ def build_builder(hf: Path, out: Path, precision: str) -> None:
         raise RuntimeError(f"builder {precision} failed:\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}")
 
 
-def fleetgen_import(src: Path, out: Path, name: str, precision: str, fuse: bool = False) -> Path:
-    """`fleetgen model import [--fuse] [--quantize]` of an Optimum-layout export."""
+def fleetgen_import(src: Path, out: Path, name: str, precision: str, fuse: bool = False,
+                    quantize: bool = True) -> Path:
+    """`fleetgen model import [--fuse] [--quantize]` of an Optimum-layout export (or, with
+    `quantize=False`, of a folder onnxruntime-genai's builder wrote at `precision`)."""
     if not (out / "manifest.json").is_file():
         print(f"fleetgen model import {precision} into {out} ...", file=sys.stderr)
         shutil.rmtree(out, ignore_errors=True)
         cmd = [sys.executable, "-m", "controller", "model", "import", str(src), "-o", str(out), "--name",
                f"{name}-{precision}"] + (["--fuse"] if fuse else []) + (
-               [] if precision == "fp32" else ["--quantize", precision])
+               [] if precision == "fp32" or not quantize else ["--quantize", precision])
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
         if proc.returncode != 0:
@@ -676,8 +680,11 @@ def prepare(shape: Shape, bench: Path, here: Path, precisions: list[str], runtim
                     print(f"building onnxruntime-genai {p} into {folder} ...", file=sys.stderr)
                     build_builder(hf, folder, p)
                 genai = onnx_artifact(folder)
-                for rt in ("fleetgen", "fleetgen-concat", "genai"):
+                for rt in ("fleetgen-concat", "genai"):
                     artifacts[(rt, p)] = genai
+                # as a user brings a builder folder: `fleetgen model import` (a tied table held once, ADR 0103)
+                artifacts[("fleetgen", p)] = onnx_artifact(
+                    fleetgen_import(folder, base / f"fleetgen-{p}", "smollm", p, quantize=False))
             if "fleetgen-optimum" in runtimes:
                 if not (export / "model.onnx").is_file():
                     print(f"writing the Optimum-layout export into {export} ...", file=sys.stderr)

@@ -11,6 +11,7 @@ import numpy as np
 
 from agent.runtime.engine import EngineOptions, TensorInfo
 from agent.runtime.errors import EngineError, ModelLoadError, UnknownEngineError
+from agent.runtime.mapped import declared, open_mapped
 from agent.runtime.providers import choose_providers
 
 log = logging.getLogger(__name__)
@@ -49,19 +50,27 @@ class OnnxEngine:
         self.session = session
         self.path = path
         self.providers: list[str] = list(session.get_providers())
-        self.inputs = [_info(a) for a in session.get_inputs()]
+        inputs = [_info(a) for a in session.get_inputs()]
         self.outputs = [_info(a) for a in session.get_outputs()]
+        # weights the graph takes as inputs, mapped from its data file (agent.runtime.mapped):
+        # not part of what callers feed; decoders bind them once, `run` adds them
+        metadata = dict(session.get_modelmeta().custom_metadata_map)
+        self.mapped: dict[str, np.ndarray] = open_mapped(
+            declared(metadata, str(path)), path.parent, {t.name: t for t in inputs}, str(path)
+        )
+        self.inputs = [t for t in inputs if t.name not in self.mapped]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [o.name for o in self.outputs]
         try:
-            values = self.session.run(names, dict(feeds))
+            values = self.session.run(names, {**feeds, **self.mapped})
         except Exception as e:  # ORT raises its own unrelated exception types; wrap them all
             raise EngineError(f"{self.path.name}: run failed: {_first_line(e)}") from None
         return dict(zip(names, values, strict=True))
 
     def close(self) -> None:
         self.session = None
+        self.mapped = {}
 
 
 def _first_line(e: BaseException) -> str:
