@@ -88,7 +88,7 @@ def map_tied_table(model: Any, folder: Path) -> TableRewrite | None:
             continue
         transpose = next((n for n in users if n.op_type == "Transpose" and list(_attrs(n).get("perm", [])) == [1, 0]),
                          None)
-        matmul = next((n for n in users if n.op_type == "MatMul" and list(n.input) == [n.input[0], name]), None)
+        matmul = next((n for n in users if n.op_type == "MatMul" and n.input[1] == name), None)
         if transpose is None or matmul is None or "logits" not in matmul.output:
             continue
         gathers = uses.get(transpose.output[0], [])
@@ -137,7 +137,8 @@ def share_int8_embedding(model: Any, folder: Path) -> TableRewrite | None:
     uses = _consumers(graph)
     head = next((n for n in graph.node if n.op_type == "MatMulNBits" and "logits" in n.output), None)
     gather = next((n for n in graph.node if n.op_type == "Gather" and n.input[0] in inits
-                   and len(inits[n.input[0]].dims) == 2 and inits[n.input[0]].data_type == _FLOAT), None)
+                   and n.input[1] == "input_ids" and len(inits[n.input[0]].dims) == 2
+                   and inits[n.input[0]].data_type == _FLOAT), None)
     if head is None or gather is None or len(head.input) > 3 or len(uses.get(gather.input[0], [])) != 1:
         return None  # no zero points or bias expected in the builder's symmetric int8 head
     attrs = _attrs(head)
