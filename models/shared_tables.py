@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ _UINT8 = 2
 
 @dataclass(frozen=True)
 class TableRewrite:
-    """What a rewrite did, in words for the manifest (`graph.fusions` / the import summary)."""
+    """What a rewrite did; `detail` is the words for the manifest (`graph.tables`) and the import summary."""
 
     kind: str  # "mapped-lm-head" | "int8-shared-embedding"
     detail: str
@@ -198,9 +199,7 @@ def rewrite(model_path: Path) -> list[TableRewrite]:
     fp32 = map_tied_table(model, folder)
     if fp32 is not None:
         done.append(fp32)
-        tmp = model_path.with_name(model_path.name + ".tmp")
-        onnx.save_model(model, str(tmp))  # the data file is untouched: W's bytes stay where they are
-        os.replace(tmp, model_path)
+        _save_graph(model, model_path)  # the data file is untouched: W's bytes stay where they are
     int8 = share_int8_embedding(model, folder) if fp32 is None else None
     if int8 is not None:
         done.append(int8)
@@ -214,8 +213,6 @@ def rewrite(model_path: Path) -> list[TableRewrite]:
 def _resave_without_dropped(model: Any, model_path: Path) -> None:
     """Write the graph and a new data file holding only the initializers still referenced
     (saved in a scratch folder beside it, then moved over the old pair)."""
-    import shutil
-
     import onnx
     from onnx.external_data_helper import load_external_data_for_model
 
@@ -250,6 +247,13 @@ def _map_rows(model_path: Path, done: TableRewrite) -> None:
     entry = model.metadata_props.add()
     entry.key = METADATA_PREFIX + done.mapped
     entry.value = MappedInput(done.mapped, info["location"], int(info.get("offset", "0")), "uint8", shape).to_json()
+    _save_graph(model, model_path)
+
+
+def _save_graph(model: Any, model_path: Path) -> None:
+    """The graph alone (its external data stays as it is), replacing the file atomically."""
+    import onnx
+
     tmp = model_path.with_name(model_path.name + ".tmp")
     onnx.save_model(model, str(tmp))
     os.replace(tmp, model_path)

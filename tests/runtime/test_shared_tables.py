@@ -185,3 +185,12 @@ def test_mapped_input_metadata_that_is_not_json_is_refused(rewritten: Path) -> N
     _set_metadata(rewritten, "{not json")
     with pytest.raises(ModelLoadError, match="'lm_head': metadata is not JSON"):
         load_model(rewritten, ONE_THREAD)
+
+
+def test_mapped_input_the_graph_does_not_take_is_refused(rewritten: Path) -> None:
+    model = onnx.load(str(rewritten / "model.onnx"), load_external_data=False)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_PREFIX + "no_such_input", json.dumps(_entry(rewritten))
+    onnx.save(model, str(rewritten / "model.onnx"))
+    with pytest.raises(ModelLoadError, match="'no_such_input' is not an input of the graph"):
+        load_model(rewritten, ONE_THREAD)
